@@ -1,0 +1,47 @@
+"""Command line: `python -m pipeline <command> ...`.
+
+Each command lives in its own module under `pipeline/commands/`, exposing
+`configure(parser)` and `run(args) -> int`. Modules are imported only when their
+command runs, so `--help` stays fast and one broken optional dependency does
+not take the whole tool down. `UserError`s print as one clear message.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import UserError
+
+# (command, module, one-line help)
+COMMANDS: list[tuple[str, str, str]] = [
+    ("synth", "pipeline.commands.synth", "generate the built-in synthetic face dataset (RAF-DB layout)"),
+    ("inspect", "pipeline.commands.inspect", "load a dataset and print its splits, classes and demographics"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per command line verb: configure(parser) and run(args)."""

