@@ -25,7 +25,7 @@ class ImageRecord:
     gender: int | None = None          # constants.GENDERS code
     race: int | None = None            # constants.RACES code
     age: int | None = None             # constants.AGE_GROUPS code
-    demographics_source: str | None = None  # e.g. "rafdb-manual", "synthetic-truth"
+    demographics_source: str | None = None  # "annotations" when the dataset ships them
     landmarks: tuple[tuple[float, float], ...] | None = None  # 5 points (eyes, nose, mouth corners) in image pixels
     occluder: str | None = None        # e.g. "sunglasses", "hand", "hat" where the dataset marks it
 
@@ -36,9 +36,9 @@ class FaceDataset:
     root: Path
     classes: tuple[str, ...]
     records: list[ImageRecord]
-    fingerprint: str                   # stable hash of the dataset's label files and settings
+    fingerprint: str                   # stable hash of the data's identity on disk (never the loading options)
     is_synthetic: bool = False
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason) counted skips
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): dropped items and annotation gaps, reported at the end
     image_size: int | None = None      # native size where known (100 for aligned RAF-DB)
 
     def split(self, name: str) -> list[ImageRecord]:

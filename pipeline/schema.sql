@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
     checkpoint_path     VARCHAR,
     test_accuracy       DOUBLE,
     test_macro_f1       DOUBLE,
-    n_test              INTEGER
+    n_test              INTEGER,
+    error               VARCHAR             -- why a 'failed' run failed, or how to resume it
 );
 
 CREATE TABLE IF NOT EXISTS epochs (
