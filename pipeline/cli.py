@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 COMMANDS: list[tuple[str, str, str]] = [
     ("synth", "pipeline.commands.synth", "generate the built-in synthetic face dataset (RAF-DB layout)"),
     ("inspect", "pipeline.commands.inspect", "load a dataset and print its splits, classes and demographics"),
+    ("runs", "pipeline.commands.runs", "list the runs in a results store, or delete one"),
 ]
 
 
