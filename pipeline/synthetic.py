@@ -55,7 +55,7 @@ EMOTION_AUS: dict[str, dict[int, float]] = {
 # How annotators confuse each drawn expression (extra perceived mass).
 CONFUSIONS: dict[str, dict[str, float]] = {
     "Surprise": {"Fear": 0.20, "Happiness": 0.05},
-    "Fear": {"Surprise": 0.75, "Sadness": 0.10},
+    "Fear": {"Surprise": 0.50, "Sadness": 0.10},
     "Disgust": {"Anger": 0.55, "Sadness": 0.15},
     "Happiness": {"Surprise": 0.06, "Neutral": 0.08},
     "Sadness": {"Neutral": 0.30, "Fear": 0.08, "Disgust": 0.08},
@@ -71,7 +71,7 @@ CLARITY = (0.10, 0.60)
 INTENSITY_LOW = 0.08
 INTENSITY_BETA = (2.2, 1.6)
 # Weight of a random distractor class in one image's perception: SCALE * Beta(*BETA).
-DISTRACTOR_SCALE = 1.0
+DISTRACTOR_SCALE = 1.3
 DISTRACTOR_BETA = (1.0, 5.0)
 
 # Drawn-expression shares = class_shares * INTENDED_CORRECTION (EMOTIONS order), see _sample_emotion.
