@@ -18,6 +18,9 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("synth", "pipeline.commands.synth", "generate the built-in synthetic face dataset (RAF-DB layout)"),
     ("inspect", "pipeline.commands.inspect", "load a dataset and print its splits, classes and demographics"),
     ("runs", "pipeline.commands.runs", "list the runs in a results store, or delete one"),
+    ("train", "pipeline.commands.train", "train a recipe on a dataset, evaluate it and store the run"),
+    ("evaluate", "pipeline.commands.evaluate", "evaluate a trained run on (another) dataset (cross-dataset)"),
+    ("demo", "pipeline.commands.demo", "generate the synthetic set, train and evaluate the light CNN, summarise"),
 ]
 
 

@@ -1,0 +1,118 @@
+"""`python -m pipeline train`: train a recipe on a dataset, evaluate it and store the run.
+
+Examples:
+  python -m pipeline train --dataset synthetic --root data/synthetic --recipe lightcnn-softlabel
+  python -m pipeline train --dataset rafdb --root ~/data/RAF-DB --recipe resnet50-transfer --weights imagenet
+  python -m pipeline train --resume 20261122-0315   # continue an interrupted run from its last checkpoint
+"""
+from __future__ import annotations
+
+import argparse
+
+DATASETS = ("rafdb", "fer2013", "folder", "synthetic")
+RECIPE_NAMES = ("resnet50-transfer", "lightcnn-softlabel")
+ARCHS = ("lightcnn", "lightcnn-half", "resnet18", "resnet50")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from pipeline.paths import DEFAULT_DB
+
+    parser.epilog = __doc__.split("\n", 1)[1]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, help="dataset format (required unless --resume)")
+    data.add_argument("--root", help="dataset folder (or fer2013.csv's folder)")
+    data.add_argument("--classes", type=int, choices=(6, 7), default=None,
+                      help="7 emotions, or 6 without Neutral (default: the recipe's: resnet50-transfer 7, "
+                           "lightcnn-softlabel 6)")
+    data.add_argument("--variant", choices=("aligned", "original"), default="aligned",
+                      help="RAF-DB/synthetic image variant (default aligned)")
+    data.add_argument("--val-fraction", type=float, default=0.1,
+                      help="share of train held out for validation where the dataset has no val split (default 0.1)")
+    model = parser.add_argument_group("model and training (defaults: the recipe's)")
+    model.add_argument("--recipe", choices=RECIPE_NAMES, default="lightcnn-softlabel")
+    model.add_argument("--preset", default=None, help="a named variant of the recipe, e.g. 'demo' of lightcnn-softlabel")
+    model.add_argument("--arch", choices=ARCHS, default=None, help="override the recipe's architecture")
+    model.add_argument("--weights", default=None,
+                       help="imagenet | none | PATH of a state dict or checkpoint (default: the recipe's)")
+    model.add_argument("--epochs", type=int)
+    model.add_argument("--batch-size", type=int)
+    model.add_argument("--lr", type=float, help="learning rate (the peak for --scheduler onecycle)")
+    model.add_argument("--image-size", type=int, help="model input size in pixels")
+    model.add_argument("--scheduler", choices=("none", "plateau", "onecycle"))
+    model.add_argument("--loss", choices=("ce", "soft-ce", "focal"))
+    model.add_argument("--class-weights", choices=("none", "sqrt", "balanced"))
+    model.add_argument("--sampler", choices=("shuffle", "balanced"), help="balanced = class-balanced sampling")
+    model.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="epochs without improvement; 0 = off")
+    model.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
+    run.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
+    run.add_argument("--resume", metavar="RUN_OR_DIR",
+                     help="continue an interrupted run (id, id prefix or runs/<id> folder) from its last.pt")
+    run.add_argument("--stop-after", type=int, metavar="EPOCH",
+                     help="stop after this epoch, resumable later with --resume (time-boxed sessions)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_recipe(args: argparse.Namespace):
+    """The recipe with the command line's overrides applied."""
+    from dataclasses import replace
+
+    from pipeline.recipes import get_recipe
+
+    recipe = get_recipe(args.recipe, args.preset)
+    top: dict = {}
+    train: dict = {"seed": args.seed}
+    if args.classes is not None:
+        top["num_classes"] = args.classes
+    if args.arch is not None:
+        top["arch"] = args.arch
+    if args.image_size is not None:
+        top["image_size"] = args.image_size
+    if args.weights is not None:
+        top["weights"] = args.weights
+    if args.epochs is not None:
+        train["epochs"] = args.epochs
+    if args.batch_size is not None:
+        train["batch_size"] = args.batch_size
+    if args.scheduler is not None:
+        train["scheduler"] = args.scheduler
+    if args.lr is not None:
+        scheduler = train.get("scheduler", recipe.train.scheduler)
+        train["onecycle_max_lr" if scheduler == "onecycle" else "lr"] = args.lr
+    if args.loss is not None:
+        train["loss"] = args.loss
+    if args.class_weights is not None:
+        train["class_weights"] = args.class_weights
+    if args.sampler is not None:
+        train["sampler"] = args.sampler
+    if args.early_stopping is not None:
+        train["early_stopping_patience"] = args.early_stopping or None
+    if recipe.arch.startswith("resnet") and top.get("arch", recipe.arch).startswith("lightcnn"):
+        train["frozen_modules"] = ()
+    return replace(recipe, **top, train=replace(recipe.train, **train))
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import UserError
+    from pipeline.runner import DatasetSpec, TrainRunConfig, resolve_device, run_train
+
+    if args.resume is None and (args.dataset is None or args.root is None):
+        raise UserError("train needs --dataset and --root (or --resume RUN to continue a run)")
+    recipe = build_recipe(args)
+    spec = DatasetSpec(name=args.dataset or "", root=args.root or "", num_classes=recipe.num_classes,
+                       variant=args.variant, val_fraction=args.val_fraction, seed=args.seed)
+    device = resolve_device(args.device)
+    config = TrainRunConfig(dataset=spec, recipe=recipe, weights=recipe.weights, device=device, db=args.db,
+                            resume=args.resume, stop_after=args.stop_after, quiet=args.quiet)
+    outcome = run_train(config)
+    s = outcome.summary
+    if outcome.status == "stopped":
+        print(f"run {outcome.run_id} stopped after {s['epochs']} epochs; "
+              f"continue with: python -m pipeline train --resume {outcome.run_id} --db {args.db}")
+        return 0
+    print(f"run {outcome.run_id} complete: test accuracy {s['test_accuracy']:.4f}, macro-F1 {s['test_macro_f1']:.4f} "
+          f"(n={s['n_test']}), best epoch {s['best_epoch']}/{s['epochs']}")
+    print(f"checkpoints in {s['run_dir']}; results in {args.db}")
+    return 0
