@@ -36,7 +36,7 @@ from pipeline.errors import DatasetError, UserError
 from pipeline.synthetic_draw import ACTION_UNITS, ALIGNED, FaceParams, render_face
 
 GENERATOR = "fer-trust-synthetic"
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 
 # RAF-DB basic training counts, in EMOTIONS order.
 RAFDB_TRAIN_COUNTS = (1290, 281, 717, 4772, 1982, 705, 2524)

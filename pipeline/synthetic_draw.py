@@ -184,7 +184,10 @@ def compute_landmarks(p: FaceParams) -> np.ndarray:
     return pen.tf([EYE_L, EYE_R, NOSE_TIP, m["left"], m["right"]])
 
 
-# Regions (aligned canonical) of each action unit: lists of ellipses (cx, cy, rx, ry).
+# Regions (aligned canonical) of each action unit: lists of ellipses (cx, cy, rx, ry),
+# covering every pixel the unit's drawing changes (see _mouth_geometry): AU12 also
+# shows teeth and sags the lower-lip centre, AU15 and AU20 bend or stretch the whole
+# lip line, so their regions include the mouth centre, not only the corners.
 AU_REGIONS: dict[int, list[tuple[float, float, float, float]]] = {
     1: [(41, 28, 8, 7), (59, 28, 8, 7), (50, 19, 13, 6)],
     2: [(25, 28, 8, 7), (75, 28, 8, 7)],
@@ -194,9 +197,9 @@ AU_REGIONS: dict[int, list[tuple[float, float, float, float]]] = {
     7: [(33, 45, 10, 4), (67, 45, 10, 4)],
     9: [(50, 52, 8, 9)],
     10: [(50, 70, 17, 6), (39, 66, 5, 6), (61, 66, 5, 6)],
-    12: [(35, 72, 8, 7), (65, 72, 8, 7)],
-    15: [(36, 81, 7, 6), (64, 81, 7, 6)],
-    20: [(31, 77, 8, 6), (69, 77, 8, 6)],
+    12: [(35, 72, 8, 7), (65, 72, 8, 7), (50, 77, 14, 6)],
+    15: [(36, 81, 7, 6), (64, 81, 7, 6), (50, 79, 14, 5)],
+    20: [(31, 77, 8, 6), (69, 77, 8, 6), (50, 78, 16, 5)],
     23: [(50, 77, 14, 6)],
     26: [(50, 85, 14, 11)],
 }
