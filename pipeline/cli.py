@@ -20,7 +20,8 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("runs", "pipeline.commands.runs", "list the runs in a results store, or delete one"),
     ("train", "pipeline.commands.train", "train a recipe on a dataset, evaluate it and store the run"),
     ("evaluate", "pipeline.commands.evaluate", "evaluate a trained run on (another) dataset (cross-dataset)"),
-    ("demo", "pipeline.commands.demo", "generate the synthetic set, train and evaluate the light CNN, summarise"),
+    ("demo", "pipeline.commands.demo", "the whole pipeline on the built-in synthetic faces: data, train, explain"),
+    ("explain", "pipeline.commands.explain", "CAM heatmaps, region energies, failure tags and explanation checks for a run"),
 ]
 
 

@@ -1,0 +1,311 @@
+"""Is an explanation any good? Faithfulness, a sanity check, and ground-truth localisation.
+
+- Faithfulness (pytorch-grad-cam's metrics): ROAD (remove and debias, Rong et
+  al. 2022: pixels imputed from their neighbours in order of CAM relevance;
+  most-relevant-first should hurt the target's probability, least-relevant-first
+  should not) and the confidence change when the input is multiplied by the CAM.
+- Sanity check (Adebayo et al. 2018, model-parameter randomisation): the same
+  method on the trained model and on a copy whose later layers are
+  re-initialised; maps that barely change do not depend on what the model
+  learned, and the check fails.
+- Ground truth (synthetic faces, whose action-unit regions are known): share of
+  CAM energy inside the regions and the pointing game (is the peak inside),
+  against a uniform map and a shuffled one (another image's CAM, which keeps the
+  face-centred prior of aligned crops).
+
+Per-image values are pure numpy; `summarise` turns them into
+explanation_metrics rows with percentile-bootstrap confidence intervals over images.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+SANITY_MODES: tuple[str, ...] = ("cascading", "head", "full")
+
+
+@dataclass(frozen=True)
+class FaithfulnessConfig:
+    samples: int = 200                          # images (a seeded sample of the test set)
+    road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
+    sanity_samples: int = 100
+    sanity_mode: str = "cascading"              # see create_randomized_model
+    sanity_threshold: float = 0.5               # passed when mean Spearman similarity is below it
+    n_boot: int = 1000
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- statistics
+
+def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, n_boot: int = 1000, confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float, float, float, int]:
+    """(mean, ci_low, ci_high, n) of the finite values; percentile bootstrap over them.
+    NaNs everywhere when there are none; no interval for a single value."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(x.mean())
+    if n == 1 or n_boot <= 0:
+        return mean, float("nan"), float("nan"), n
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return mean, float(lo), float(hi), n
+
+
+def summarise(values: Sequence[float] | np.ndarray, emotions: Sequence[str] | None, method: str, metric: str,
+              n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """explanation_metrics rows (method, metric, emotion, value, ci_low, ci_high, n, passed=None)
+    for all images ('all') and, when emotions are given, per emotion."""
+    x = np.asarray(values, dtype=np.float64)
+    groups: list[tuple[str, np.ndarray]] = [("all", np.ones(len(x), dtype=bool))]
+    if emotions is not None:
+        em = np.asarray(emotions, dtype=object)
+        groups += [(e, em == e) for e in sorted(set(em.tolist()))]
+    rows = []
+    for name, sel in groups:
+        mean, lo, hi, n = bootstrap_mean_ci(x[sel], n_boot=n_boot, seed=seed)
+        if n == 0:
+            continue
+        rows.append(dict(method=method, metric=metric, emotion=name, value=mean, ci_low=lo, ci_high=hi,
+                         n=n, passed=None))
+    return rows
+
+
+# --------------------------------------------------------------------------- faithfulness
+
+def compute_road_scores(model: nn.Module, inputs: torch.Tensor, cams: np.ndarray, targets: Sequence[int],
+                        percentiles: Sequence[int] = (20, 40, 60, 80)) -> dict[str, np.ndarray]:
+    """Per-image ROAD scores (change of the target's softmax probability, averaged
+    over `percentiles` of pixels imputed) with pytorch-grad-cam's ROAD metrics.
+
+    cams: (N, H, W) at the input's resolution. Returns {'road_morf' (lower = more
+    faithful), 'road_lerf' (higher = more faithful), 'road_combined' = (lerf - morf) / 2}.
+    """
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    cams = _check_cams(cams, inputs)
+    tgts = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+    was_training = model.training
+    model.eval()
+    try:
+        morf = ROADMostRelevantFirstAverage(list(percentiles))(inputs, cams, tgts, model)
+        lerf = ROADLeastRelevantFirstAverage(list(percentiles))(inputs, cams, tgts, model)
+    finally:
+        model.train(was_training)
+    morf, lerf = np.asarray(morf, np.float64).ravel(), np.asarray(lerf, np.float64).ravel()
+    return {"road_morf": morf, "road_lerf": lerf, "road_combined": (lerf - morf) / 2}
+
+
+def compute_confidence_change(model: nn.Module, inputs: torch.Tensor, cams: np.ndarray,
+                              targets: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per-image change of the target's softmax probability when the (normalised)
+    input is multiplied by the CAM (pytorch-grad-cam's CamMultImageConfidenceChange):
+    'conf_drop' = max(0, -change) (lower = more faithful), 'conf_increase' = change > 0."""
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    cams = _check_cams(cams, inputs)
+    tgts = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+    was_training = model.training
+    model.eval()
+    try:
+        change = np.asarray(CamMultImageConfidenceChange()(inputs, cams, tgts, model), np.float64).ravel()
+    finally:
+        model.train(was_training)
+    return {"conf_drop": np.maximum(-change, 0.0), "conf_increase": (change > 0).astype(np.float64)}
+
+
+def _check_cams(cams: np.ndarray, inputs: torch.Tensor) -> np.ndarray:
+    cams = np.ascontiguousarray(cams, dtype=np.float32)
+    if cams.shape != (inputs.shape[0], *inputs.shape[-2:]):
+        raise ValueError(f"CAMs of shape {cams.shape} do not match inputs {tuple(inputs.shape)}; "
+                         "compute them at the input's resolution")
+    return cams
+
+
+# --------------------------------------------------------------------------- sanity check
+
+def _leaf_modules_in_call_order(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    order: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def pre_hook(module, args):
+        if id(module) not in seen:
+            seen.add(id(module))
+            order.append(module)
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_pre_hook(pre_hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def create_randomized_model(model: nn.Module, layer: nn.Module, example: torch.Tensor,
+                            mode: str = "cascading", seed: int = 0) -> nn.Module:
+    """A copy of `model` with re-initialised weights (the original is untouched).
+
+    mode: 'cascading' re-initialises the target `layer` and every layer run after
+    it (Adebayo et al.'s cascade down to the explained layer); 'head' only the
+    layers after it; 'full' every layer. `example`: one input batch, to find the
+    order in which layers run. Layers are reset with their own reset_parameters
+    (BatchNorm also forgets its running statistics).
+    """
+    if mode not in SANITY_MODES:
+        raise ValueError(f"unknown randomisation mode {mode!r}; choose from {', '.join(SANITY_MODES)}")
+    was_training = model.training
+    model.eval()
+    try:
+        order = _leaf_modules_in_call_order(model, example[:1])
+    finally:
+        model.train(was_training)
+    inside = {id(m) for m in layer.modules()}
+    index = {id(m): i for i, m in enumerate(order)}
+    first_inside = min((index[id(m)] for m in layer.modules() if id(m) in index), default=None)
+    if first_inside is None:
+        raise ValueError("the target layer is not run in the forward pass")
+    if mode == "full":
+        chosen = set(range(len(order)))
+    elif mode == "cascading":
+        chosen = set(range(first_inside, len(order)))
+    else:
+        chosen = {i for i in range(first_inside, len(order)) if id(order[i]) not in inside}
+    names = {id(m): n for n, m in model.named_modules()}
+    chosen_names = {names[id(order[i])] for i in chosen}
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, module in clone.named_modules():
+            if name in chosen_names and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+                if hasattr(module, "reset_running_stats"):
+                    module.reset_running_stats()
+    clone.train(was_training)
+    return clone
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    ca, cb = np.ptp(a) == 0, np.ptp(b) == 0
+    if ca or cb:  # a constant map has no ranking: identical if both are, unrelated otherwise
+        return 1.0 if ca and cb else 0.0
+    ra, rb = rankdata(a), rankdata(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity of two maps in [0, 1] (Gaussian window, sigma 1.5)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    blur = lambda x: cv2.GaussianBlur(x, (7, 7), 1.5)  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())
+
+
+def compute_map_similarity(cams_a: np.ndarray, cams_b: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-pair similarity of two stacks of maps (N, H, W): 'spearman' rank
+    correlation of the pixels and 'ssim'."""
+    a, b = np.asarray(cams_a, np.float64), np.asarray(cams_b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"map stacks differ in shape: {a.shape} vs {b.shape}")
+    return {
+        "spearman": np.array([_spearman(x.ravel(), y.ravel()) for x, y in zip(a, b)]),
+        "ssim": np.array([_ssim(x, y) for x, y in zip(a, b)]),
+    }
+
+
+# --------------------------------------------------------------------------- ground truth
+
+def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random permutation with no fixed point, so every image gets another's map
+    (Sattolo's algorithm: a uniformly random single cycle)."""
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def _peak_hit(cam: np.ndarray, mask: np.ndarray) -> float:
+    if not np.any(cam > 0):
+        return float("nan")
+    peak = cam >= cam.max() - 1e-6     # a plateau counts as one peak: inside if mostly inside
+    return float(mask[peak].mean() >= 0.5)
+
+
+def compute_gt_localisation(cams: np.ndarray, gt_masks: np.ndarray, seed: int = 0) -> pd.DataFrame:
+    """Per-image ground-truth localisation of CAMs (N, H, W) against boolean masks (N, H, W).
+
+    Columns: gt_energy (CAM energy share inside the mask), gt_hit (peak inside),
+    gt_energy_uniform (= the mask's area share: a uniform map's energy inside,
+    and its chance of a random peak inside), gt_energy_shuffled / gt_hit_shuffled
+    (the same for another image's CAM, a seeded derangement). NaN where the mask
+    is empty (e.g. Neutral, no action unit) or the CAM is all zero.
+    """
+    cams = np.clip(np.asarray(cams, np.float64), 0, None)
+    masks = np.asarray(gt_masks, bool)
+    if cams.shape != masks.shape:
+        raise ValueError(f"CAMs {cams.shape} and masks {masks.shape} differ in shape")
+    n = len(cams)
+    perm = _derangement(n, np.random.default_rng(seed))
+    out = np.full((n, 5), np.nan)
+    for i in range(n):
+        m = masks[i]
+        if not m.any():
+            continue
+        area = m.mean()
+        for k, cam in ((0, cams[i]), (1, cams[perm[i]])):
+            total = cam.sum()
+            energy = cam[m].sum() / total if total > 0 else np.nan
+            hit = _peak_hit(cam, m)
+            if k == 0:
+                out[i, 0], out[i, 1] = energy, hit
+            else:
+                out[i, 3], out[i, 4] = energy, hit
+        out[i, 2] = area
+    return pd.DataFrame(out, columns=["gt_energy", "gt_hit", "gt_energy_uniform", "gt_energy_shuffled",
+                                      "gt_hit_shuffled"])
+
+
+def summarise_gt_localisation(per_image: pd.DataFrame, emotions: Sequence[str], method: str,
+                              energy_factor: float = 2.0, pointing_margin: float = 0.10,
+                              n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """explanation_metrics rows from compute_gt_localisation's output: gt_energy,
+    gt_energy_uniform, gt_energy_shuffled, pointing, pointing_uniform,
+    pointing_shuffled, per emotion and 'all'. passed is set on 'gt_energy'
+    (at least `energy_factor` x the uniform baseline) and 'pointing' (at least
+    `pointing_margin` above the shuffled baseline)."""
+    columns = {"gt_energy": "gt_energy", "gt_energy_uniform": "gt_energy_uniform",
+               "gt_energy_shuffled": "gt_energy_shuffled", "pointing": "gt_hit",
+               "pointing_uniform": "gt_energy_uniform", "pointing_shuffled": "gt_hit_shuffled"}
+    rows = []
+    for metric, col in columns.items():
+        rows += summarise(per_image[col].to_numpy(), emotions, method, metric, n_boot=n_boot, seed=seed)
+    by_key = {(r["metric"], r["emotion"]): r for r in rows}
+    for (metric, emotion), row in by_key.items():
+        if metric == "gt_energy" and ("gt_energy_uniform", emotion) in by_key:
+            row["passed"] = bool(row["value"] >= energy_factor * by_key[("gt_energy_uniform", emotion)]["value"])
+        if metric == "pointing" and ("pointing_shuffled", emotion) in by_key:
+            row["passed"] = bool(row["value"] >= by_key[("pointing_shuffled", emotion)]["value"] + pointing_margin)
+    return rows
