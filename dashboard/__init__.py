@@ -1,0 +1,1 @@
+"""The Streamlit dashboard over the results store (read-only). Entry script: dashboard/app.py."""

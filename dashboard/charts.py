@@ -1,0 +1,277 @@
+"""Figure builders and image drawing for the dashboard: pure functions, no Streamlit.
+
+Charts are Altair (Vega-Lite) objects so that one spec serves the page and the
+static export: vl-convert renders SVG, PNG and PDF without a browser
+(`export_chart`). Charts with a categorical y axis size it by step
+(`alt.Step`): a fixed pixel height collapsed inside Streamlit's renderer. Pages only place what these functions return, and tests
+read a chart's data straight from the returned object.
+
+Images: `create_overlay` blends a CAM over a face with a jet colour map (the
+same look as pytorch-grad-cam's `show_cam_on_image`; drawn here because
+pipeline/overlay.py did not exist when the dashboard needed it); `create_thumbnail` puts
+the predicted-class and true-class overlays side by side; a missing image file
+becomes a grey placeholder, never an exception.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+EXPORT_FORMATS: dict[str, str] = {"svg": "image/svg+xml", "png": "image/png", "pdf": "application/pdf"}
+THUMB = 96
+
+
+# ---------------------------------------------------------------- images
+
+
+def decode_cam(blob: bytes, size: int) -> np.ndarray:
+    """A stored CAM (uint8 row-major, size x size) as floats in [0, 1]."""
+    return np.frombuffer(bytes(blob), dtype=np.uint8).reshape(size, size).astype(np.float32) / 255.0
+
+
+def create_placeholder(size: int = THUMB, text: str = "no image") -> np.ndarray:
+    """A grey square with a short note: shown when an image file is missing."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (205, 205, 205))
+    d = ImageDraw.Draw(img)
+    d.line((0, 0, size, size), fill=(170, 170, 170), width=2)
+    d.line((0, size, size, 0), fill=(170, 170, 170), width=2)
+    d.rectangle((4, size // 2 - 8, size - 4, size // 2 + 8), fill=(205, 205, 205))
+    d.text((8, size // 2 - 6), text[:14], fill=(60, 60, 60))
+    return np.asarray(img)
+
+
+def load_image_rgb(path: str | None, size: int = THUMB) -> tuple[np.ndarray, bool]:
+    """(RGB uint8 size x size, found). A missing or unreadable file gives a placeholder."""
+    from PIL import Image
+
+    if not path:
+        return create_placeholder(size, "no file"), False
+    try:
+        with Image.open(Path(path)) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)), True
+    except (OSError, ValueError):
+        return create_placeholder(size, "image missing"), False
+
+
+def _jet_lut() -> np.ndarray:
+    """The classic jet colour map as a 256 x 3 uint8 table (what OpenCV's COLORMAP_JET draws)."""
+    x = np.linspace(0.0, 1.0, 256)
+    r = np.clip(1.5 - np.abs(4.0 * x - 3.0), 0.0, 1.0)
+    g = np.clip(1.5 - np.abs(4.0 * x - 2.0), 0.0, 1.0)
+    b = np.clip(1.5 - np.abs(4.0 * x - 1.0), 0.0, 1.0)
+    return (np.stack([r, g, b], axis=1) * 255).astype(np.uint8)
+
+
+JET = _jet_lut()
+
+
+def create_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a CAM in [0, 1] (any square size) over an RGB uint8 image; alpha = CAM opacity.
+
+    numpy + Pillow only: OpenCV's own thread pool made this 50x slower on a
+    busy 2-core machine.
+    """
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    cam = np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0)
+    if cam.shape != (h, w):
+        cam = np.asarray(Image.fromarray(cam, mode="F").resize((w, h), Image.BILINEAR))
+    heat = JET[np.clip(cam * 255.0, 0, 255).astype(np.uint8)].astype(np.float32)
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * heat
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def create_thumbnail(image: np.ndarray, cam_pred: np.ndarray | None, cam_true: np.ndarray | None,
+                     alpha: float = 0.5, gap: int = 4) -> np.ndarray:
+    """Predicted-class overlay | true-class overlay, side by side (the image alone where a CAM is absent)."""
+    left = create_overlay(image, cam_pred, alpha) if cam_pred is not None else image
+    right = create_overlay(image, cam_true, alpha) if cam_true is not None else image
+    spacer = np.full((image.shape[0], gap, 3), 255, dtype=np.uint8)
+    return np.concatenate([left, spacer, right], axis=1)
+
+
+def create_cam_image(cam: np.ndarray, size: int = THUMB) -> np.ndarray:
+    """A CAM alone, colour-mapped (for mean heatmaps)."""
+    grey = np.full((size, size, 3), 0, dtype=np.uint8)
+    return create_overlay(grey, cam, alpha=1.0)
+
+
+# ---------------------------------------------------------------- charts
+
+
+def create_confusion_chart(confusion: pd.DataFrame, classes: list[str], normalise: bool = True) -> alt.Chart:
+    """Confusion heatmap (rows = true, columns = predicted), a click selects a cell ('cell' selection)."""
+    df = confusion.copy()
+    full = pd.MultiIndex.from_product([classes, classes], names=["true_label", "pred_label"]).to_frame(index=False)
+    df = full.merge(df, how="left", on=["true_label", "pred_label"]).fillna({"n": 0})
+    df["n"] = df["n"].astype(int)
+    totals = df.groupby("true_label")["n"].transform("sum").replace(0, 1)
+    df["rate"] = df["n"] / totals
+    value = "rate" if normalise else "n"
+    cell = alt.selection_point(name="cell", fields=["true_label", "pred_label"], on="click")
+    base = alt.Chart(df).encode(
+        x=alt.X("pred_label:N", sort=classes, title="predicted"),
+        y=alt.Y("true_label:N", sort=classes, title="true"),
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", scale=alt.Scale(scheme="blues"), title="share of row" if normalise else "n"),
+        opacity=alt.condition(cell, alt.value(1.0), alt.value(0.55)),
+        tooltip=["true_label", "pred_label", "n", alt.Tooltip("rate:Q", format=".1%")],
+    ).add_params(cell)
+    text = base.mark_text(fontSize=11).encode(
+        text=alt.Text("n:Q"),
+        color=alt.condition(alt.datum.rate > 0.5, alt.value("white"), alt.value("black")),
+    )
+    return (rect + text).properties(width=alt.Step(48), height=alt.Step(40), title="Confusion matrix")
+
+
+def create_class_metrics_chart(metrics: pd.DataFrame, classes: list[str] | None = None) -> alt.Chart:
+    df = metrics[~metrics["label"].isin(["macro avg", "weighted avg", "accuracy"])]
+    long = df.melt(id_vars=["label"], value_vars=["precision", "recall", "f1"], var_name="metric")
+    return alt.Chart(long).mark_bar().encode(
+        x=alt.X("label:N", title="emotion", sort=classes), xOffset="metric:N",
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color="metric:N",
+        tooltip=["label", "metric", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=420, height=260, title="Per-class precision, recall, F1")
+
+
+def create_training_curves_chart(epochs: pd.DataFrame) -> alt.Chart:
+    long = epochs.melt(id_vars=["epoch"], value_vars=["train_loss", "val_loss", "train_acc", "val_acc"],
+                       var_name="series").dropna(subset=["value"])
+    long["kind"] = np.where(long["series"].str.endswith("loss"), "loss", "accuracy")
+    return alt.Chart(long).mark_line(point=True).encode(
+        x="epoch:Q", y=alt.Y("value:Q", title=None), color="series:N",
+        tooltip=["epoch", "series", alt.Tooltip("value:Q", format=".4f")],
+    ).properties(width=300, height=220).facet(column=alt.Column("kind:N", title=None)).resolve_scale(y="independent")
+
+
+def create_class_distribution_chart(dist: pd.DataFrame, classes: list[str]) -> alt.Chart:
+    return alt.Chart(dist).mark_bar().encode(
+        x=alt.X("label:N", sort=classes, title="emotion"), y=alt.Y("n:Q", title="images"),
+        color="split:N", xOffset="split:N", tooltip=["split", "label", "n"],
+    ).properties(width=420, height=240, title="Class distribution")
+
+
+def create_probabilities_chart(classes: list[str], probs: list[float], true_label: str) -> alt.Chart:
+    df = pd.DataFrame({"emotion": list(classes), "probability": [float(p) for p in probs]})
+    df["is_true"] = df["emotion"] == true_label
+    return alt.Chart(df).mark_bar().encode(
+        y=alt.Y("emotion:N", sort=list(classes)), x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.condition(alt.datum.is_true, alt.value("#2f6fdf"), alt.value("#9aa6b8")),
+        tooltip=["emotion", alt.Tooltip("probability:Q", format=".3f")],
+    ).properties(width=300, height=alt.Step(22), title="Class probabilities (blue = true class)")
+
+
+def create_region_energy_chart(energy: pd.DataFrame, regions: list[str]) -> alt.Chart:
+    long = energy.melt(id_vars=["emotion", "correct", "n"], value_vars=regions, var_name="region",
+                       value_name="share")
+    long["outcome"] = np.where(long["correct"], "correct", "misclassified")
+    return alt.Chart(long).mark_rect().encode(
+        x=alt.X("region:N", sort=regions), y=alt.Y("emotion:N"),
+        color=alt.Color("share:Q", scale=alt.Scale(scheme="oranges")),
+        tooltip=["emotion", "outcome", "region", alt.Tooltip("share:Q", format=".3f"), "n"],
+    ).properties(width=260, height=alt.Step(24)).facet(column=alt.Column("outcome:N", title=None))
+
+
+def create_group_metric_chart(cells: pd.DataFrame, title: str) -> alt.Chart:
+    """Point + CI error bar per group, n in the tooltip and label; low-support groups hollow."""
+    df = cells.copy()
+    df["label"] = df["grp"] + " (n=" + df["n"].astype(str) + ")"
+    df["support"] = np.where(df["low_support"], "low support", "ok")
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None))
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="value (95% CI)", scale=alt.Scale(zero=False)),
+                                       x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=70).encode(
+        x="value:Q",
+        shape=alt.Shape("support:N", scale=alt.Scale(domain=["ok", "low support"], range=["circle", "triangle"]),
+                        legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["grp", "n", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f"),
+                 alt.Tooltip("ci_high:Q", format=".3f"), "low_support"],
+    )
+    return (bars + points).properties(width=230, height=alt.Step(26), title=title)
+
+
+def create_intersection_heatmap(cells: pd.DataFrame, title: str) -> alt.Chart:
+    """Groups joined by ' | ' split into row (all but last) × column (last part, the emotion)."""
+    df = cells.copy()
+    parts = df["grp"].str.rsplit(" | ", n=1)
+    df["group"] = parts.str[0]
+    df["emotion"] = parts.str[-1]
+    df["label"] = df["n"].astype(str) + np.where(df["low_support"], "*", "")
+    base = alt.Chart(df).encode(x=alt.X("emotion:N", title="emotion"), y=alt.Y("group:N", title=None))
+    rect = base.mark_rect().encode(
+        color=alt.Color("value:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]), title="value"),
+        tooltip=["group", "emotion", "n", alt.Tooltip("value:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "low_support"],
+    )
+    text = base.mark_text(fontSize=10).encode(text="label:N")
+    return (rect + text).properties(width=420, height=alt.Step(24),
+                                    title=f"{title} (cell text: n, * = low support)")
+
+
+def create_gap_chart(gaps: pd.DataFrame, title: str = "Gaps with 95% CI") -> alt.Chart:
+    df = gaps.copy()
+    df["label"] = df["attribute"] + " · " + df["metric"] + " · " + df["comparison"]
+    df["significance"] = np.where(df["significant"].fillna(False), "significant (corrected)", "not significant")
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None))
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="gap"), x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=60).encode(
+        x="gap:Q", color=alt.Color("significance:N"),
+        tooltip=["attribute", "metric", "comparison", "grp", alt.Tooltip("gap:Q", format=".3f"),
+                 alt.Tooltip("p_value:Q", format=".4f"), alt.Tooltip("p_adjusted:Q", format=".4f"), "correction"],
+    )
+    rule = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q")
+    return (bars + points + rule).properties(width=420, height=alt.Step(22), title=title)
+
+
+def create_proxy_chart(agreement: pd.DataFrame, attribute: str) -> alt.Chart:
+    df = agreement[agreement["attribute"] == attribute].copy()
+    df["share"] = df["n"] / df.groupby(["source", "annotated"])["n"].transform("sum")
+    base = alt.Chart(df).encode(x=alt.X("inferred:N"), y=alt.Y("annotated:N"))
+    rect = base.mark_rect().encode(color=alt.Color("share:Q", scale=alt.Scale(scheme="purples", domain=[0, 1])),
+                                   tooltip=["source", "annotated", "inferred", "n",
+                                            alt.Tooltip("share:Q", format=".1%")])
+    text = base.mark_text(fontSize=10).encode(text="n:Q")
+    return (rect + text).properties(width=240, height=alt.Step(28), title=f"{attribute}: annotated vs inferred")
+
+
+def create_compare_chart(df: pd.DataFrame, x: str, value: str, title: str, sort: list[str] | None = None) -> alt.Chart:
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X(f"{x}:N", sort=sort), xOffset="run_id:N", y=alt.Y(f"{value}:Q"),
+        color=alt.Color("run_id:N", legend=alt.Legend(orient="bottom", columns=1)),
+        tooltip=["run_id", x, alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(width=460, height=240, title=title)
+
+
+def create_explanation_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:
+    df = metrics[metrics["emotion"] == "all"].dropna(subset=["value"])
+    base = alt.Chart(df).encode(y=alt.Y("metric:N", title=None), yOffset="method:N", color="method:N")
+    points = base.mark_point(filled=True).encode(
+        x=alt.X("value:Q", title="value (95% CI)"),
+        tooltip=["method", "metric", alt.Tooltip("value:Q", format=".3f"), "n", "passed"])
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="value (95% CI)"), x2="ci_high:Q")
+    return (bars + points).properties(width=420, height=alt.Step(14),
+                                      title="Faithfulness and sanity checks (all emotions)")
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_chart(chart: alt.TopLevelMixin, fmt: str, scale: float = 2.0) -> bytes:
+    """Render a chart to SVG, PNG or PDF bytes with vl-convert (no browser needed)."""
+    import vl_convert as vlc
+
+    spec = chart.to_dict()
+    if fmt == "svg":
+        return vlc.vegalite_to_svg(spec).encode("utf-8")
+    if fmt == "png":
+        return vlc.vegalite_to_png(spec, scale=scale)
+    if fmt == "pdf":
+        return vlc.vegalite_to_pdf(spec)
+    raise ValueError(f"unknown figure format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")

@@ -1,0 +1,524 @@
+"""Every query the dashboard runs: named functions, parameterised, cached, read-only.
+
+Concurrency rule: the pipeline must be able to write the store while the
+dashboard is open, and DuckDB refuses a writer while any other process holds
+the file open (even read-only). So no connection outlives a query batch: the
+entry script wraps each script run in `read_batch`, whose read-only
+connection is opened by the first cache miss and closed when the run ends
+(outside a batch, each query opens and closes its own). The pipeline's
+writer retries on the lock (pipeline.store.connect), so it waits out a
+dashboard run rather than failing. Results are cached with `st.cache_data` keyed on a `StoreRef` (path,
+modification time and size of the file and its WAL), so a new run changes the
+key and invalidates every cached result; no TTL is needed. When the writer
+holds the lock, `_read` retries briefly and then raises `StoreBusyError`,
+which the entry script turns into a friendly message.
+
+Values always travel as `?` parameters; the only text spliced into SQL comes
+from fixed tables in this module (column names, region names), never from the
+user or the data.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pipeline.constants import FACE_REGIONS
+
+SCHEMA_SQL = Path(__file__).resolve().parent.parent / "pipeline" / "schema.sql"
+ENERGY_COLUMNS: tuple[str, ...] = tuple(f"e_{r}" for r in FACE_REGIONS)
+LOCK_RETRIES = 6
+LOCK_WAIT_S = 0.25
+
+
+class StoreBusyError(Exception):
+    """The pipeline holds the store's write lock; the user should refresh in a moment."""
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """Identifies one state of the store file: the cache key of every query."""
+    path: str
+    mtime_ns: int = 0
+    size: int = -1
+    wal_mtime_ns: int = 0
+    wal_size: int = -1
+
+    @property
+    def exists(self) -> bool:
+        return self.size >= 0
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    state: str          # 'ok' | 'missing' | 'empty' | 'old-schema' | 'unreadable'
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ErrorFilters:
+    """The error explorer's filters; every field maps to one parameterised predicate."""
+    split: str = "test"
+    true_labels: tuple[str, ...] = ()
+    pred_labels: tuple[str, ...] = ()
+    correct: str = "wrong"                  # 'all' | 'correct' | 'wrong'
+    genders: tuple[str, ...] = ()
+    races: tuple[str, ...] = ()
+    ages: tuple[str, ...] = ()
+    conf_min: float = 0.0
+    conf_max: float = 1.0
+    tag: str = ""                           # '' = any
+    method: str = ""                        # '' = any; else images with a CAM of this method
+    source: str = ""                        # demographic source the subgroup filters use
+    fingerprint: str = ""                   # the run's dataset fingerprint (demographics key)
+    order: str = "confidence"               # 'confidence' (most confident first) | 'image'
+
+
+# ---------------------------------------------------------------- store location
+
+
+def resolve_db_path(argv: list[str] | None = None) -> Path:
+    """`--db PATH` after `streamlit run dashboard/app.py --`, else $FER_RESULTS_DB, else paths.DEFAULT_DB."""
+    argv = sys.argv[1:] if argv is None else argv
+    for i, a in enumerate(argv):
+        if a == "--db" and i + 1 < len(argv):
+            return Path(argv[i + 1]).expanduser()
+        if a.startswith("--db="):
+            return Path(a.split("=", 1)[1]).expanduser()
+    env = os.environ.get("FER_RESULTS_DB")
+    if env:
+        return Path(env).expanduser()
+    from pipeline.paths import DEFAULT_DB
+    return Path(DEFAULT_DB)
+
+
+def create_store_ref(path: str | Path) -> StoreRef:
+    """Stat the store file (and its WAL) now: cheap, done on every rerun."""
+    path = Path(path)
+    try:
+        st_main = path.stat()
+    except OSError:
+        return StoreRef(str(path))
+    try:
+        st_wal = Path(str(path) + ".wal").stat()
+        wal = (st_wal.st_mtime_ns, st_wal.st_size)
+    except OSError:
+        wal = (0, -1)
+    return StoreRef(str(path), st_main.st_mtime_ns, st_main.st_size, *wal)
+
+
+# ---------------------------------------------------------------- connection
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another process" in text
+
+
+def _connect(ref: StoreRef) -> duckdb.DuckDBPyConnection:
+    last: Exception | None = None
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return duckdb.connect(ref.path, read_only=True)
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise
+            last = exc
+            time.sleep(LOCK_WAIT_S * (attempt + 1) / 2)
+    raise StoreBusyError(
+        f"The pipeline is writing to {ref.path}; refresh in a moment. ({last})")
+
+
+_local = threading.local()
+
+
+@contextmanager
+def read_batch(ref: StoreRef) -> Iterator[None]:
+    """Let the cache misses of one script run share one read-only connection, closed on exit.
+
+    The entry script wraps each run in it: the connection is opened lazily by
+    the first query that misses the cache (so a fully cached rerun opens
+    nothing) and closed when the run ends, so none is held across reruns.
+    """
+    previous = getattr(_local, "batch", None)
+    _local.batch = {"ref": ref, "con": None}
+    try:
+        yield
+    finally:
+        con = _local.batch["con"]
+        _local.batch = previous
+        if con is not None:
+            con.close()
+
+
+@contextmanager
+def _connection(ref: StoreRef) -> Iterator[duckdb.DuckDBPyConnection]:
+    batch = getattr(_local, "batch", None)
+    if batch is not None and batch["ref"] == ref:
+        if batch["con"] is None:
+            batch["con"] = _connect(ref)
+        yield batch["con"]
+        return
+    con = _connect(ref)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _read(ref: StoreRef, sql: str, params: list | tuple = ()) -> pd.DataFrame:
+    """One statement on the batch's connection, or on its own connection closed at once."""
+    with _connection(ref) as con:
+        return con.execute(sql, list(params)).df()
+
+
+def _read_many(ref: StoreRef, statements: list[tuple[str, list]]) -> list[pd.DataFrame]:
+    with _connection(ref) as con:
+        return [con.execute(sql, list(params)).df() for sql, params in statements]
+
+
+# ---------------------------------------------------------------- status
+
+
+@st.cache_resource(show_spinner=False)
+def _expected_columns() -> dict[str, tuple[str, ...]]:
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(SCHEMA_SQL.read_text())
+        rows = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    finally:
+        con.close()
+    out: dict[str, list[str]] = {}
+    for t, c in rows:
+        out.setdefault(t, []).append(c)
+    return {t: tuple(cs) for t, cs in out.items()}
+
+
+@st.cache_data(show_spinner=False)
+def load_store_status(ref: StoreRef) -> StoreStatus:
+    """Whether the store can be shown, and if not, what the user should do."""
+    if not ref.exists:
+        return StoreStatus("missing", f"No results store at {ref.path}.")
+    try:
+        with _connection(ref) as con:
+            return _check_store(ref, con)
+    except StoreBusyError:
+        raise
+    except duckdb.Error as exc:
+        return StoreStatus("unreadable", f"{ref.path} could not be opened as a DuckDB file: {exc}")
+
+
+def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
+    from pipeline.store import SchemaMismatchError, check_schema
+
+    have: dict[str, set[str]] = {}
+    for t, c in con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'").fetchall():
+        have.setdefault(t, set()).add(c)
+    if not have:
+        return StoreStatus("empty", f"{ref.path} exists but holds no results tables yet.")
+    try:
+        check_schema(con)  # the recorded schema version
+    except SchemaMismatchError as exc:
+        return StoreStatus("old-schema", str(exc))
+    # and the tables themselves, should a store claim the version without the columns
+    missing = [f"{t}.{c}" for t, cs in _expected_columns().items() for c in cs if c not in have.get(t, set())]
+    if missing:
+        return StoreStatus(
+            "old-schema",
+            f"{ref.path} lacks columns this dashboard reads ({', '.join(missing[:6])}"
+            f"{' …' if len(missing) > 6 else ''}): it was written by another version of the pipeline.")
+    n = con.execute("SELECT count(*) FROM runs WHERE status = 'complete'").fetchone()[0]
+    if n == 0:
+        return StoreStatus("empty", f"{ref.path} holds no complete run yet.")
+    return StoreStatus("ok")
+
+
+# ---------------------------------------------------------------- runs
+
+
+@st.cache_data(show_spinner=False)
+def load_runs(ref: StoreRef) -> pd.DataFrame:
+    """Complete runs, newest first."""
+    return _read(ref, """
+        SELECT run_id, kind, parent_run_id, dataset, dataset_root, dataset_fingerprint, is_synthetic,
+               recipe, model, classes, seed, device, code_version, started_at, finished_at,
+               train_seconds, eval_seconds, test_accuracy, test_macro_f1, n_test, CAST(config AS VARCHAR) AS config
+        FROM runs WHERE status = 'complete' ORDER BY started_at DESC, run_id DESC""")
+
+
+@st.cache_data(show_spinner=False)
+def load_demographic_sources(ref: StoreRef, fingerprint: str) -> pd.DataFrame:
+    """The demographic sources stored for a dataset: source, inferred, n (annotations first)."""
+    return _read(ref, """
+        SELECT source, bool_or(inferred) AS inferred, count(*) AS n
+        FROM demographics WHERE dataset_fingerprint = ?
+        GROUP BY source ORDER BY bool_or(inferred), source""", [fingerprint])
+
+
+@st.cache_data(show_spinner=False)
+def load_run_splits(ref: StoreRef, run_id: str) -> list[str]:
+    df = _read(ref, "SELECT DISTINCT split FROM confusion WHERE run_id = ?", [run_id])
+    order = {"test": 0, "val": 1, "train": 2}
+    return sorted(df["split"].tolist(), key=lambda s: (order.get(s, 9), s))
+
+
+# ---------------------------------------------------------------- performance
+
+
+@st.cache_data(show_spinner=False)
+def load_class_metrics(ref: StoreRef, run_id: str, split: str) -> pd.DataFrame:
+    return _read(ref, """
+        SELECT label, precision, recall, f1, support FROM class_metrics
+        WHERE run_id = ? AND split = ?""", [run_id, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_confusion(ref: StoreRef, run_id: str, split: str) -> pd.DataFrame:
+    return _read(ref, "SELECT true_label, pred_label, n FROM confusion WHERE run_id = ? AND split = ?",
+                 [run_id, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_epochs(ref: StoreRef, run_id: str) -> pd.DataFrame:
+    return _read(ref, "SELECT * EXCLUDE (run_id) FROM epochs WHERE run_id = ? ORDER BY epoch", [run_id])
+
+
+@st.cache_data(show_spinner=False)
+def load_class_distribution(ref: StoreRef, run_id: str) -> pd.DataFrame:
+    """Images per split and true label (train/val/test as stored in `images`)."""
+    return _read(ref, """
+        SELECT split, true_label AS label, count(*) AS n FROM images
+        WHERE run_id = ? GROUP BY split, true_label ORDER BY split, true_label""", [run_id])
+
+
+# ---------------------------------------------------------------- error explorer
+
+
+@st.cache_data(show_spinner=False)
+def load_explainer_methods(ref: StoreRef, run_id: str) -> list[str]:
+    df = _read(ref, """
+        SELECT method FROM explanation_metrics WHERE run_id = ?
+        UNION SELECT DISTINCT method FROM heatmaps WHERE run_id = ? ORDER BY 1""", [run_id, run_id])
+    return df["method"].tolist()
+
+
+@st.cache_data(show_spinner=False)
+def load_failure_tag_counts(ref: StoreRef, run_id: str) -> pd.DataFrame:
+    """Failure-mode tags with their number of (image, method) rows (count(*): count(DISTINCT) costs 20x)."""
+    return _read(ref, """
+        SELECT tag, count(*) AS n FROM failure_tags WHERE run_id = ?
+        GROUP BY tag ORDER BY n DESC, tag""", [run_id])
+
+
+def _filter_sql(run_id: str, f: ErrorFilters) -> tuple[str, str, list]:
+    """(FROM clause with the joins the filters need, WHERE clause, parameters)."""
+    params: list = []
+    joins = ""
+    need_demo = bool(f.genders or f.races or f.ages)
+    if need_demo:
+        joins += " JOIN demographics d ON d.image_id = p.image_id AND d.dataset_fingerprint = ? AND d.source = ?"
+        params += [f.fingerprint, f.source]
+    where = ["p.run_id = ?", "p.split = ?"]
+    params += [run_id, f.split]
+    for column, values in (("p.true_label", f.true_labels), ("p.pred_label", f.pred_labels),
+                           ("d.gender", f.genders), ("d.race", f.races), ("d.age_group", f.ages)):
+        if values:
+            where.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params += list(values)
+    if f.correct == "wrong":
+        where.append("NOT p.correct")
+    elif f.correct == "correct":
+        where.append("p.correct")
+    if f.conf_min > 0.0:
+        where.append("p.confidence >= ?")
+        params.append(float(f.conf_min))
+    if f.conf_max < 1.0:
+        where.append("p.confidence <= ?")
+        params.append(float(f.conf_max))
+    if f.tag:
+        where.append("p.image_id IN (SELECT image_id FROM failure_tags WHERE run_id = ? AND tag = ?)")
+        params += [run_id, f.tag]
+    if f.method:
+        where.append("p.image_id IN (SELECT image_id FROM heatmaps WHERE run_id = ? AND method = ? "
+                     "AND target = 'pred')")
+        params += [run_id, f.method]
+    return f"predictions p{joins}", " AND ".join(where), params
+
+
+@st.cache_data(show_spinner=False)
+def count_predictions(ref: StoreRef, run_id: str, filters: ErrorFilters) -> int:
+    frm, where, params = _filter_sql(run_id, filters)
+    return int(_read(ref, f"SELECT count(*) AS n FROM {frm} WHERE {where}", params)["n"].iloc[0])
+
+
+@st.cache_data(show_spinner=False)
+def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int, offset: int) -> pd.DataFrame:
+    """One page of filtered predictions with image path and demographics of the filter's source."""
+    frm, where, params = _filter_sql(run_id, filters)
+    order = ("p.confidence DESC, p.image_id" if filters.order == "confidence" else "p.image_id")
+    sql = f"""
+        WITH page AS (
+            SELECT p.image_id, p.true_label, p.pred_label, p.confidence, p.correct
+            FROM {frm} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?)
+        SELECT page.*, i.path, dd.gender, dd.race, dd.age_group
+        FROM page
+        LEFT JOIN images i ON i.run_id = ? AND i.image_id = page.image_id
+        LEFT JOIN demographics dd ON dd.dataset_fingerprint = ? AND dd.source = ? AND dd.image_id = page.image_id
+        ORDER BY {order.replace('p.', 'page.')}"""
+    params = params + [int(limit), int(offset), run_id, filters.fingerprint, filters.source]
+    return _read(ref, sql, params)
+
+
+@st.cache_data(show_spinner=False)
+def load_cams(ref: StoreRef, run_id: str, image_ids: tuple[str, ...], method: str) -> pd.DataFrame:
+    """CAM blobs (pred and true targets) of a few images: image_id, target, target_label, cam_size, cam."""
+    if not image_ids:
+        return pd.DataFrame(columns=["image_id", "target", "target_label", "cam_size", "cam"])
+    marks = ", ".join("?" for _ in image_ids)
+    return _read(ref, f"""
+        SELECT image_id, target, target_label, cam_size, cam FROM heatmaps
+        WHERE run_id = ? AND method = ? AND image_id IN ({marks})""", [run_id, method, *image_ids])
+
+
+@st.cache_data(show_spinner=False)
+def load_image_detail(ref: StoreRef, run_id: str, image_id: str, fingerprint: str) -> dict[str, pd.DataFrame]:
+    """Everything stored about one image in one run: prediction, energies, demographics, tags."""
+    pred, image, energies, demo, tags = _read_many(ref, [
+        ("SELECT true_label, pred_label, confidence, correct, probs, split FROM predictions "
+         "WHERE run_id = ? AND image_id = ?", [run_id, image_id]),
+        ("SELECT path, split, soft_label FROM images WHERE run_id = ? AND image_id = ?", [run_id, image_id]),
+        (f"SELECT method, target, target_label, {', '.join(ENERGY_COLUMNS)}, peak_region, gt_energy, gt_hit "
+         "FROM heatmaps WHERE run_id = ? AND image_id = ? ORDER BY method, target", [run_id, image_id]),
+        ("SELECT source, inferred, gender, gender_conf, race, race_conf, age_group, age_conf, "
+         "raw_gender, raw_race, raw_age FROM demographics WHERE dataset_fingerprint = ? AND image_id = ? "
+         "ORDER BY inferred, source", [fingerprint, image_id]),
+        ("SELECT method, tag FROM failure_tags WHERE run_id = ? AND image_id = ? ORDER BY tag",
+         [run_id, image_id]),
+    ])
+    return {"prediction": pred, "image": image, "energies": energies, "demographics": demo, "tags": tags}
+
+
+# ---------------------------------------------------------------- explanations
+
+
+@st.cache_data(show_spinner=False)
+def load_region_energy(ref: StoreRef, run_id: str, method: str, split: str = "test") -> pd.DataFrame:
+    """Mean CAM energy share per facial region, per true emotion and correct/misclassified (pred target)."""
+    cols = ", ".join(f"avg(h.{c}) AS {c[2:]}" for c in ENERGY_COLUMNS)
+    return _read(ref, f"""
+        SELECT p.true_label AS emotion, p.correct, count(*) AS n, {cols}
+        FROM heatmaps h JOIN predictions p ON p.image_id = h.image_id
+        WHERE h.run_id = ? AND p.run_id = ? AND h.method = ? AND h.target = 'pred' AND p.split = ?
+        GROUP BY p.true_label, p.correct ORDER BY p.true_label, p.correct DESC""", [run_id, run_id, method, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_mean_cams(ref: StoreRef, run_id: str, method: str, split: str = "test",
+                   per_group: int = 400, max_scan: int = 20_000) -> pd.DataFrame:
+    """Mean CAM per true emotion and correct flag (target 'pred').
+
+    Reads at most the first `max_scan` stored CAMs of the run and method (storage
+    order, i.e. the pipeline's image order: a fixed sample that does not depend
+    on the outcome) and averages at most `per_group` per group. `n` says how many
+    were averaged and `n_total` how many images the group has, so a sampled mean
+    is labelled as such. Scanning every blob of a million-image run would take seconds; a LIMIT
+    lets DuckDB stop reading early.
+    """
+    df, totals = _read_many(ref, [("""
+        WITH first AS (
+            SELECT image_id, cam_size, cam FROM heatmaps
+            WHERE run_id = ? AND method = ? AND target = 'pred' LIMIT ?)
+        SELECT p.true_label, p.correct, f.cam_size, f.cam
+        FROM first f JOIN predictions p ON p.run_id = ? AND p.image_id = f.image_id AND p.split = ?""",
+                                   [run_id, method, int(max_scan), run_id, split]),
+                                  ("""
+        SELECT true_label, correct, count(*) AS n_total FROM predictions
+        WHERE run_id = ? AND split = ? GROUP BY ALL""", [run_id, split])])
+    n_total = {(r.true_label, bool(r.correct)): int(r.n_total) for r in totals.itertuples()}
+    df = df.groupby(["true_label", "correct"], sort=False).head(int(per_group))
+    df["n_total"] = [n_total.get((t, bool(c)), 0) for t, c in zip(df["true_label"], df["correct"])]
+    rows = []
+    for (label, correct), g in df.groupby(["true_label", "correct"], sort=True):
+        size = int(g["cam_size"].iloc[0])
+        g = g[g["cam_size"] == size]
+        stack = np.frombuffer(b"".join(bytes(b) for b in g["cam"]), dtype=np.uint8).reshape(len(g), size, size)
+        rows.append({"emotion": label, "correct": bool(correct), "n": len(g), "n_total": int(g["n_total"].iloc[0]),
+                     "cam_size": size, "mean_cam": stack.mean(axis=0) / 255.0})
+    return pd.DataFrame(rows, columns=["emotion", "correct", "n", "n_total", "cam_size", "mean_cam"])
+
+
+@st.cache_data(show_spinner=False)
+def load_explanation_metrics(ref: StoreRef, run_id: str) -> pd.DataFrame:
+    return _read(ref, """
+        SELECT method, metric, emotion, value, ci_low, ci_high, n, passed FROM explanation_metrics
+        WHERE run_id = ? ORDER BY method, metric, emotion""", [run_id])
+
+
+# ---------------------------------------------------------------- fairness
+
+
+@st.cache_data(show_spinner=False)
+def load_audit_sources(ref: StoreRef, run_id: str) -> pd.DataFrame:
+    return _read(ref, """SELECT source, split, count(*) AS n FROM audit_cells WHERE run_id = ?
+                         GROUP BY source, split ORDER BY source, split""", [run_id])
+
+
+@st.cache_data(show_spinner=False)
+def load_audit_cells(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
+    return _read(ref, """
+        SELECT attribute, grp, metric, n, value, ci_low, ci_high, low_support FROM audit_cells
+        WHERE run_id = ? AND source = ? AND split = ? ORDER BY attribute, metric, grp""",
+                 [run_id, source, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_audit_gaps(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
+    return _read(ref, """
+        SELECT attribute, metric, comparison, grp, gap, ci_low, ci_high, p_value, p_adjusted, correction, significant
+        FROM audit_gaps WHERE run_id = ? AND source = ? AND split = ?
+        ORDER BY attribute, metric, comparison""", [run_id, source, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_proxy_agreement(ref: StoreRef, fingerprint: str) -> pd.DataFrame:
+    return _read(ref, """
+        SELECT source, reference, attribute, annotated, inferred, n FROM proxy_agreement
+        WHERE dataset_fingerprint = ? ORDER BY source, attribute, annotated, inferred""", [fingerprint])
+
+
+# ---------------------------------------------------------------- compare
+
+
+@st.cache_data(show_spinner=False)
+def load_compare_class_metrics(ref: StoreRef, run_ids: tuple[str, ...], split: str) -> pd.DataFrame:
+    if not run_ids:
+        return pd.DataFrame(columns=["run_id", "label", "precision", "recall", "f1", "support"])
+    marks = ", ".join("?" for _ in run_ids)
+    return _read(ref, f"""
+        SELECT run_id, label, precision, recall, f1, support FROM class_metrics
+        WHERE split = ? AND run_id IN ({marks}) ORDER BY run_id, label""", [split, *run_ids])
+
+
+@st.cache_data(show_spinner=False)
+def load_compare_groups(ref: StoreRef, run_ids: tuple[str, ...], source: str, split: str,
+                        metric: str = "accuracy") -> pd.DataFrame:
+    if not run_ids:
+        return pd.DataFrame(columns=["run_id", "attribute", "grp", "n", "value", "ci_low", "ci_high", "low_support"])
+    marks = ", ".join("?" for _ in run_ids)
+    return _read(ref, f"""
+        SELECT run_id, attribute, grp, n, value, ci_low, ci_high, low_support FROM audit_cells
+        WHERE source = ? AND split = ? AND metric = ? AND attribute IN ('gender', 'race', 'age')
+          AND run_id IN ({marks}) ORDER BY attribute, grp, run_id""", [source, split, metric, *run_ids])

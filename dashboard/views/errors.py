@@ -1,0 +1,135 @@
+"""Error explorer: filter predictions, browse a paginated gallery with CAM overlays, inspect one image."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, queries, widgets
+from pipeline.constants import AGE_GROUPS, FACE_REGIONS, GENDERS, RACES
+
+ANY = "(any)"
+COLUMNS = 4
+
+ctx = widgets.render_page_context()
+st.title("Error explorer")
+
+splits = queries.load_run_splits(ctx.ref, ctx.run_id) or ["test"]
+methods = queries.load_explainer_methods(ctx.ref, ctx.run_id)
+tags = queries.load_failure_tag_counts(ctx.ref, ctx.run_id)
+
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns(4)
+    split = widgets.synced_selectbox("Split", splits, key="split", container=c1)
+    true_labels = widgets.synced_multiselect("True emotion", ctx.classes, key="true", container=c2)
+    pred_labels = widgets.synced_multiselect("Predicted emotion", ctx.classes, key="pred", container=c3)
+    outcome = widgets.synced_radio("Outcome", ["wrong", "correct", "all"], key="outcome", default="wrong",
+                                   container=c4, format_func=lambda o: {"wrong": "misclassified",
+                                                                      "correct": "correct", "all": "all"}[o])
+    c5, c6, c7, c8 = st.columns(4)
+    demo_disabled = not ctx.source
+    genders = widgets.synced_multiselect("Gender", list(GENDERS.values()), key="gender", container=c5)
+    races = widgets.synced_multiselect("Race", list(RACES.values()), key="race", container=c6)
+    ages = widgets.synced_multiselect("Age group", list(AGE_GROUPS.values()), key="age", container=c7)
+    conf = widgets.synced_range("Confidence", key="conf", lo=0.0, hi=1.0, default=(0.0, 1.0), step=0.05,
+                                container=c8)
+    c9, c10, c11, c12 = st.columns(4)
+    tag_options = [ANY, *tags["tag"].tolist()]
+    tag_counts = dict(zip(tags["tag"], tags["n"]))
+    tag = widgets.synced_selectbox("Failure mode", tag_options, key="tag", container=c9,
+                                   format_func=lambda t: t if t == ANY else f"{t} ({tag_counts.get(t, 0)})")
+    method = widgets.synced_selectbox("Explanation method", [ANY, *methods], key="method", container=c10,
+                                      help="Only images with a CAM of this method; also the overlay's method.")
+    alpha = widgets.synced_slider("CAM opacity", key="alpha", lo=0.0, hi=1.0, default=0.5, step=0.05,
+                                  container=c11)
+    per_page = widgets.synced_selectbox("Per page", [12, 24, 48], key="per_page", default=24, container=c12)
+    if demo_disabled and (genders or races or ages):
+        st.warning("No demographics stored for this dataset: the gender, race and age filters are ignored.")
+
+filters = queries.ErrorFilters(
+    split=split, true_labels=tuple(true_labels), pred_labels=tuple(pred_labels), correct=outcome,
+    genders=tuple(genders) if ctx.source else (), races=tuple(races) if ctx.source else (),
+    ages=tuple(ages) if ctx.source else (), conf_min=float(conf[0]), conf_max=float(conf[1]),
+    tag="" if tag == ANY else tag, method="" if method == ANY else method,
+    source=ctx.source, fingerprint=ctx.fingerprint)
+overlay_method = filters.method or (methods[0] if methods else "")
+
+total = queries.count_predictions(ctx.ref, ctx.run_id, filters)
+n_pages = max(1, math.ceil(total / per_page))
+top = st.columns([3, 1], vertical_alignment="bottom")
+page_no = widgets.synced_int(f"Page (of {n_pages})", key="page", default=1, lo=1, hi=n_pages, container=top[1])
+top[0].subheader(f"{total:,} images match")
+page = queries.load_prediction_page(ctx.ref, ctx.run_id, filters, per_page, (page_no - 1) * per_page)
+
+if total == 0:
+    st.info("No image matches these filters. Widen them (e.g. outcome 'all', fewer emotions).")
+    st.stop()
+
+cams = queries.load_cams(ctx.ref, ctx.run_id, tuple(page["image_id"]), overlay_method) if overlay_method \
+    else pd.DataFrame(columns=["image_id", "target", "target_label", "cam_size", "cam"])
+cam_of = {(r.image_id, r.target): charts.decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
+
+st.caption(f"Each thumbnail: CAM ({overlay_method or 'none stored'}) for the predicted class, left, and for the "
+           "true class, right (the same map when the prediction is correct). Missing image files show a "
+           "grey placeholder.")
+rows = page.to_dict("records")
+for start in range(0, len(rows), COLUMNS):
+    cols = st.columns(COLUMNS)
+    for col, r in zip(cols, rows[start:start + COLUMNS]):
+        image, _found = charts.load_image_rgb(r["path"])
+        pred_cam = cam_of.get((r["image_id"], "pred"))
+        true_cam = cam_of.get((r["image_id"], "true"), pred_cam if r["correct"] else None)
+        thumb = image if pred_cam is None and true_cam is None else \
+            charts.create_thumbnail(image, pred_cam, true_cam, alpha=alpha)
+        col.image(thumb,
+                  caption=f"{r['image_id']}: {r['true_label']} → {r['pred_label']} ({r['confidence']:.0%})",
+                  width="stretch")
+
+with st.expander("This page as a table"):
+    table = page.drop(columns=["path"])
+    widgets.render_table(table, f"error-explorer-page-{page_no}", ctx.run_id, caption="Filtered predictions")
+
+st.subheader("Detail view")
+ids = page["image_id"].tolist()
+url_img = st.query_params.get("img")
+if url_img and url_img not in ids:
+    ids = [url_img, *ids]
+image_id = widgets.synced_selectbox("Image", ids, key="img", default=ids[0])
+detail = queries.load_image_detail(ctx.ref, ctx.run_id, image_id, ctx.fingerprint)
+pred = detail["prediction"]
+if not len(pred):
+    st.info(f"No prediction for image {image_id} in this run.")
+    st.stop()
+p = pred.iloc[0]
+path = detail["image"]["path"].iloc[0] if len(detail["image"]) else None
+big, found = charts.load_image_rgb(path, size=200)
+dcams = queries.load_cams(ctx.ref, ctx.run_id, (image_id,), overlay_method) if overlay_method else cams.iloc[0:0]
+dcam = {r.target: charts.decode_cam(r.cam, r.cam_size) for r in dcams.itertuples()}
+a, b, c = st.columns(3)
+a.image(big, caption=f"{image_id}" + ("" if found else " (image file missing)"), width="stretch")
+if "pred" in dcam:
+    b.image(charts.create_overlay(big, dcam["pred"], alpha), caption=f"CAM for predicted: {p['pred_label']}",
+            width="stretch")
+true_cam = dcam.get("true", dcam.get("pred") if p["correct"] else None)
+if true_cam is not None:
+    c.image(charts.create_overlay(big, true_cam, alpha), caption=f"CAM for true: {p['true_label']}",
+            width="stretch")
+st.write(f"True **{p['true_label']}**, predicted **{p['pred_label']}** with confidence {p['confidence']:.1%} "
+         f"({'correct' if p['correct'] else 'misclassified'}), split {p['split']}.")
+left, right = st.columns(2)
+with left:
+    widgets.render_figure(charts.create_probabilities_chart(ctx.classes, list(p["probs"]), p["true_label"]),
+                          f"probabilities-{image_id}", ctx.run_id)
+with right:
+    energies = detail["energies"].rename(columns={f"e_{r}": r for r in FACE_REGIONS})
+    st.markdown("**Region energies** (share of CAM energy per facial region)")
+    widgets.render_table(energies, f"region-energies-{image_id}", ctx.run_id)
+st.markdown("**Demographics** (per source; inferred labels are perceived, with the backend's confidence)")
+if len(detail["demographics"]):
+    widgets.render_table(detail["demographics"], f"demographics-{image_id}", ctx.run_id)
+else:
+    st.write("None stored for this image.")
+if len(detail["tags"]):
+    st.write("Failure-mode tags: " + ", ".join(
+        f"{t}" + (f" ({m})" if m else "") for m, t in zip(detail["tags"]["method"], detail["tags"]["tag"])))

@@ -1,0 +1,95 @@
+"""Explanations: correct vs misclassified galleries, mean CAM and region energies per emotion, faithfulness."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, queries, widgets
+from pipeline.constants import FACE_REGIONS
+
+GALLERY = 8
+
+ctx = widgets.render_page_context()
+st.title("Explanations")
+
+methods = queries.load_explainer_methods(ctx.ref, ctx.run_id)
+if not methods:
+    st.info("This run stores no explanations. Run `python -m pipeline explain` on it.")
+    st.stop()
+splits = queries.load_run_splits(ctx.ref, ctx.run_id) or ["test"]
+c1, c2, c3, c4 = st.columns(4)
+method = widgets.synced_selectbox("Method", methods, key="xmethod", container=c1)
+split = widgets.synced_selectbox("Split", splits, key="split", container=c2)
+emotion = widgets.synced_selectbox("Emotion", ctx.classes, key="emotion", container=c3)
+alpha = widgets.synced_slider("CAM opacity", key="alpha", lo=0.0, hi=1.0, default=0.5, step=0.05, container=c4)
+
+st.subheader(f"{emotion}: correct versus misclassified")
+st.caption("Most confident first; CAM for the predicted class, left, and the true class, right.")
+for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", "Misclassified")):
+    # No method filter: it would cost a join with every stored CAM; images without a CAM show plain.
+    f = queries.ErrorFilters(split=split, true_labels=(emotion,), correct=outcome,
+                             source=ctx.source, fingerprint=ctx.fingerprint)
+    n = queries.count_predictions(ctx.ref, ctx.run_id, f)
+    page = queries.load_prediction_page(ctx.ref, ctx.run_id, f, GALLERY, 0)
+    cams = queries.load_cams(ctx.ref, ctx.run_id, tuple(page["image_id"]), method)
+    cam_of = {(r.image_id, r.target): charts.decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
+    with col:
+        st.markdown(f"**{title}** ({n:,} images)")
+        if not len(page):
+            st.write("None.")
+        for pair in range(0, len(page), 2):
+            inner = st.columns(2)
+            for icol, r in zip(inner, page.iloc[pair:pair + 2].to_dict("records")):
+                image, _ = charts.load_image_rgb(r["path"])
+                pcam = cam_of.get((r["image_id"], "pred"))
+                tcam = cam_of.get((r["image_id"], "true"), pcam if r["correct"] else None)
+                icol.image(charts.create_thumbnail(image, pcam, tcam, alpha),
+                           caption=f"{r['image_id']} → {r['pred_label']} ({r['confidence']:.0%})", width="stretch")
+
+st.subheader("Mean heatmap per emotion")
+means = queries.load_mean_cams(ctx.ref, ctx.run_id, method, split)
+if len(means):
+    sampled = (means["n"] < means["n_total"]).any()
+    st.caption("Mean CAM for the predicted class, over correct (top) and misclassified (bottom) images"
+               + (f"; groups above {int(means['n'].max())} images are averaged over a fixed random sample "
+                  "of that size" if sampled else "") + ".")
+    for correct, label in ((True, "correct"), (False, "misclassified")):
+        sub = means[means["correct"] == correct].set_index("emotion")
+        cols = st.columns(len(ctx.classes))
+        for col, emo in zip(cols, ctx.classes):
+            if emo in sub.index:
+                r = sub.loc[emo]
+                col.image(charts.create_cam_image(r["mean_cam"], 96),
+                          caption=f"{emo}, {label} (n={int(r['n'])}"
+                                  + (f" of {int(r['n_total'])})" if r["n"] < r["n_total"] else ")"),
+                          width="stretch")
+            else:
+                col.caption(f"{emo}, {label}: none")
+else:
+    st.write("No heatmaps for this method and split.")
+
+st.subheader("Energy per facial region")
+energy = queries.load_region_energy(ctx.ref, ctx.run_id, method, split)
+regions = list(FACE_REGIONS)
+if len(energy):
+    widgets.render_figure(charts.create_region_energy_chart(energy, regions), f"region-energy-{method}-{split}",
+                          ctx.run_id)
+    widgets.render_table(energy, f"region-energy-table-{method}-{split}", ctx.run_id,
+                         caption=f"Mean CAM energy share per facial region ({method}, {split})",
+                         column_config={r: st.column_config.NumberColumn(format="%.3f") for r in regions})
+else:
+    st.write("No region energies stored.")
+
+st.subheader("Faithfulness and sanity checks")
+em = queries.load_explanation_metrics(ctx.ref, ctx.run_id)
+if len(em):
+    widgets.render_figure(charts.create_explanation_metrics_chart(em), "explanation-metrics", ctx.run_id)
+    show_all = st.toggle("Per emotion too", value=False, key="xm_all")
+    table = em if show_all else em[em["emotion"] == "all"]
+    widgets.render_table(table, "explanation-metrics-table", ctx.run_id,
+                         caption="Faithfulness, sanity checks and localisation per method")
+    checks = em[em["passed"].notna()]
+    for r in checks.to_dict("records"):
+        (st.success if r["passed"] else st.error)(
+            f"{r['method']}: {r['metric']} = {r['value']:.3f} — {'passed' if r['passed'] else 'FAILED'}")
+else:
+    st.write("No faithfulness or sanity-check results stored for this run.")

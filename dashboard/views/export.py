@@ -1,0 +1,82 @@
+"""Export: every table and figure of the selected run in one place, as CSV/LaTeX/Markdown and SVG/PNG/PDF.
+
+The same downloads sit under each table and figure on the other pages; this
+page lists them all for the selected run, building each file only when its
+button is pressed.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, queries, widgets
+from pipeline.constants import FACE_REGIONS
+
+ctx = widgets.render_page_context()
+st.title("Export")
+st.caption(f"Files are named <run>__<view>.<ext>; run {ctx.run_id}. Tables: CSV, LaTeX (booktabs), Markdown. "
+           "Figures: SVG, PNG, PDF.")
+
+tables: dict[str, tuple] = {}
+figures: dict[str, object] = {}
+ref, rid = ctx.ref, ctx.run_id
+tables["runs"] = (ctx.runs.drop(columns=["config"]), "Complete runs in the results store")
+for split in queries.load_run_splits(ref, rid):
+    m = queries.load_class_metrics(ref, rid, split)
+    tables[f"class-metrics-{split}"] = (m, f"Per-class precision, recall, F1 and support ({split})")
+    figures[f"class-metrics-chart-{split}"] = charts.create_class_metrics_chart(m, ctx.classes)
+    conf = queries.load_confusion(ref, rid, split)
+    tables[f"confusion-{split}"] = (conf, f"Confusion counts ({split})")
+    figures[f"confusion-{split}"] = charts.create_confusion_chart(conf, ctx.classes)
+epochs = queries.load_epochs(ref, rid)
+if len(epochs):
+    tables["epochs"] = (epochs, "Per-epoch loss, accuracy and learning rate")
+    figures["training-curves"] = charts.create_training_curves_chart(epochs)
+dist = queries.load_class_distribution(ref, rid)
+if len(dist):
+    tables["class-distribution-table"] = (dist, "Images per split and emotion")
+    figures["class-distribution"] = charts.create_class_distribution_chart(dist, ctx.classes)
+for method in queries.load_explainer_methods(ref, rid):
+    energy = queries.load_region_energy(ref, rid, method)
+    if len(energy):
+        tables[f"region-energy-table-{method}"] = (energy, f"Mean CAM energy per facial region ({method})")
+        figures[f"region-energy-{method}"] = charts.create_region_energy_chart(energy, list(FACE_REGIONS))
+em = queries.load_explanation_metrics(ref, rid)
+if len(em):
+    tables["explanation-metrics-table"] = (em, "Faithfulness, sanity checks and localisation per method")
+    figures["explanation-metrics"] = charts.create_explanation_metrics_chart(em)
+audit = queries.load_audit_sources(ref, rid)
+for source, split in audit[["source", "split"]].itertuples(index=False):
+    cells = queries.load_audit_cells(ref, rid, source, split)
+    tables[f"audit-cells-{source}-{split}"] = (cells, f"Audit cells ({source}, {split})")
+    acc = cells[cells["metric"] == "accuracy"]
+    for attribute in ("gender", "race", "age"):
+        part = acc[acc["attribute"] == attribute]
+        if len(part):
+            figures[f"audit-{attribute}-accuracy-{source}-{split}"] = charts.create_group_metric_chart(
+                part, f"accuracy by {attribute}")
+    for attribute in ("gender×emotion", "race×emotion", "gender×race×emotion"):
+        part = acc[acc["attribute"] == attribute]
+        if len(part):
+            figures[f"audit-{attribute}-accuracy-{source}-{split}"] = charts.create_intersection_heatmap(
+                part, f"accuracy: {attribute}")
+    gaps = queries.load_audit_gaps(ref, rid, source, split)
+    if len(gaps):
+        tables[f"audit-gaps-{source}-{split}"] = (gaps, f"Gaps with 95% CI and corrected p ({source}, {split})")
+        figures[f"audit-gaps-{source}-{split}"] = charts.create_gap_chart(gaps)
+agreement = queries.load_proxy_agreement(ref, ctx.fingerprint)
+if len(agreement):
+    tables["proxy-agreement"] = (agreement, "Inferred against annotated labels")
+    for attribute in sorted(agreement["attribute"].unique()):
+        figures[f"proxy-{attribute}"] = charts.create_proxy_chart(agreement, attribute)
+
+st.subheader(f"Tables ({len(tables)})")
+for view, (df, caption) in tables.items():
+    a, b = st.columns([4, 1], vertical_alignment="center")
+    a.write(f"{view} — {caption} ({len(df):,} rows)")
+    widgets.render_table_downloads(df, view, rid, caption=caption, container=b)
+
+st.subheader(f"Figures ({len(figures)})")
+for view, chart in figures.items():
+    a, b = st.columns([4, 1], vertical_alignment="center")
+    a.write(view)
+    widgets.render_figure_downloads(chart, view, rid, container=b)

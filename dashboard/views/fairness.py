@@ -1,0 +1,94 @@
+"""Fairness audit: metrics by group with CIs and n, intersectional heatmaps, gaps, proxy agreement."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, queries, widgets
+
+ctx = widgets.render_page_context()
+st.title("Fairness audit")
+
+sources = queries.load_audit_sources(ctx.ref, ctx.run_id)
+if not len(sources):
+    st.info("This run has no audit yet. Run `python -m pipeline audit` on it.")
+    st.stop()
+audit_sources = sorted(sources["source"].unique())
+source = ctx.source if ctx.source in audit_sources else audit_sources[0]
+if source != ctx.source:
+    st.warning(f"No audit for demographic source {ctx.source or '(none)'}; showing {source}.")
+splits = sorted(sources[sources["source"] == source]["split"].unique())
+c1, c2 = st.columns(2)
+split = widgets.synced_selectbox("Split", splits, key="split", container=c1)
+cells = queries.load_audit_cells(ctx.ref, ctx.run_id, source, split)
+metrics = sorted(cells["metric"].unique(), key=lambda m: (m != "accuracy", m))
+metric = widgets.synced_selectbox("Metric", metrics, key="metric", default="accuracy", container=c2)
+inferred = bool(ctx.sources.set_index("source")["inferred"].get(source, False)) if len(ctx.sources) else False
+st.caption(f"Demographic source: {source}" + (" (inferred, perceived labels)" if inferred else "")
+           + ". Error bars are 95% confidence intervals; n is the number of test images; low-support "
+           "groups are drawn as triangles and their cells marked with *.")
+
+sel = cells[cells["metric"] == metric]
+st.subheader(f"{metric} by group")
+cols = st.columns(3)
+for col, attribute in zip(cols, ("gender", "race", "age")):
+    part = sel[sel["attribute"] == attribute]
+    with col:
+        if len(part):
+            widgets.render_figure(charts.create_group_metric_chart(part, f"{metric} by {attribute}"),
+                                  f"audit-{attribute}-{metric}-{source}", ctx.run_id)
+        else:
+            st.write(f"No {attribute} groups.")
+single = sel[sel["attribute"].isin(["gender", "race", "age"])]
+widgets.render_table(single, f"audit-groups-{metric}-{source}-{split}", ctx.run_id,
+                     caption=f"{metric} by perceived group ({source}, {split}) with 95% CI",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in ("value", "ci_low", "ci_high")})
+
+st.subheader("Intersections with emotion")
+inter_attrs = [a for a in ("gender×emotion", "race×emotion", "age×emotion", "gender×race×emotion")
+               if a in set(sel["attribute"])]
+if inter_attrs:
+    attribute = widgets.synced_radio("Intersection", inter_attrs, key="inter", default=inter_attrs[0])
+    part = sel[sel["attribute"] == attribute]
+    widgets.render_figure(charts.create_intersection_heatmap(part, f"{metric}: {attribute}"),
+                          f"audit-{attribute}-{metric}-{source}", ctx.run_id)
+    low = int(part["low_support"].sum())
+    if low:
+        st.caption(f"{low} of {len(part)} cells have low support: read them as anecdotes, not findings.")
+    widgets.render_table(part, f"audit-{attribute}-{metric}-{source}-table", ctx.run_id,
+                         caption=f"{metric} by {attribute} ({source}, {split})")
+else:
+    st.write("No intersectional cells for this metric.")
+
+st.subheader("Gaps")
+gaps = queries.load_audit_gaps(ctx.ref, ctx.run_id, source, split)
+if len(gaps):
+    gsel = gaps[gaps["metric"] == metric] if (gaps["metric"] == metric).any() else gaps
+    widgets.render_figure(charts.create_gap_chart(gsel), f"audit-gaps-{metric}-{source}", ctx.run_id)
+    corr = ", ".join(sorted(gaps["correction"].dropna().unique())) or "none"
+    st.caption(f"p-values corrected for multiple comparisons ({corr}); 'significant' uses the corrected value.")
+    widgets.render_table(gsel, f"audit-gaps-{metric}-{source}-{split}", ctx.run_id,
+                         caption=f"Gaps in {metric} with 95% CI and corrected p-values ({source}, {split})")
+else:
+    st.write("No gaps stored.")
+
+st.subheader("Inferred versus annotated labels")
+agreement = queries.load_proxy_agreement(ctx.ref, ctx.fingerprint)
+if len(agreement):
+    st.caption("Counts of images per (annotated, inferred) pair; rows are annotated groups. "
+               "Low agreement means an audit on inferred labels measures the inferrer as much as the model.")
+    attrs = [a for a in ("gender", "race", "age") if a in set(agreement["attribute"])]
+    for col, attribute in zip(st.columns(max(1, len(attrs))), attrs):
+        with col:
+            widgets.render_figure(charts.create_proxy_chart(agreement, attribute), f"proxy-{attribute}",
+                                  ctx.run_id)
+    agree = agreement.assign(match=agreement["annotated"] == agreement["inferred"])
+    summary = (agree.groupby(["source", "attribute"])
+               .apply(lambda g: g.loc[g["match"], "n"].sum() / g["n"].sum(), include_groups=False)
+               .rename("agreement").reset_index())
+    widgets.render_table(summary, "proxy-agreement-summary", ctx.run_id,
+                         caption="Share of images whose inferred label equals the annotation")
+    widgets.render_table(agreement, "proxy-agreement", ctx.run_id,
+                         caption="Inferred against annotated labels")
+else:
+    st.write("No dataset with both annotations and inferred labels: nothing to compare.")

@@ -1,0 +1,54 @@
+"""Overview: the complete runs in the store, the selected run's headline numbers and demographic source."""
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+from dashboard import widgets
+
+ctx = widgets.render_page_context()
+run = ctx.run
+
+st.title("Overview")
+if run["is_synthetic"]:
+    st.warning("This run uses the built-in synthetic face dataset: generated faces with a known answer, "
+               "for trying the tool out. Its numbers say nothing about real faces.", icon=":material/science:")
+
+st.subheader(f"Run {ctx.run_id}")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Test accuracy", "—" if run["test_accuracy"] is None else f"{run['test_accuracy']:.1%}")
+c2.metric("Macro F1", "—" if run["test_macro_f1"] is None else f"{run['test_macro_f1']:.3f}")
+c3.metric("Test images", "—" if run["n_test"] is None else f"{int(run['n_test']):,}")
+c4.metric("Classes", len(ctx.classes))
+st.write(f"Dataset **{run['dataset']}** ({run['dataset_root']}), recipe **{run['recipe']}**, "
+         f"model {run['model']}, kind {run['kind']}, seed {run['seed']}, device {run['device']}.")
+if run.get("parent_run_id"):
+    st.write(f"Evaluates the model of run {run['parent_run_id']}.")
+
+st.subheader("Demographic source in use")
+if ctx.source:
+    row = ctx.sources[ctx.sources["source"] == ctx.source].iloc[0]
+    if row["inferred"]:
+        st.write(f"**{ctx.source}**: perceived labels inferred by a model, not self-reported identity. "
+                 "Check them against annotations (Fairness audit → proxy agreement) before trusting a gap.")
+    else:
+        st.write(f"**{ctx.source}**: the dataset's own annotations.")
+    st.caption("Change it in the sidebar; every page's subgroup filters and the audit use it.")
+    widgets.render_table(ctx.sources, "demographic-sources", ctx.run_id)
+else:
+    st.write("No demographics stored for this dataset: subgroup filters and the audit are unavailable.")
+
+st.subheader("Runs in the store")
+cols = ["run_id", "kind", "dataset", "is_synthetic", "recipe", "model", "test_accuracy", "test_macro_f1",
+        "n_test", "seed", "started_at", "train_seconds"]
+runs_table = ctx.runs[cols]
+if ctx.runs["is_synthetic"].any():
+    st.caption("Runs on the built-in synthetic data are marked is_synthetic.")
+widgets.render_table(runs_table, "runs", ctx.run_id, caption="Complete runs in the results store")
+
+with st.expander("Configuration of the selected run"):
+    try:
+        st.json(json.loads(run["config"]))
+    except (TypeError, ValueError):
+        st.code(str(run["config"]))

@@ -1,0 +1,298 @@
+"""Shared widgets: the run and demographic-source pickers, URL-synced filters, tables and figures with downloads.
+
+URL state: every synced widget takes its first value from `st.query_params`
+when the URL holds a value this session did not write (a bookmarked or
+shared link, a reload, a jump from another page), else keeps its current
+state, else the value it last had in this session (so filters survive moving
+between pages, which clears the URL), else its default; after drawing, its
+value is written back to the URL. A user's change is never overwritten by the
+URL value the session itself wrote before.
+
+No raw HTML is ever written: all text goes through Streamlit's escaped
+elements.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, queries
+
+KEEP = "_keep_"  # session-state prefix of the remembered value of a synced widget
+PUBLISHED = "_url_"  # session-state prefix of what this session last wrote to the URL for it
+
+
+# ---------------------------------------------------------------- URL-synced widgets
+
+
+def _seed(key: str, default: Any, decode: Callable[[list[str]], Any], valid: Callable[[Any], bool]) -> None:
+    """Give the widget `key` its value for this run, before it is drawn.
+
+    A URL value this session did not write itself (a shared link, a reload, a
+    `st.switch_page(..., query_params=...)`) wins; else the widget's current
+    state; else the value it last had on any page; else the default.
+    """
+    url = st.query_params.get_all(key) if key in st.query_params else None
+    if url is not None and url != st.session_state.get(PUBLISHED + key):
+        try:
+            decoded = decode(url)
+        except (ValueError, TypeError, KeyError):
+            decoded = None
+        if decoded is not None and valid(decoded):
+            st.session_state[key] = decoded
+            return
+    if key in st.session_state and valid(st.session_state[key]):
+        # Re-assert it: after a page switch the widget gets a new identity and would
+        # otherwise start from its default instead of the state it had.
+        st.session_state[key] = st.session_state[key]
+        return
+    keep = st.session_state.get(KEEP + key)
+    st.session_state[key] = keep if keep is not None and valid(keep) else default
+
+
+def _publish(key: str, value: Any, default: Any, encode: Callable[[Any], str | list[str]],
+             always: bool = False) -> None:
+    st.session_state[KEEP + key] = value
+    if value == default and not always:
+        if key in st.query_params:
+            del st.query_params[key]
+        st.session_state[PUBLISHED + key] = None
+    else:
+        encoded = encode(value)
+        encoded = encoded if isinstance(encoded, list) else [encoded]
+        if st.query_params.get_all(key) != encoded:
+            st.query_params[key] = encoded
+        st.session_state[PUBLISHED + key] = encoded
+
+
+def synced_selectbox(label: str, options: Sequence[Any], key: str, default: Any = None, *, container=None,
+                     format_func: Callable[[Any], str] = str, help: str | None = None,
+                     always_in_url: bool = False) -> Any:
+    """A selectbox synced with the URL; `always_in_url` keeps even the default there (the run, so that a
+    bookmark keeps pointing at the same run after newer runs arrive)."""
+    options = list(options)
+    if not options:
+        return None
+    default = default if default in options else options[0]
+    by_text = {str(o): o for o in options}
+    _seed(key, default, lambda v: by_text.get(v[-1]), lambda v: v in options)
+    if st.session_state[key] not in options:
+        st.session_state[key] = default
+    value = (container or st).selectbox(label, options, key=key, format_func=format_func, help=help)
+    _publish(key, value, default, str, always=always_in_url)
+    return value
+
+
+def synced_multiselect(label: str, options: Sequence[Any], key: str, default: Sequence[Any] = (), *,
+                       container=None, help: str | None = None, format_func: Callable[[Any], str] = str) -> list:
+    options = list(options)
+    default = [d for d in default if d in options]
+    by_text = {str(o): o for o in options}
+    _seed(key, default, lambda v: [by_text[x] for x in v if x in by_text], lambda v: isinstance(v, list))
+    st.session_state[key] = [v for v in st.session_state[key] if v in options]
+    value = (container or st).multiselect(label, options, key=key, help=help, format_func=format_func)
+    _publish(key, value, default, lambda v: [str(x) for x in v])
+    return value
+
+
+def synced_radio(label: str, options: Sequence[str], key: str, default: str, *, container=None,
+                 horizontal: bool = True, format_func: Callable[[Any], str] = str) -> str:
+    options = list(options)
+    _seed(key, default, lambda v: v[-1], lambda v: v in options)
+    value = (container or st).radio(label, options, key=key, horizontal=horizontal, format_func=format_func)
+    _publish(key, value, default, str)
+    return value
+
+
+def synced_range(label: str, key: str, lo: float, hi: float, default: tuple[float, float], step: float, *,
+                 container=None) -> tuple[float, float]:
+    def decode(v: list[str]) -> tuple[float, float]:
+        a, b = (float(x) for x in v[-1].split("-", 1))
+        return (a, b)
+
+    def valid(v: Any) -> bool:
+        return isinstance(v, tuple) and len(v) == 2 and lo <= v[0] <= v[1] <= hi
+
+    _seed(key, tuple(default), decode, valid)
+    value = tuple((container or st).slider(label, lo, hi, key=key, step=step))
+    _publish(key, value, tuple(default), lambda v: f"{v[0]:g}-{v[1]:g}")
+    return value
+
+
+def synced_slider(label: str, key: str, lo: float, hi: float, default: float, step: float, *,
+                  container=None) -> float:
+    _seed(key, default, lambda v: float(v[-1]), lambda v: isinstance(v, float) and lo <= v <= hi)
+    value = (container or st).slider(label, lo, hi, key=key, step=step)
+    _publish(key, value, default, lambda v: f"{v:g}")
+    return value
+
+
+def synced_int(label: str, key: str, default: int, lo: int, hi: int, *, container=None) -> int:
+    _seed(key, default, lambda v: int(v[-1]), lambda v: isinstance(v, int) and lo <= v <= hi)
+    if not lo <= st.session_state[key] <= hi:
+        st.session_state[key] = default
+    value = int((container or st).number_input(label, min_value=lo, max_value=hi, step=1, key=key))
+    _publish(key, value, default, str)
+    return value
+
+
+# ---------------------------------------------------------------- run context
+
+
+@dataclass
+class RunContext:
+    ref: queries.StoreRef
+    runs: pd.DataFrame          # complete runs
+    run: dict                   # the selected run's row
+    source: str                 # selected demographic source ('' when the dataset has none)
+    sources: pd.DataFrame       # demographic sources of the run's dataset
+
+    @property
+    def run_id(self) -> str:
+        return self.run["run_id"]
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.run["classes"]]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.run["dataset_fingerprint"]
+
+
+def describe_run(run: dict) -> str:
+    acc = run.get("test_accuracy")
+    acc_text = f", acc {acc:.1%}" if acc is not None and acc == acc else ""
+    return f"{run['run_id']} · {run['dataset']} · {run['recipe']}{acc_text}"
+
+
+def describe_source(row: dict) -> str:
+    return f"{row['source']} ({'inferred' if row['inferred'] else 'annotated'}, n={row['n']})"
+
+
+def render_run_context(ref: queries.StoreRef) -> RunContext:
+    """The sidebar run picker and demographic-source picker (both in the URL)."""
+    runs = queries.load_runs(ref)
+    by_id = {r["run_id"]: r for r in runs.to_dict("records")}
+    run_id = synced_selectbox("Run", list(by_id), key="run", container=st.sidebar,
+                              format_func=lambda rid: describe_run(by_id[rid]),
+                              help="Complete runs only, newest first.", always_in_url=True)
+    run = by_id[run_id]
+    sources = queries.load_demographic_sources(ref, run["dataset_fingerprint"])
+    source = ""
+    if len(sources):
+        rows = {r["source"]: r for r in sources.to_dict("records")}
+        source = synced_selectbox("Demographic source", list(rows), key="source", container=st.sidebar,
+                                  format_func=lambda s: describe_source(rows[s]),
+                                  help="Dataset annotations, or the backend that inferred perceived labels.")
+    else:
+        st.sidebar.caption("No demographics stored for this dataset.")
+    if run.get("is_synthetic"):
+        st.sidebar.info("Built-in synthetic data: numbers describe the generator, not real faces.")
+    st.sidebar.caption(f"Store: {ref.path}")
+    if st.sidebar.button("Refresh", help="Reload the store (new runs appear)."):
+        st.rerun()
+    return RunContext(ref=ref, runs=runs, run=run, source=source, sources=sources)
+
+
+# ---------------------------------------------------------------- tables and figures
+
+
+def create_file_name(run_id: str, view: str, ext: str) -> str:
+    """`<run>__<view>.<ext>`, with only safe characters."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", view).strip("-").lower() or "view"
+    run = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-") or "run"
+    return f"{run}__{slug}.{ext}"
+
+
+TABLE_FORMATS: dict[str, tuple[str, str]] = {
+    "csv": ("CSV", "text/csv"),
+    "tex": ("LaTeX", "application/x-tex"),
+    "md": ("Markdown", "text/markdown"),
+}
+
+
+def export_table(df: pd.DataFrame, fmt: str, caption: str | None = None, label: str | None = None) -> bytes:
+    from pipeline import export
+
+    if fmt == "csv":
+        return export.to_csv(df).encode("utf-8")
+    if fmt == "tex":
+        return export.to_latex(df, caption=caption, label=label).encode("utf-8")
+    if fmt == "md":
+        return export.to_markdown(df).encode("utf-8")
+    raise ValueError(f"unknown table format {fmt!r}; use one of {', '.join(TABLE_FORMATS)}")
+
+
+def render_table_downloads(df: pd.DataFrame, view: str, run_id: str, *, caption: str | None = None,
+                           container=None) -> None:
+    box = (container or st).popover("Download table", icon=":material/download:")
+    for fmt, (name, mime) in TABLE_FORMATS.items():
+        box.download_button(
+            name, data=lambda fmt=fmt: export_table(df, fmt, caption=caption or view,
+                                                   label=f"tab:{create_file_name(run_id, view, '')[:-1]}"),
+            file_name=create_file_name(run_id, view, fmt), mime=mime, on_click="ignore",
+            key=f"dl-{view}-{fmt}")
+
+
+def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | None = None,
+                 height: int | str = "auto", column_config: dict | None = None) -> None:
+    """A data frame with CSV / LaTeX / Markdown downloads named after the run and view."""
+    st.dataframe(df, hide_index=True, height=height, column_config=column_config)
+    render_table_downloads(df, view, run_id, caption=caption)
+
+
+def render_figure_downloads(chart, view: str, run_id: str, *, container=None) -> None:
+    box = (container or st).popover("Download figure", icon=":material/download:")
+    for fmt, mime in charts.EXPORT_FORMATS.items():
+        box.download_button(
+            fmt.upper(), data=lambda fmt=fmt: charts.export_chart(chart, fmt),
+            file_name=create_file_name(run_id, view, fmt), mime=mime, on_click="ignore",
+            key=f"dlf-{view}-{fmt}")
+
+
+def render_figure(chart, view: str, run_id: str, *, select: bool = False, key: str | None = None):
+    """An Altair chart with SVG / PNG / PDF downloads; with `select`, returns the selection state."""
+    # width="content": the builders size their charts; stretching squashed layered charts in narrow columns.
+    if select:
+        state = st.altair_chart(chart, on_select="rerun", key=key or f"chart-{view}", width="content")
+    else:
+        st.altair_chart(chart, width="content")
+        state = None
+    render_figure_downloads(chart, view, run_id)
+    return state
+
+
+# ---------------------------------------------------------------- store problems
+
+
+def render_store_problem(status: queries.StoreStatus, db_path: str) -> None:
+    """A page saying what is wrong with the store and what to run: never a traceback."""
+    st.title("Facial emotion recognition: results")
+    headline = {
+        "missing": "No results store yet",
+        "empty": "The results store holds no complete run yet",
+        "old-schema": "The results store was made by another version of the pipeline",
+        "unreadable": "The results store could not be read",
+    }.get(status.state, "The results store cannot be shown")
+    st.warning(headline)
+    st.write(status.message)
+    st.markdown("**What to run** (from the project root):")
+    if status.state == "old-schema":
+        st.code(f"mv {db_path} {db_path}.old\npython -m pipeline demo --db {db_path}", language="bash")
+    else:
+        st.code(f"python -m pipeline demo --db {db_path}", language="bash")
+    st.markdown("Then reload this page. To open another store:")
+    st.code("streamlit run dashboard/app.py -- --db PATH/TO/results.duckdb\n"
+            "# or: FER_RESULTS_DB=PATH/TO/results.duckdb streamlit run dashboard/app.py", language="bash")
+    if st.button("Check again"):
+        st.rerun()
+
+
+def render_page_context() -> RunContext:
+    """Every page starts here: the store checked by the entry script, then the sidebar pickers."""
+    return render_run_context(st.session_state["store_ref"])

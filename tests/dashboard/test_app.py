@@ -1,0 +1,119 @@
+"""The entry script: store resolution, store problems as help pages, every page from st.navigation."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pytest
+
+from dashboard import queries
+
+PAGES = ["overview", "performance", "errors", "explanations", "fairness", "compare", "export"]
+TITLES = {"overview": "Overview", "performance": "Performance", "errors": "Error explorer",
+          "explanations": "Explanations", "fairness": "Fairness audit", "compare": "Compare runs",
+          "export": "Export"}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_without_exception(make_app, app_store, page):
+    at = make_app(app_store).run()
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == [TITLES[page]]
+    assert at.selectbox(key="run").value in queries.load_runs(queries.create_store_ref(app_store))["run_id"].tolist()
+
+
+def test_only_complete_runs_are_offered(make_app, fake_store):
+    at = make_app(fake_store).run()
+    options = at.selectbox(key="run").options
+    assert len(options) == 2
+    assert not any("cccc" in o for o in options)  # the 'running' run stays hidden
+
+
+def test_synthetic_run_shows_a_banner(make_app, fake_store):
+    at = make_app(fake_store)
+    at.query_params["run"] = "20260101-000000-lightcnn-softlabel-aaaa"
+    at.run()
+    assert any("synthetic" in w.value for w in at.warning)
+    at.selectbox(key="run").set_value("20260102-000000-resnet50-transfer-bbbb").run()
+    assert not any("synthetic" in w.value for w in at.warning)
+    assert at.query_params["run"] == "20260102-000000-resnet50-transfer-bbbb"
+
+
+def test_missing_store_shows_what_to_run(make_app, tmp_path):
+    at = make_app(tmp_path / "nowhere.duckdb").run()
+    assert not at.exception
+    assert any("No results store" in w.value for w in at.warning)
+    assert any("python -m pipeline demo" in c.value for c in at.code)
+    at.switch_page("views/fairness.py").run()
+    assert not at.exception
+    assert any("python -m pipeline demo" in c.value for c in at.code)
+
+
+def test_empty_store_shows_what_to_run(make_app, tmp_path):
+    from pipeline.store import open_store
+
+    db = tmp_path / "empty.duckdb"
+    with open_store(db):
+        pass
+    at = make_app(db).run()
+    assert not at.exception
+    assert any("no complete run" in w.value for w in at.warning)
+
+
+def test_old_schema_store_says_so(make_app, tmp_path):
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("INSERT INTO meta VALUES ('schema_version', '0')")
+    con.execute("CREATE TABLE runs (run_id VARCHAR, status VARCHAR)")
+    con.close()
+    at = make_app(db).run()
+    assert not at.exception
+    assert any("another version" in w.value for w in at.warning)
+    assert any("mv " in c.value for c in at.code)
+
+
+def test_not_a_duckdb_file_is_explained(make_app, tmp_path):
+    db = tmp_path / "text.duckdb"
+    db.write_text("not a database")
+    at = make_app(db).run()
+    assert not at.exception
+    assert at.warning
+
+
+def test_writer_holding_the_lock_gives_a_friendly_message(make_app, fake_store, tmp_path):
+    import shutil
+
+    db = tmp_path / "locked.duckdb"
+    shutil.copy(fake_store, db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import duckdb, sys, time
+            con = duckdb.connect({str(db)!r})
+            print("locked", flush=True)
+            sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        at = make_app(db).run()
+        assert not at.exception
+        assert any("pipeline is writing" in i.value for i in at.info)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    at.run()  # the writer is gone: the same session now shows the page
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Overview"]
+
+
+def test_db_argument_wins_over_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("FER_RESULTS_DB", str(tmp_path / "env.duckdb"))
+    assert queries.resolve_db_path(["--db", str(tmp_path / "arg.duckdb")]) == tmp_path / "arg.duckdb"
+    assert queries.resolve_db_path([f"--db={tmp_path / 'b.duckdb'}"]) == tmp_path / "b.duckdb"
+    assert queries.resolve_db_path([]) == tmp_path / "env.duckdb"
+    monkeypatch.delenv("FER_RESULTS_DB")
+    from pipeline.paths import DEFAULT_DB
+    assert queries.resolve_db_path([]) == DEFAULT_DB

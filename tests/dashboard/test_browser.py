@@ -1,0 +1,154 @@
+"""A real browser (Debian's chromium via Playwright) against `streamlit run dashboard/app.py`.
+
+Loads every page, applies filters through the UI and through the URL, checks
+that no Streamlit exception box appears, and saves screenshots to
+tests/artifacts/ (gitignored) for a person to look at.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PAGES = [("", "Overview"), ("performance", "Performance"), ("errors", "Error explorer"),
+         ("explanations", "Explanations"), ("fairness", "Fairness audit"), ("compare", "Compare runs"),
+         ("export", "Export")]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason="Debian's chromium is not installed at /usr/bin/chromium "
+                              "(tests/run_all.sh installs it: apt-get install -y chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(browser_store):
+    """`streamlit run dashboard/app.py` on a free port against the store; killed in teardown."""
+    port = _free_port()
+    env = {**os.environ, "FER_RESULTS_DB": str(browser_store)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                pytest.fail(f"streamlit exited with {proc.returncode}:\n{out}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("streamlit did not answer /_stcore/health within 120 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1800})
+        pg = context.new_page()
+        pg.set_default_timeout(90_000)
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def shot(browser_store):
+    """Screenshot path prefixed with the store kind (pipeline / fake)."""
+    kind = "pipeline" if "pipeline_store" in str(browser_store) else "fake"
+    return lambda name: str(ARTIFACTS / f"{kind}-{name}.png")
+
+
+def _settle(pg, title: str) -> None:
+    """Wait until the page's title shows and the script has finished running."""
+    pg.get_by_role("heading", name=title, level=1).first.wait_for()
+    pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+    pg.wait_for_timeout(500)
+    pg.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]')
+
+
+def _exceptions(pg) -> list[str]:
+    return [e.inner_text() for e in pg.query_selector_all('[data-testid="stException"]')]
+
+
+@pytest.mark.parametrize("path,title", PAGES, ids=[t for _, t in PAGES])
+def test_every_page_renders_without_exception(page, server, shot, path, title):
+    page.goto(f"{server}/{path}")
+    _settle(page, title)
+    page.screenshot(path=shot(f"page-{path or 'overview'}"), full_page=True)
+    assert _exceptions(page) == []
+    assert page.locator('[data-testid="stSidebar"]').get_by_text("Run", exact=True).count() >= 1
+
+
+def _match_count(pg) -> int:
+    text = pg.get_by_role("heading", name=re.compile(r"images match")).first.inner_text()
+    return int(text.split()[0].replace(",", ""))
+
+
+def test_error_explorer_filter_changes_gallery_and_url(page, server, shot):
+    page.goto(f"{server}/errors")
+    _settle(page, "Error explorer")
+    wrong_only = _match_count(page)
+    page.get_by_text("all", exact=True).click()  # the Outcome radio: misclassified -> all
+    page.wait_for_function("() => window.location.search.includes('outcome=all')")
+    _settle(page, "Error explorer")
+    everything = _match_count(page)
+    assert everything > wrong_only
+    assert _exceptions(page) == []
+    assert page.locator('[data-testid="stImage"]').count() >= 4
+    page.screenshot(path=shot("errors-filtered"), full_page=True)
+
+
+def test_url_filters_restore_a_shared_view(page, server, shot):
+    page.goto(f"{server}/errors?outcome=all&true=Happiness")
+    _settle(page, "Error explorer")
+    assert _exceptions(page) == []
+    captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+    gallery = [c for c in captions if "→" in c and c.startswith("test_")]
+    assert gallery and all(": Happiness →" in c for c in gallery)
+    page.screenshot(path=shot("errors-from-url"), full_page=True)

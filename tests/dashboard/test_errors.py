@@ -1,0 +1,108 @@
+"""Error explorer: filters change the gallery, the URL carries them, the detail view shows one image."""
+from __future__ import annotations
+
+import pytest
+
+from dashboard import queries
+
+RUN = "20260101-000000-lightcnn-softlabel-aaaa"
+
+
+def _open(make_app, store, **params):
+    at = make_app(store)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("views/errors.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _count(at) -> int:
+    header = next(s.value for s in at.subheader if "images match" in s.value)
+    return int(header.split()[0].replace(",", ""))
+
+
+def _gallery_captions(at) -> list[str]:
+    return [c for img in at.image for c in img.captions if "→" in c]
+
+
+def test_default_view_shows_misclassified_images(make_app, fake_store):
+    at = _open(make_app, fake_store, run=RUN)
+    captions = _gallery_captions(at)
+    assert 0 < len(captions) <= 24
+    for c in captions:
+        true, pred = c.split(": ", 1)[1].split(" (")[0].split(" → ")
+        assert true != pred
+
+
+def test_filters_change_what_is_shown(make_app, fake_store):
+    at = _open(make_app, fake_store, run=RUN)
+    wrong = _count(at)
+    at.radio(key="outcome").set_value("all").run()
+    everything = _count(at)
+    assert everything == 300 and wrong < everything
+    assert at.query_params["outcome"] == "all"
+    at.multiselect(key="true").set_value(["Happiness"]).run()
+    assert all(": Happiness →" in c for c in _gallery_captions(at))
+    happy = _count(at)
+    at.multiselect(key="gender").set_value(["female"]).run()
+    assert _count(at) < happy
+    at.slider(key="conf").set_value((0.9, 1.0)).run()
+    assert all(int(c.rsplit("(", 1)[1].rstrip("%)")) >= 90 for c in _gallery_captions(at))
+    assert not at.exception
+
+
+def test_failure_tag_and_method_filters(make_app, fake_store):
+    at = _open(make_app, fake_store, run=RUN)
+    wrong = _count(at)
+    tag = next(o for o in at.selectbox(key="tag").options if o.startswith("confusion:")).rsplit(" (", 1)[0]
+    at.selectbox(key="tag").set_value(tag).run()
+    tagged = _count(at)
+    assert 0 < tagged < wrong
+    at.selectbox(key="tag").set_value("(any)").run()
+    at.selectbox(key="method").set_value("gradcam++").run()
+    assert 0 < _count(at) < wrong  # the fake store explains a quarter of the images with gradcam++
+
+
+def test_url_restores_filters_and_pagination(make_app, fake_store):
+    at = _open(make_app, fake_store, run=RUN, outcome="all", true="Fear", per_page="12", page="2")
+    assert at.multiselect(key="true").value == ["Fear"]
+    assert at.radio(key="outcome").value == "all"
+    assert at.number_input(key="page").value == 2
+    captions = _gallery_captions(at)
+    assert 0 < len(captions) <= 12 and all(": Fear →" in c for c in captions)
+    ref = queries.create_store_ref(fake_store)
+    f = queries.ErrorFilters(true_labels=("Fear",), correct="all")
+    second = queries.load_prediction_page(ref, RUN, f, 12, 12)["image_id"].tolist()
+    assert [c.split(":")[0] for c in captions] == second
+
+
+def test_bad_url_values_fall_back_to_defaults(make_app, fake_store):
+    at = _open(make_app, fake_store, run="no-such-run", outcome="bogus", true="NotAnEmotion", conf="x-y",
+               page="999")
+    assert at.radio(key="outcome").value == "wrong"
+    assert at.multiselect(key="true").value == []
+    assert at.number_input(key="page").value == 1
+
+
+def test_detail_view_and_missing_images(make_app, fake_store):
+    ref = queries.create_store_ref(fake_store)
+    last = queries.load_prediction_page(ref, RUN, queries.ErrorFilters(correct="all", order="image"), 1, 299)
+    missing_id = last["image_id"].iloc[0]  # the fake store leaves the last images without a file
+    at = _open(make_app, fake_store, run=RUN, outcome="all", img=missing_id)
+    assert at.selectbox(key="img").value == missing_id
+    assert any(f"{missing_id} (image file missing)" in c for img in at.image for c in img.captions)
+    tables = [d.value for d in at.dataframe]
+    assert any("source" in t.columns and "gender_conf" in t.columns for t in tables)  # demographics
+    assert any("mouth" in t.columns for t in tables)  # region energies
+    assert not at.exception
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_opacity_changes_thumbnails(make_app, fake_store, alpha):
+    at = _open(make_app, fake_store, run=RUN)
+    before = [img.value for img in at.image]
+    at.slider(key="alpha").set_value(alpha).run()
+    after = [img.value for img in at.image]
+    assert before != after

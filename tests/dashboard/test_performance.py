@@ -1,0 +1,53 @@
+"""Performance page: report table, confusion matrix → error explorer, curves, distribution."""
+from __future__ import annotations
+
+from dashboard import queries
+
+
+def _open(make_app, store, **params):
+    at = make_app(store)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("views/performance.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_tables_and_figures_are_present(make_app, app_store):
+    at = _open(make_app, app_store)
+    ref = queries.create_store_ref(app_store)
+    run_id = at.selectbox(key="run").value
+    metrics = queries.load_class_metrics(ref, run_id, "test")
+    first = at.dataframe[0].value
+    assert set(["label", "precision", "recall", "f1", "support"]) <= set(first.columns)
+    assert first["label"].tolist() == metrics["label"].tolist()
+    assert [s.value for s in at.subheader] == ["Per-class report", "Confusion matrix", "Training curves",
+                                               "Class distribution"]
+    assert len(at.download_button) >= 6  # every table and figure has downloads
+
+
+def test_confusion_cell_opens_error_explorer_filtered_to_it(make_app, app_store):
+    at = _open(make_app, app_store)
+    classes = at.selectbox(key="cm_true").options
+    true_label, pred_label = classes[0], classes[1]
+    at.selectbox(key="cm_true").set_value(true_label)
+    at.selectbox(key="cm_pred").set_value(pred_label)
+    at.button(key="cm_open").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Error explorer"]
+    assert at.multiselect(key="true").value == [true_label]
+    assert at.multiselect(key="pred").value == [pred_label]
+    header = next(s.value for s in at.subheader if "images match" in s.value)
+    ref = queries.create_store_ref(app_store)
+    conf = queries.load_confusion(ref, at.selectbox(key="run").value, "test")
+    expected = conf[(conf.true_label == true_label) & (conf.pred_label == pred_label)]["n"].sum()
+    assert header.startswith(f"{expected:,} images match")
+
+
+def test_switching_run_changes_the_report(make_app, fake_store):
+    at = _open(make_app, fake_store, run="20260101-000000-lightcnn-softlabel-aaaa")
+    six = at.dataframe[0].value["label"].tolist()
+    at.selectbox(key="run").set_value("20260102-000000-resnet50-transfer-bbbb").run()
+    seven = at.dataframe[0].value["label"].tolist()
+    assert "Neutral" not in six and "Neutral" in seven

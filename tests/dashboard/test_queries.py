@@ -1,0 +1,123 @@
+"""Queries: agree with direct SQL, are parameterised, release the file at once, see new runs."""
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+
+from dashboard import queries
+
+RUN = "20260101-000000-lightcnn-softlabel-aaaa"
+FP = "fp-synth-1"
+
+
+@pytest.fixture(scope="module")
+def ref(fake_store):
+    return queries.create_store_ref(fake_store)
+
+
+def _sql(store, sql, params=()):
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("filters,where,params", [
+    (queries.ErrorFilters(correct="all"), "TRUE", []),
+    (queries.ErrorFilters(), "NOT correct", []),
+    (queries.ErrorFilters(correct="correct", true_labels=("Fear", "Anger")), "correct AND true_label IN ('Fear', 'Anger')", []),
+    (queries.ErrorFilters(correct="all", conf_min=0.5, conf_max=0.8), "confidence BETWEEN 0.5 AND 0.8", []),
+    (queries.ErrorFilters(correct="all", genders=("female",), source="deepface", fingerprint=FP),
+     "image_id IN (SELECT image_id FROM demographics WHERE source = 'deepface' AND gender = 'female' "
+     "AND dataset_fingerprint = ?)", [FP]),
+    (queries.ErrorFilters(tag="background"),
+     "NOT correct AND image_id IN (SELECT image_id FROM failure_tags WHERE run_id = ? AND tag = 'background')", [RUN]),
+])
+def test_counts_and_pages_agree_with_sql(fake_store, ref, filters, where, params):
+    expected = _sql(fake_store, f"SELECT image_id FROM predictions WHERE run_id = ? AND split = 'test' AND {where} "
+                                "ORDER BY confidence DESC, image_id", [RUN, *params])
+    assert queries.count_predictions(ref, RUN, filters) == len(expected)
+    page = queries.load_prediction_page(ref, RUN, filters, 10, 5)
+    assert page["image_id"].tolist() == [r[0] for r in expected[5:15]]
+
+
+def test_values_are_parameters_not_sql(ref):
+    hostile = queries.ErrorFilters(correct="all", true_labels=("x') OR TRUE --",), tag="'; DROP TABLE runs; --")
+    assert queries.count_predictions(ref, RUN, hostile) == 0
+    assert len(queries.load_runs(ref)) == 2
+
+
+def test_reading_does_not_keep_the_file_open(tmp_path, fake_store):
+    db = tmp_path / "r.duckdb"
+    shutil.copy(fake_store, db)
+    r = queries.create_store_ref(db)
+    queries.load_runs(r)
+    queries.load_prediction_page(r, RUN, queries.ErrorFilters(), 5, 0)
+    con = duckdb.connect(str(db))  # a writer can take the file right after
+    con.execute("UPDATE runs SET recipe = 'changed' WHERE run_id = ?", [RUN])
+    con.close()
+
+
+def test_a_new_run_shows_after_a_refresh(tmp_path, fake_store):
+    db = tmp_path / "n.duckdb"
+    shutil.copy(fake_store, db)
+    before = queries.create_store_ref(db)
+    assert len(queries.load_runs(before)) == 2
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE runs SET status = 'complete' WHERE status = 'running'")
+    con.close()
+    after = queries.create_store_ref(db)
+    assert after != before
+    assert len(queries.load_runs(after)) == 3
+
+
+def test_busy_store_raises_store_busy(tmp_path, fake_store, monkeypatch):
+    import subprocess
+    import sys
+    import textwrap
+
+    db = tmp_path / "b.duckdb"
+    shutil.copy(fake_store, db)
+    monkeypatch.setattr(queries, "LOCK_WAIT_S", 0.01)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import duckdb, sys
+        con = duckdb.connect({str(db)!r})
+        print("locked", flush=True)
+        sys.stdin.read()""")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(queries.StoreBusyError, match="refresh in a moment"):
+            queries.load_runs(queries.create_store_ref(db))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_cams_and_mean_cams(ref):
+    page = queries.load_prediction_page(ref, RUN, queries.ErrorFilters(), 6, 0)
+    cams = queries.load_cams(ref, RUN, tuple(page["image_id"]), "gradcam")
+    assert set(cams["image_id"]) == set(page["image_id"])
+    assert set(cams["target"]) == {"pred", "true"}  # misclassified: both targets
+    means = queries.load_mean_cams(ref, RUN, "gradcam", per_group=5)
+    assert (means["n"] <= 5).all() and (means["n_total"] >= means["n"]).all()
+    assert all(m.shape == (32, 32) and 0.0 <= m.min() and m.max() <= 1.0 for m in means["mean_cam"])
+
+
+def test_region_energy_sums_to_one(ref):
+    energy = queries.load_region_energy(ref, RUN, "gradcam")
+    cols = [c[2:] for c in queries.ENERGY_COLUMNS]
+    assert np.allclose(energy[cols].sum(axis=1), 1.0, atol=1e-4)
+    assert energy["n"].sum() == 300
+
+
+def test_status_of_bad_stores(tmp_path):
+    assert queries.load_store_status(queries.create_store_ref(tmp_path / "none.duckdb")).state == "missing"
+    con = duckdb.connect(str(tmp_path / "foreign.duckdb"))
+    con.execute("CREATE TABLE t (x INT)")
+    con.close()
+    status = queries.load_store_status(queries.create_store_ref(tmp_path / "foreign.duckdb"))
+    assert status.state == "old-schema"
