@@ -233,8 +233,13 @@ def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
         check_schema(con)  # the recorded schema version
     except SchemaMismatchError as exc:
         return StoreStatus("old-schema", str(exc))
-    # and the tables themselves, should a store claim the version without the columns
-    missing = [f"{t}.{c}" for t, cs in _expected_columns().items() for c in cs if c not in have.get(t, set())]
+    # and the tables themselves, should a store claim the version without the columns; an older
+    # store lacks the tables added since (pages that read them say to re-run the stage that writes them)
+    from pipeline.store import missing_added_tables
+
+    absent = set(missing_added_tables(con))
+    missing = [f"{t}.{c}" for t, cs in _expected_columns().items() if t not in absent
+               for c in cs if c not in have.get(t, set())]
     if missing:
         return StoreStatus(
             "old-schema",
@@ -415,49 +420,66 @@ def load_image_detail(ref: StoreRef, run_id: str, image_id: str, fingerprint: st
 
 
 @st.cache_data(show_spinner=False)
-def load_region_energy(ref: StoreRef, run_id: str, method: str, split: str = "test") -> pd.DataFrame:
-    """Mean CAM energy share per facial region, per true emotion and correct/misclassified (pred target)."""
-    cols = ", ".join(f"avg(h.{c}) AS {c[2:]}" for c in ENERGY_COLUMNS)
-    return _read(ref, f"""
-        SELECT p.true_label AS emotion, p.correct, count(*) AS n, {cols}
-        FROM heatmaps h JOIN predictions p ON p.image_id = h.image_id
-        WHERE h.run_id = ? AND p.run_id = ? AND h.method = ? AND h.target = 'pred' AND p.split = ?
-        GROUP BY p.true_label, p.correct ORDER BY p.true_label, p.correct DESC""", [run_id, run_id, method, split])
+def load_missing_tables(ref: StoreRef) -> tuple[str, ...]:
+    """Tables added by later schema versions that this (older, still readable) store does not hold yet."""
+    from pipeline.store import missing_added_tables
+
+    with _connection(ref) as con:
+        return tuple(missing_added_tables(con))
+
+
+_REGION_COLUMNS = ", ".join(f"{c} AS {c[2:]}" for c in ENERGY_COLUMNS)
 
 
 @st.cache_data(show_spinner=False)
-def load_mean_cams(ref: StoreRef, run_id: str, method: str, split: str = "test",
-                   per_group: int = 400, max_scan: int = 20_000) -> pd.DataFrame:
-    """Mean CAM per true emotion and correct flag (target 'pred').
+def load_region_energy(ref: StoreRef, run_id: str, method: str, split: str = "test") -> pd.DataFrame:
+    """Mean CAM energy share per facial region, per true emotion and correct/misclassified (pred target).
 
-    Reads at most the first `max_scan` stored CAMs of the run and method (storage
-    order, i.e. the pipeline's image order: a fixed sample that does not depend
-    on the outcome) and averages at most `per_group` per group. `n` says how many
-    were averaged and `n_total` how many images the group has, so a sampled mean
-    is labelled as such. Scanning every blob of a million-image run would take seconds; a LIMIT
-    lets DuckDB stop reading early.
+    Exact means over every explained image, as `explain` stored them in
+    heatmap_summary; empty when it stored none (see `load_summary_outdated`).
     """
-    df, totals = _read_many(ref, [("""
-        WITH first AS (
-            SELECT image_id, cam_size, cam FROM heatmaps
-            WHERE run_id = ? AND method = ? AND target = 'pred' LIMIT ?)
-        SELECT p.true_label, p.correct, f.cam_size, f.cam
-        FROM first f JOIN predictions p ON p.run_id = ? AND p.image_id = f.image_id AND p.split = ?""",
-                                   [run_id, method, int(max_scan), run_id, split]),
-                                  ("""
-        SELECT true_label, correct, count(*) AS n_total FROM predictions
-        WHERE run_id = ? AND split = ? GROUP BY ALL""", [run_id, split])])
-    n_total = {(r.true_label, bool(r.correct)): int(r.n_total) for r in totals.itertuples()}
-    df = df.groupby(["true_label", "correct"], sort=False).head(int(per_group))
-    df["n_total"] = [n_total.get((t, bool(c)), 0) for t, c in zip(df["true_label"], df["correct"])]
-    rows = []
-    for (label, correct), g in df.groupby(["true_label", "correct"], sort=True):
-        size = int(g["cam_size"].iloc[0])
-        g = g[g["cam_size"] == size]
-        stack = np.frombuffer(b"".join(bytes(b) for b in g["cam"]), dtype=np.uint8).reshape(len(g), size, size)
-        rows.append({"emotion": label, "correct": bool(correct), "n": len(g), "n_total": int(g["n_total"].iloc[0]),
-                     "cam_size": size, "mean_cam": stack.mean(axis=0) / 255.0})
-    return pd.DataFrame(rows, columns=["emotion", "correct", "n", "n_total", "cam_size", "mean_cam"])
+    if "heatmap_summary" in load_missing_tables(ref):
+        return pd.DataFrame(columns=["emotion", "correct", "n", *(c[2:] for c in ENERGY_COLUMNS)])
+    return _read(ref, f"""
+        SELECT emotion, correct, n, {_REGION_COLUMNS} FROM heatmap_summary
+        WHERE run_id = ? AND method = ? AND split = ?
+        ORDER BY emotion, correct DESC""", [run_id, method, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_mean_cams(ref: StoreRef, run_id: str, method: str, split: str = "test") -> pd.DataFrame:
+    """Mean CAM (target 'pred') per true emotion and correct flag, over every explained image.
+
+    Columns emotion, correct, n, cam_size, mean_cam (float32 cam_size x cam_size
+    in [0, 1], the mean of the stored maps, as `explain` stored it in heatmap_summary).
+    Empty when it stored none (see `load_summary_outdated`).
+    """
+    columns = ["emotion", "correct", "n", "cam_size", "mean_cam"]
+    if "heatmap_summary" in load_missing_tables(ref):
+        return pd.DataFrame(columns=columns)
+    df = _read(ref, """
+        SELECT emotion, correct, n, cam_size, mean_cam FROM heatmap_summary
+        WHERE run_id = ? AND method = ? AND split = ? ORDER BY emotion, correct DESC""", [run_id, method, split])
+    df["mean_cam"] = [np.frombuffer(bytes(b), dtype="<f4").reshape(int(k), int(k))
+                      for b, k in zip(df["mean_cam"], df["cam_size"])]
+    return df[columns]
+
+
+@st.cache_data(show_spinner=False)
+def load_summary_outdated(ref: StoreRef, run_id: str, method: str) -> bool:
+    """Whether the run has heatmaps of `method` but no heatmap_summary rows for it.
+
+    True for runs explained by a pipeline older than heatmap_summary: re-running
+    `explain` stores the summary. Only worth asking when a summary query came back empty.
+    """
+    have_heatmaps = "EXISTS (SELECT 1 FROM heatmaps WHERE run_id = ? AND method = ? AND target = 'pred')"
+    if "heatmap_summary" in load_missing_tables(ref):
+        df = _read(ref, f"SELECT {have_heatmaps} AS outdated", [run_id, method])
+    else:
+        df = _read(ref, f"""SELECT {have_heatmaps}
+            AND NOT EXISTS (SELECT 1 FROM heatmap_summary WHERE run_id = ? AND method = ?) AS outdated""",
+                   [run_id, method, run_id, method])
+    return bool(df["outdated"].iloc[0])
 
 
 @st.cache_data(show_spinner=False)

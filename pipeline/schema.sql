@@ -1,6 +1,8 @@
 -- The results store's schema: the one definition, applied by store.ensure_schema(con).
 -- Idempotent (CREATE ... IF NOT EXISTS). Bump SCHEMA_VERSION in pipeline/store.py
--- whenever a table or column changes. Labels are emotion names from
+-- whenever a table or column changes; a version that only adds tables names them in
+-- store.ADDED_TABLES, so stores of the previous version stay readable and are upgraded
+-- in place the next time a pipeline command opens them. Labels are emotion names from
 -- pipeline.constants.EMOTIONS; probabilities are aligned with runs.classes.
 -- Every results table keys on run_id, except demographics, which describe a
 -- dataset's images and are shared by every run on that dataset (keyed on the
@@ -109,6 +111,24 @@ CREATE TABLE IF NOT EXISTS heatmaps (
     gt_energy    FLOAT,                     -- share inside ground-truth AU regions (synthetic only)
     gt_hit       BOOLEAN,                   -- CAM peak inside ground-truth AU regions (synthetic only)
     PRIMARY KEY (run_id, image_id, method, target)
+);
+
+-- The mean of the 'pred'-target heatmaps per (method, split, true emotion, correct), written by
+-- `explain` with the heatmaps it summarises (replaced with them), so the dashboard shows exact
+-- means over every image without reading the maps. mean_cam: float32 little-endian row-major,
+-- cam_size x cam_size, the mean of the stored uint8 maps / 255. e_*: mean of heatmaps.e_* (NULLs skipped).
+CREATE TABLE IF NOT EXISTS heatmap_summary (
+    run_id       VARCHAR NOT NULL,
+    method       VARCHAR NOT NULL,
+    split        VARCHAR NOT NULL,
+    emotion      VARCHAR NOT NULL,          -- the true label
+    correct      BOOLEAN NOT NULL,
+    n            INTEGER NOT NULL,          -- images (pred-target maps) averaged
+    e_brows      DOUBLE, e_eyes DOUBLE, e_nose DOUBLE, e_mouth DOUBLE,
+    e_cheeks     DOUBLE, e_face_rest DOUBLE, e_background DOUBLE,
+    cam_size     SMALLINT NOT NULL,
+    mean_cam     BLOB NOT NULL,
+    PRIMARY KEY (run_id, method, split, emotion, correct)
 );
 
 -- Computed failure-mode tags of misclassified images (several per image possible).

@@ -3,7 +3,10 @@
 Rules it relies on:
 - One schema definition, `pipeline/schema.sql`, applied by the idempotent
   `ensure_schema(con)`; the store records `SCHEMA_VERSION` in `meta` and
-  `check_schema(con)` refuses a store written with another version.
+  `check_schema(con)` refuses a store written with another version, except an
+  older one that differs only by tables added since (`ADDED_TABLES`): it is
+  read as it is (those tables are absent) and `ensure_schema` upgrades it in
+  place by creating them.
 - Values always go in as `?` parameters or as a registered data frame; table
   and column names come only from the schema (`TABLES`, and the columns the
   database reports for them), and are quoted.
@@ -39,7 +42,12 @@ from pipeline.paths import DEFAULT_DB
 if TYPE_CHECKING:  # duckdb is imported lazily so `--help` stays fast
     import duckdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Tables added after version 1, with the version that added them. Every other table and
+# column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
+# as it is and upgraded in place (the added tables created empty) when opened writable.
+ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2}
+UPGRADABLE_FROM = 1
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 SCHEMA_SQL = SCHEMA_FILE.read_text(encoding="utf-8")
 
@@ -164,9 +172,13 @@ def schema_version(con) -> int | None:
 
 
 def check_schema(con) -> None:
-    """Raise SchemaMismatchError unless the store records SCHEMA_VERSION."""
+    """Raise SchemaMismatchError unless the store records SCHEMA_VERSION or an upgradable older one.
+
+    A store of version UPGRADABLE_FROM or later lacks at most the `ADDED_TABLES`
+    of later versions; readers must treat those as absent (see `missing_added_tables`).
+    """
     found = schema_version(con)
-    if found == SCHEMA_VERSION:
+    if found is not None and UPGRADABLE_FROM <= found <= SCHEMA_VERSION:
         return
     where = _store_path(con)
     if found is None:
@@ -189,8 +201,10 @@ def check_schema(con) -> None:
 def ensure_schema(con) -> None:
     """Create every table of schema.sql and record SCHEMA_VERSION; safe to call again.
 
-    Refuses (SchemaMismatchError) a store of another version, or a DuckDB file
-    holding other tables and no schema version, before changing anything.
+    Upgrades a store of an older, upgradable version in place (creating the
+    tables added since). Refuses (SchemaMismatchError) a store of another
+    version, or a DuckDB file holding other tables and no schema version,
+    before changing anything.
     """
     found = schema_version(con)
     if found is not None:
@@ -203,6 +217,14 @@ def ensure_schema(con) -> None:
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
         )
+        if found is not None and found < SCHEMA_VERSION:  # upgraded in place
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+
+
+def missing_added_tables(con) -> list[str]:
+    """The `ADDED_TABLES` an older (upgradable) store does not hold yet."""
+    have = _existing_tables(con)
+    return [t for t in ADDED_TABLES if t not in have]
 
 
 def _check_table(table: str) -> str:
@@ -660,8 +682,9 @@ def delete_run(con, run_id: str) -> int:
     """
     full_id = resolve_run_id(con, run_id, RUN_STATUSES)
     deleted = 0
+    present = _existing_tables(con)  # an older store may lack ADDED_TABLES (writable opens create them)
     with transaction(con):
-        for table in (*RUN_TABLES, "runs"):
+        for table in (t for t in (*RUN_TABLES, "runs") if t in present):
             row = con.execute(f"DELETE FROM {_q(table)} WHERE run_id = ?", [full_id]).fetchone()
             deleted += int(row[0]) if row else 0
     return deleted

@@ -47,20 +47,24 @@ for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", 
 
 st.subheader("Mean heatmap per emotion")
 means = queries.load_mean_cams(ctx.ref, ctx.run_id, method, split)
-if len(means):
-    sampled = (means["n"] < means["n_total"]).any()
-    st.caption("Mean CAM for the predicted class, over correct (top) and misclassified (bottom) images"
-               + (f"; groups above {int(means['n'].max())} images are averaged over a fixed random sample "
-                  "of that size" if sampled else "") + ".")
+energy = queries.load_region_energy(ctx.ref, ctx.run_id, method, split)
+# No summary although the run has this method's heatmaps: explained by a pipeline older than heatmap_summary.
+outdated = not len(means) and queries.load_summary_outdated(ctx.ref, ctx.run_id, method)
+if outdated:
+    st.info(f"The {method} heatmaps of this run were stored by an older version of the pipeline, without the "
+            f"per-emotion summary (mean heatmaps and region energies) this page shows. Re-run "
+            f"`python -m pipeline explain --run {ctx.run_id} --methods {method} --db {ctx.ref.path}` "
+            f"(with the options it was explained with, such as --split or --limit) to store it.")
+elif len(means):
+    st.caption("Mean CAM for the predicted class over every explained image, correct (top) and "
+               "misclassified (bottom).")
     for correct, label in ((True, "correct"), (False, "misclassified")):
         sub = means[means["correct"] == correct].set_index("emotion")
         cols = st.columns(len(ctx.classes))
         for col, emo in zip(cols, ctx.classes):
             if emo in sub.index:
                 r = sub.loc[emo]
-                col.image(charts.create_cam_image(r["mean_cam"], 96),
-                          caption=f"{emo}, {label} (n={int(r['n'])}"
-                                  + (f" of {int(r['n_total'])})" if r["n"] < r["n_total"] else ")"),
+                col.image(charts.create_cam_image(r["mean_cam"], 96), caption=f"{emo}, {label} (n={int(r['n'])})",
                           width="stretch")
             else:
                 col.caption(f"{emo}, {label}: none")
@@ -68,9 +72,10 @@ else:
     st.write("No heatmaps for this method and split.")
 
 st.subheader("Energy per facial region")
-energy = queries.load_region_energy(ctx.ref, ctx.run_id, method, split)
 regions = list(FACE_REGIONS)
-if len(energy):
+if outdated:
+    st.write("Needs the same re-run of `explain` (see above).")
+elif len(energy):
     widgets.render_figure(charts.create_region_energy_chart(energy, regions), f"region-energy-{method}-{split}",
                           ctx.run_id)
     widgets.render_table(energy, f"region-energy-table-{method}-{split}", ctx.run_id,

@@ -35,11 +35,14 @@ dist = queries.load_class_distribution(ref, rid)
 if len(dist):
     tables["class-distribution-table"] = (dist, "Images per split and emotion")
     figures["class-distribution"] = charts.create_class_distribution_chart(dist, ctx.classes)
+outdated = []  # methods whose heatmaps were stored without the summary the region-energy views read
 for method in queries.load_explainer_methods(ref, rid):
     energy = queries.load_region_energy(ref, rid, method)
     if len(energy):
         tables[f"region-energy-table-{method}"] = (energy, f"Mean CAM energy per facial region ({method})")
         figures[f"region-energy-{method}"] = charts.create_region_energy_chart(energy, list(FACE_REGIONS))
+    elif queries.load_summary_outdated(ref, rid, method):
+        outdated.append(method)
 em = queries.load_explanation_metrics(ref, rid)
 if len(em):
     tables["explanation-metrics-table"] = (em, "Faithfulness, sanity checks and localisation per method")
@@ -69,6 +72,10 @@ if len(agreement):
     for attribute in sorted(agreement["attribute"].unique()):
         figures[f"proxy-{attribute}"] = charts.create_proxy_chart(agreement, attribute)
 
+if outdated:
+    st.info(f"No region-energy tables or figures for {', '.join(outdated)}: the heatmaps were stored by an "
+            f"older version of the pipeline, without the summary these views read. Re-run "
+            f"`python -m pipeline explain --run {rid} --methods {','.join(outdated)} --db {ref.path}` to add them.")
 st.subheader(f"Tables ({len(tables)})")
 for view, (df, caption) in tables.items():
     a, b = st.columns([4, 1], vertical_alignment="center")

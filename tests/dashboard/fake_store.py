@@ -5,7 +5,8 @@ most of them) and by bench/bench_dashboard.py (a million predictions with their
 heatmaps and demographics). Everything is generated inside DuckDB so that the
 million-row store takes seconds, not minutes; derived tables (confusion,
 class_metrics, audit cells and gaps, proxy agreement) are computed from the
-generated predictions so that they agree with them.
+generated predictions, and heatmap_summary from the generated heatmaps, so that
+they agree with them.
 """
 from __future__ import annotations
 
@@ -210,6 +211,7 @@ def _insert_run(con: duckdb.DuckDBPyConnection, r: dict, i: int, img_root: Path)
     con.execute(
         """UPDATE heatmaps SET e_background = greatest(0, 1 - (e_brows + e_eyes + e_nose + e_mouth + e_cheeks + e_face_rest))
            WHERE run_id = ?""", [run_id])
+    _insert_heatmap_summary(con, run_id)
     con.execute(
         """INSERT INTO failure_tags
            SELECT ?, image_id, 'gradcam', CASE WHEN cam_k % 3 = 0 THEN 'background' WHEN cam_k % 3 = 1 THEN 'occlusion'
@@ -221,6 +223,32 @@ def _insert_run(con: duckdb.DuckDBPyConnection, r: dict, i: int, img_root: Path)
     _insert_demographics(con, r["fp"], run_id)
     _insert_audit(con, run_id, r["fp"])
     _insert_explanation_metrics(con, run_id, classes)
+
+
+def _insert_heatmap_summary(con, run_id: str) -> None:
+    """heatmap_summary computed from the heatmaps just written, as `explain` stores it with its maps.
+
+    The mean map sums each distinct stored blob times its count (the maps come
+    from a small pool, so this reads the million-row table once, grouped).
+    """
+    energy_cols = [f"e_{reg}" for reg in FACE_REGIONS]
+    keys = "h.method, p.split, p.true_label, p.correct, h.cam_size"
+    join = """FROM heatmaps h JOIN predictions p ON p.run_id = h.run_id AND p.image_id = h.image_id
+              WHERE h.run_id = ? AND h.target = 'pred'"""
+    groups = con.execute(f"SELECT {keys}, count(*), {', '.join(f'avg(h.{c})' for c in energy_cols)} {join} "
+                         "GROUP BY ALL", [run_id]).fetchall()
+    sums: dict[tuple, np.ndarray] = {}
+    for *key, blob, count in con.execute(f"SELECT {keys}, h.cam, count(*) {join} GROUP BY ALL", [run_id]).fetchall():
+        maps = np.frombuffer(bytes(blob), dtype=np.uint8).astype(np.float64) * count
+        sums[tuple(key)] = sums.get(tuple(key), 0.0) + maps
+    rows = []
+    for method, split, emotion, correct, size, n, *energies in groups:
+        mean_cam = (sums[(method, split, emotion, correct, size)] / (255.0 * n)).astype("<f4")
+        rows.append([run_id, method, split, emotion, correct, n, *energies, size, mean_cam.tobytes()])
+    if not rows:
+        return
+    con.executemany(f"INSERT INTO heatmap_summary (run_id, method, split, emotion, correct, n, "
+                    f"{', '.join(energy_cols)}, cam_size, mean_cam) VALUES ({', '.join('?' for _ in rows[0])})", rows)
 
 
 def _insert_class_metrics(con, run_id: str, classes: list[str]) -> None:

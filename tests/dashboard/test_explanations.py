@@ -1,6 +1,11 @@
 """Explanations page: galleries per emotion, mean heatmaps, region energies, faithfulness results."""
 from __future__ import annotations
 
+import shutil
+
+import duckdb
+import pytest
+
 from dashboard import queries
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
@@ -40,8 +45,44 @@ def test_emotion_selection_changes_galleries(make_app, fake_store):
     assert at.query_params["emotion"] == "Happiness"
 
 
-def test_mean_heatmaps_are_labelled_with_n(make_app, fake_store):
-    at = _open(make_app, fake_store, run=RUN)
+def test_mean_heatmaps_are_labelled_with_n_of_every_image(make_app, fake_store):
+    at = _open(make_app, fake_store, run=RUN, xmethod="gradcam")
     mean_captions = [c for img in at.image for c in img.captions if "(n=" in c]
     assert any(", correct (n=" in c for c in mean_captions)
     assert any(", misclassified (n=" in c for c in mean_captions)
+    ref = queries.create_store_ref(fake_store)
+    for caption in mean_captions:  # gradcam explains every image: each mean is over all of its group
+        emotion, rest = caption.split(", ", 1)
+        outcome = "correct" if rest.startswith("correct") else "wrong"
+        n = int(rest.split("(n=")[1].rstrip(")"))
+        assert n == queries.count_predictions(ref, RUN, queries.ErrorFilters(true_labels=(emotion,), correct=outcome))
+    assert not any("pipeline explain" in i.value for i in at.info)
+
+
+@pytest.fixture(params=["older-schema", "summary-rows-missing"])
+def outdated_store(request, fake_store, tmp_path):
+    """The fake store as a pipeline older than heatmap_summary left it: heatmaps, but no summary of them."""
+    db = tmp_path / "outdated.duckdb"
+    shutil.copy(fake_store, db)
+    con = duckdb.connect(str(db))
+    if request.param == "older-schema":  # a version-1 store, never opened by a newer pipeline command
+        con.execute("DROP TABLE heatmap_summary")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    else:  # upgraded since, but this run was explained before
+        con.execute("DELETE FROM heatmap_summary WHERE run_id = ?", [RUN])
+    con.close()
+    return db
+
+
+def test_heatmaps_without_summary_say_what_to_run(make_app, outdated_store):
+    ref = queries.create_store_ref(outdated_store)
+    assert queries.load_store_status(ref).state == "ok"  # every other page still shows
+    assert queries.load_summary_outdated(ref, RUN, "gradcam")
+    at = _open(make_app, outdated_store, run=RUN)
+    command = f"python -m pipeline explain --run {RUN} --methods gradcam"
+    assert any(command in i.value for i in at.info), [i.value for i in at.info]
+    assert not any("(n=" in c for img in at.image for c in img.captions)  # no mean heatmaps pretending
+    assert any("→" in c for img in at.image for c in img.captions)  # the galleries read the heatmaps as before
+    at.switch_page("views/export.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(f"python -m pipeline explain --run {RUN}" in i.value for i in at.info)

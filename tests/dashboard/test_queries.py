@@ -97,21 +97,44 @@ def test_busy_store_raises_store_busy(tmp_path, fake_store, monkeypatch):
         holder.wait(timeout=30)
 
 
-def test_cams_and_mean_cams(ref):
+def test_cams(ref):
     page = queries.load_prediction_page(ref, RUN, queries.ErrorFilters(), 6, 0)
     cams = queries.load_cams(ref, RUN, tuple(page["image_id"]), "gradcam")
     assert set(cams["image_id"]) == set(page["image_id"])
     assert set(cams["target"]) == {"pred", "true"}  # misclassified: both targets
-    means = queries.load_mean_cams(ref, RUN, "gradcam", per_group=5)
-    assert (means["n"] <= 5).all() and (means["n_total"] >= means["n"]).all()
-    assert all(m.shape == (32, 32) and 0.0 <= m.min() and m.max() <= 1.0 for m in means["mean_cam"])
 
 
-def test_region_energy_sums_to_one(ref):
+_PRED_MAPS = """FROM heatmaps h JOIN predictions p ON p.run_id = h.run_id AND p.image_id = h.image_id
+                WHERE h.run_id = ? AND h.method = ? AND h.target = 'pred'"""
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])  # every image / a quarter of them
+def test_mean_cams_are_the_mean_of_every_stored_map(fake_store, ref, method):
+    rows = _sql(fake_store, f"SELECT p.true_label, p.correct, h.cam {_PRED_MAPS}", [RUN, method])
+    means = queries.load_mean_cams(ref, RUN, method).set_index(["emotion", "correct"])
+    groups: dict[tuple, list[bytes]] = {}
+    for label, correct, cam in rows:
+        groups.setdefault((label, correct), []).append(bytes(cam))
+    assert sorted(means.index) == sorted(groups) and means["n"].sum() == len(rows)
+    for key, cams in groups.items():
+        expected = np.stack([np.frombuffer(c, np.uint8).reshape(32, 32) for c in cams]).mean(axis=0) / 255.0
+        assert means.loc[key, "n"] == len(cams)
+        assert means.loc[key, "mean_cam"].shape == (32, 32)
+        assert np.allclose(means.loc[key, "mean_cam"], expected, atol=1e-6)
+
+
+def test_region_energy_is_the_mean_of_every_stored_row(fake_store, ref):
     energy = queries.load_region_energy(ref, RUN, "gradcam")
     cols = [c[2:] for c in queries.ENERGY_COLUMNS]
     assert np.allclose(energy[cols].sum(axis=1), 1.0, atol=1e-4)
     assert energy["n"].sum() == 300
+    expected = _sql(fake_store, f"""SELECT p.true_label, p.correct, count(*), {', '.join(f'avg(h.{c})' for c in
+                                    queries.ENERGY_COLUMNS)} {_PRED_MAPS} GROUP BY ALL ORDER BY 1, 2 DESC""",
+                    [RUN, "gradcam"])
+    assert energy[["emotion", "correct", "n"]].values.tolist() == [list(r[:3]) for r in expected]
+    assert np.allclose(energy[cols].to_numpy(float), np.array([r[3:] for r in expected], float), atol=1e-6)
+    assert queries.load_region_energy(ref, RUN, "gradcam", "val").empty
+    assert not queries.load_summary_outdated(ref, RUN, "gradcam")
 
 
 def test_status_of_bad_stores(tmp_path):

@@ -191,6 +191,51 @@ def test_explain_command_stores_heatmaps_tags_and_metrics(trained_run):
     assert len(again) == len(heat)
 
 
+def test_explain_stores_the_exact_mean_of_its_heatmaps(trained_run, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from pipeline import store
+    from pipeline.cli import main
+    from pipeline.constants import FACE_REGIONS
+
+    src, run, preds = trained_run
+    db = tmp_path / "summary.duckdb"
+    shutil.copy(src, db)
+    energy = [f"e_{r}" for r in FACE_REGIONS]
+    args = ["explain", "--db", str(db), "--run", run["run_id"], "--methods", "gradcam,layercam",
+            "--faithfulness-samples", "0", "--sanity-samples", "0", "--quiet"]
+    assert main(args) == 0
+    with store.open_store(db, read_only=True) as con:
+        heat = store.load_frame(con, "heatmaps", run_id=run["run_id"], target="pred")
+        summary = store.load_frame(con, "heatmap_summary", run_id=run["run_id"])
+    assert {"gradcam", "layercam"} <= set(summary["method"]) and (summary["split"] == "test").all()
+    heat = heat.merge(preds[["image_id", "true_label", "correct"]], on="image_id")
+    for method in ("gradcam", "layercam"):
+        got = summary[summary["method"] == method].set_index(["emotion", "correct"]).sort_index()
+        h = heat[heat["method"] == method]
+        counts = preds.groupby(["true_label", "correct"]).size()
+        assert got["n"].to_dict() == {k: int(v) for k, v in counts.items()}  # one row per (emotion, correct)
+        for (emotion, correct), g in h.groupby(["true_label", "correct"]):
+            row = got.loc[(emotion, correct)]
+            np.testing.assert_allclose(row[energy].to_numpy(float), g[energy].mean().to_numpy(float), atol=1e-6)
+            size = int(row["cam_size"])
+            stored = np.stack([np.frombuffer(b, np.uint8).reshape(size, size) for b in g["cam"]])
+            mean_cam = np.frombuffer(row["mean_cam"], "<f4").reshape(size, size)
+            assert np.allclose(mean_cam, stored.mean(axis=0) / 255.0, atol=1e-6)
+            assert mean_cam.std() > 0  # a real map, not a constant
+    # Re-explaining a method replaces its summary rows; deleting the run removes them all.
+    assert main(args[:6] + ["gradcam", "--faithfulness-samples", "0", "--sanity-samples", "0", "--quiet"]) == 0
+    with store.open_store(db, read_only=True) as con:
+        again = store.load_frame(con, "heatmap_summary", run_id=run["run_id"])
+    keys = ["method", "split", "emotion", "correct", "n"]
+    pd.testing.assert_frame_equal(again[keys], summary[keys])
+    assert main(["runs", "--db", str(db), "--delete", run["run_id"]]) == 0
+    with store.open_store(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM heatmap_summary").fetchone()[0] == 0
+
+
 def test_explain_names_a_missing_run_or_checkpoint(trained_run, tmp_path, capsys):
     import shutil
 

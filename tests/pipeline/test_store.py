@@ -60,6 +60,10 @@ def make_tables(n: int = 3, seed: int = 0) -> dict[str, pd.DataFrame]:
                                   "cam": [rng.integers(0, 256, 16, dtype=np.uint8).tobytes() for _ in ids],
                                   "e_brows": rng.random(n).astype(np.float32), "peak_region": "eyes",
                                   "gt_hit": [True, False, None][:n] + [None] * max(0, n - 3)}),
+        "heatmap_summary": pd.DataFrame({"method": "gradcam", "split": "test", "emotion": ["Fear", "Fear"],
+                                         "correct": [True, False], "n": [2, 1], "e_brows": [0.25, np.nan],
+                                         "e_mouth": np.float32([0.5, 0.125]), "cam_size": 4,
+                                         "mean_cam": [rng.random(16).astype("<f4").tobytes() for _ in range(2)]}),
         "failure_tags": pd.DataFrame({"image_id": ids[:1], "method": ["gradcam"], "tag": ["background"]}),
         "explanation_metrics": pd.DataFrame({"method": "gradcam", "metric": ["road_morf", "sanity_similarity"],
                                              "emotion": "all", "value": [0.3, 0.1], "n": [3, 3],
@@ -87,7 +91,8 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 1
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 2
+        assert store.missing_added_tables(con) == []
         store.check_schema(con)
     with store.open_store(db) as con:  # reopening changes nothing
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
@@ -104,7 +109,7 @@ def test_schema_version_of_empty_database_is_none():
     assert store.table_columns(con, "confusion") == ["run_id", "split", "true_label", "pred_label", "n"]
 
 
-@pytest.mark.parametrize("version", [store.SCHEMA_VERSION - 1, store.SCHEMA_VERSION + 1])
+@pytest.mark.parametrize("version", [store.UPGRADABLE_FROM - 1, store.SCHEMA_VERSION + 1])
 @pytest.mark.parametrize("read_only", [True, False])
 def test_other_schema_version_raises_schema_mismatch(db, version, read_only):
     with store.open_store(db) as con:
@@ -117,6 +122,35 @@ def test_other_schema_version_raises_schema_mismatch(db, version, read_only):
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT value FROM meta").fetchall() == [(str(version),)]
     con.close()
+
+
+def test_older_store_is_read_as_is_and_upgraded_in_place(db):
+    store.save_run(db, make_run("run-old"), {k: v for k, v in make_tables().items() if k not in store.ADDED_TABLES})
+    with store.open_store(db) as con:  # make it a store written by version 1
+        for table in store.ADDED_TABLES:
+            con.execute(f'DROP TABLE "{table}"')
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(store.UPGRADABLE_FROM)])
+    with store.open_store(db, read_only=True) as con:  # readable as it is
+        assert store.schema_version(con) == store.UPGRADABLE_FROM
+        assert store.missing_added_tables(con) == list(store.ADDED_TABLES) == ["heatmap_summary"]
+        assert store.get_run(con, "run-old")["status"] == "complete"
+    with store.open_store(db) as con:  # a writable open upgrades it, keeping every row
+        assert store.schema_version(con) == store.SCHEMA_VERSION
+        assert store.missing_added_tables(con) == []
+        assert store.load_frame(con, "heatmap_summary").empty
+        assert len(store.load_frame(con, "predictions", run_id="run-old")) == 3
+        assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
+
+
+def test_delete_run_on_an_older_store_connection_skips_absent_tables(db):
+    store.save_run(db, make_run("run-old"), {"epochs": make_tables()["epochs"]})
+    con = duckdb.connect(str(db))  # a raw connection to a version-1 store, as no writable open leaves it
+    try:
+        con.execute("DROP TABLE heatmap_summary")
+        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        assert store.delete_run(con, "run-old") == 3  # two epochs and the run
+    finally:
+        con.close()
 
 
 def test_foreign_duckdb_file_is_refused_untouched(db):
@@ -448,6 +482,7 @@ def test_runs_command_lists_and_deletes(db):
     assert "deleted run 20261122-010000-old-aaaa" in out.stdout
     assert "old-aaaa" not in _cli("--db", str(db), "--all").stdout
     assert table_counts(db)["predictions"] == 0
+    assert table_counts(db)["heatmap_summary"] == 0  # the summary rows went with the run
 
     out = _cli("--db", str(db.parent / "missing.duckdb"))
     assert out.returncode == 2 and "python -m pipeline demo" in out.stderr and "Traceback" not in out.stderr
