@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # name -> (--bias text, attribute where the audit should find it, expected worst group, metrics to report)
 SCENARIOS: dict[str, tuple[str | None, str | None, str | None, tuple[str, ...]]] = {
     "faint": ("race=1:faint=0.5", "race", "African-American", ("accuracy", "macro_f1")),
+    "faint-strong": ("race=1:faint=0.3", "race", "African-American", ("accuracy", "macro_f1")),
     "fewer": ("race=2:fewer=Anger,Disgust@0.1", "race", "Asian", ("recall:Anger", "recall:Disgust")),
     "faint-female": ("gender=1:faint=0.3", "gender", "female", ("accuracy", "macro_f1")),
     "none": (None, None, None, ("accuracy",)),

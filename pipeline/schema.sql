@@ -144,7 +144,11 @@ CREATE TABLE IF NOT EXISTS failure_tags (
 CREATE TABLE IF NOT EXISTS explanation_metrics (
     run_id   VARCHAR NOT NULL,
     method   VARCHAR NOT NULL,
-    metric   VARCHAR NOT NULL,              -- e.g. 'road_morf', 'sanity_similarity', 'gt_energy', 'gt_energy_uniform', 'pointing_shuffled'
+    -- faithfulness: 'road_morf', 'road_lerf', 'road_combined', 'conf_drop', 'conf_increase';
+    -- sanity check: 'sanity_spearman' (passed when below the threshold), 'sanity_ssim';
+    -- ground truth (synthetic): 'gt_energy', 'gt_energy_uniform', 'gt_energy_shuffled',
+    -- 'pointing', 'pointing_uniform', 'pointing_shuffled'
+    metric   VARCHAR NOT NULL,
     emotion  VARCHAR NOT NULL,              -- an emotion or 'all'
     value    DOUBLE,
     ci_low   DOUBLE,
@@ -194,10 +198,10 @@ CREATE TABLE IF NOT EXISTS audit_gaps (
     source      VARCHAR NOT NULL,
     split       VARCHAR NOT NULL,
     attribute   VARCHAR NOT NULL,
-    metric      VARCHAR NOT NULL,
+    metric      VARCHAR NOT NULL,           -- 'accuracy', 'macro_f1' or 'recall:<emotion>'
     comparison  VARCHAR NOT NULL,           -- 'best-worst' or 'vs-rest:<group>'
     grp         VARCHAR NOT NULL,           -- the worst group, or the group compared with the rest
-    gap         DOUBLE,
+    gap         DOUBLE,                     -- how much worse grp does: best - worst, or rest - group (< 0: better)
     ci_low      DOUBLE,
     ci_high     DOUBLE,
     p_value     DOUBLE,
