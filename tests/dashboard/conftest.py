@@ -29,6 +29,18 @@ def make_app(monkeypatch):
     return _make
 
 
+def open_page(make_app, store: Path, page_script: str, **params):
+    """Run the app on `store` with these URL query parameters, switch to `page_script`
+    (e.g. "views/errors.py"), and check that no exception was shown."""
+    at = make_app(store)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(page_script).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 @pytest.fixture(scope="session")
 def pipeline_store(demo_store) -> Path:
     """A store made by the real pipeline (tests/conftest.py: `demo` on 300 faces, 1 epoch)."""

@@ -7,18 +7,13 @@ import duckdb
 import pytest
 
 from dashboard import queries
+from tests.dashboard.conftest import open_page
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 
 
 def _open(make_app, store, **params):
-    at = make_app(store)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("views/explanations.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(make_app, store, "views/explanations.py", **params)
 
 
 def test_sections_and_tables(make_app, fake_store):

@@ -1,17 +1,13 @@
 """Fairness page: group metrics with CI and n, intersections, gaps, proxy agreement."""
 from __future__ import annotations
 
+from tests.dashboard.conftest import open_page
+
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 
 
 def _open(make_app, store, **params):
-    at = make_app(store)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("views/fairness.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(make_app, store, "views/fairness.py", **params)
 
 
 def test_groups_gaps_and_proxy_tables(make_app, fake_store):

@@ -2,16 +2,11 @@
 from __future__ import annotations
 
 from dashboard import queries
+from tests.dashboard.conftest import open_page
 
 
 def _open(make_app, store, **params):
-    at = make_app(store)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("views/performance.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_page(make_app, store, "views/performance.py", **params)
 
 
 def test_tables_and_figures_are_present(make_app, app_store):
