@@ -100,7 +100,7 @@ def page(server):
 @pytest.fixture(scope="module")
 def shot(browser_store):
     """Screenshot path prefixed with the store kind (pipeline / fake)."""
-    kind = "pipeline" if "pipeline_store" in str(browser_store) else "fake"
+    kind = "fake" if "fake_store" in str(browser_store) else "pipeline"   # tmp dirs named by the fixtures
     return lambda name: str(ARTIFACTS / f"{kind}-{name}.png")
 
 
