@@ -184,17 +184,17 @@ def create_group_metric_chart(cells: pd.DataFrame, title: str) -> alt.Chart:
     df = cells.copy()
     df["label"] = df["grp"] + " (n=" + df["n"].astype(str) + ")"
     df["support"] = np.where(df["low_support"], "low support", "ok")
-    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None))
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=240)))
     bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="value (95% CI)", scale=alt.Scale(zero=False)),
                                        x2="ci_high:Q")
     points = base.mark_point(filled=True, size=70).encode(
         x="value:Q",
         shape=alt.Shape("support:N", scale=alt.Scale(domain=["ok", "low support"], range=["circle", "triangle"]),
-                        legend=alt.Legend(orient="bottom", title=None)),
+                        legend=alt.Legend(orient="right", title=None)),
         tooltip=["grp", "n", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f"),
                  alt.Tooltip("ci_high:Q", format=".3f"), "low_support"],
     )
-    return (bars + points).properties(width=230, height=alt.Step(26), title=title)
+    return (bars + points).properties(width=360, height=alt.Step(26), title=title)
 
 
 def create_intersection_heatmap(cells: pd.DataFrame, title: str) -> alt.Chart:
@@ -219,7 +219,7 @@ def create_gap_chart(gaps: pd.DataFrame, title: str = "Gaps with 95% CI") -> alt
     df = gaps.copy()
     df["label"] = df["attribute"] + " · " + df["metric"] + " · " + df["comparison"]
     df["significance"] = np.where(df["significant"].fillna(False), "significant (corrected)", "not significant")
-    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None))
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=240)))
     bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="gap"), x2="ci_high:Q")
     points = base.mark_point(filled=True, size=60).encode(
         x="gap:Q", color=alt.Color("significance:N"),

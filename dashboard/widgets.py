@@ -255,13 +255,16 @@ def render_figure_downloads(chart, view: str, run_id: str, *, container=None) ->
             key=f"dlf-{view}-{fmt}")
 
 
-def render_figure(chart, view: str, run_id: str, *, select: bool = False, key: str | None = None):
-    """An Altair chart with SVG / PNG / PDF downloads; with `select`, returns the selection state."""
-    # width="content": the builders size their charts; stretching squashed layered charts in narrow columns.
+def render_figure(chart, view: str, run_id: str, *, select: bool = False, key: str | None = None,
+                  width: str = "content"):
+    """An Altair chart with SVG / PNG / PDF downloads; with `select`, returns the selection state.
+
+    width: "content" (default: the builder sizes the chart; stretching squashed layered
+    charts in narrow columns) or "stretch" (the page's full width)."""
     if select:
-        state = st.altair_chart(chart, on_select="rerun", key=key or f"chart-{view}", width="content")
+        state = st.altair_chart(chart, on_select="rerun", key=key or f"chart-{view}", width=width)
     else:
-        st.altair_chart(chart, width="content")
+        st.altair_chart(chart, width=width)
         state = None
     render_figure_downloads(chart, view, run_id)
     return state

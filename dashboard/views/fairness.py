@@ -29,15 +29,13 @@ st.caption(f"Demographic source: {source}" + (" (inferred, perceived labels)" if
 
 sel = cells[cells["metric"] == metric]
 st.subheader(f"{metric} by group")
-cols = st.columns(3)
-for col, attribute in zip(cols, ("gender", "race", "age")):
+for attribute in ("gender", "race", "age"):
     part = sel[sel["attribute"] == attribute]
-    with col:
-        if len(part):
-            widgets.render_figure(charts.create_group_metric_chart(part, f"{metric} by {attribute}"),
-                                  f"audit-{attribute}-{metric}-{source}", ctx.run_id)
-        else:
-            st.write(f"No {attribute} groups.")
+    if len(part):
+        widgets.render_figure(charts.create_group_metric_chart(part, f"{metric} by {attribute}"),
+                              f"audit-{attribute}-{metric}-{source}", ctx.run_id, width="stretch")
+    else:
+        st.write(f"No {attribute} groups.")
 single = sel[sel["attribute"].isin(["gender", "race", "age"])]
 widgets.render_table(single, f"audit-groups-{metric}-{source}-{split}", ctx.run_id,
                      caption=f"{metric} by perceived group ({source}, {split}) with 95% CI",
