@@ -2,7 +2,8 @@
 
 For each scenario: generate a synthetic set with balanced demographics (race
 1/3 each) and the scenario's bias, train the demo preset of the light CNN on
-it, store the dataset's ground-truth demographics ('annotations'), audit the
+it (with square-root class weights instead of its class-balanced sampler
+unless --balance sampler: see BALANCING), store the dataset's ground-truth demographics ('annotations'), audit the
 run and report whether the audit names the injected subgroup as the worst, with
 the gap's interval and its corrected p-value. A scenario without bias checks
 that nothing is flagged significant after correction.
@@ -12,7 +13,8 @@ test split is made large (60% of the images) so that a gap of ~5 points is
 resolvable: about 2,200 test images per race group (Neutral is dropped by the
 6-class demo preset). Several minutes per scenario on 2 cores.
 
-  python bench/bench_audit.py                                   # the default three scenarios
+  python bench/bench_audit.py                                   # the default four scenarios
+  python bench/bench_audit.py --scenario fewer --balance sampler # does balanced sampling undo it?
   python bench/bench_audit.py --scenario none --seed 1 --seed 2 # more no-bias seeds
   python bench/bench_audit.py --scenario faint --keep /tmp/bench_audit
 """
@@ -36,8 +38,15 @@ SCENARIOS: dict[str, tuple[str | None, str | None, str | None, tuple[str, ...]]]
 }
 
 
+# How the demo preset is rebalanced for the audit benchmark (--balance): square-root
+# class weights by default. The demo's own class-balanced sampler oversamples the
+# subgroup's few images under a `fewer` bias and so partly undoes the bias being tested.
+BALANCING = {"sqrt": {"class_weights": "sqrt", "sampler": "shuffle"},
+             "sampler": {"class_weights": "none", "sampler": "balanced"}}
+
+
 def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int, epochs: int | None,
-                 n_boot: int, n_perm: int) -> dict:
+                 n_boot: int, n_perm: int, balance: str = "sqrt") -> dict:
     from dataclasses import replace
 
     from pipeline.audit import AuditConfig
@@ -50,7 +59,7 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
     from pipeline.synthetic import BALANCED, SynthConfig, generate_dataset
 
     bias = SCENARIOS[name][0]
-    data, db = work / f"{name}-seed{seed}", work / "results.duckdb"
+    data, db = work / f"{name}-seed{seed}", work / "results.duckdb"  # data is shared by both balancings
     times = {}
     t0 = time.perf_counter()
     if not (data / "Synthetic" / "manifest.json").is_file():
@@ -60,7 +69,8 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
 
     t0 = time.perf_counter()
     recipe = get_recipe("lightcnn-softlabel", "demo")
-    recipe = replace(recipe, train=replace(recipe.train, seed=seed, **({"epochs": epochs} if epochs else {})))
+    recipe = replace(recipe, train=replace(recipe.train, seed=seed, **BALANCING[balance],
+                                           **({"epochs": epochs} if epochs else {})))
     spec = DatasetSpec(name="synthetic", root=str(data), num_classes=recipe.num_classes, seed=seed)
     outcome = run_train(TrainRunConfig(dataset=spec, recipe=recipe, weights="none", db=str(db), quiet=True),
                         log=lambda msg: None)
@@ -72,7 +82,7 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
     summary = create_stored_audit(str(db), outcome.run_id, AuditConfig(n_boot=n_boot, n_perm=n_perm, seed=seed),
                                   sources=["annotations"])
     times["audit"] = time.perf_counter() - t0
-    return {"name": name, "seed": seed, "bias": bias, "run_id": outcome.run_id, "summary": summary,
+    return {"name": name, "seed": seed, "bias": bias, "balance": balance, "run_id": outcome.run_id, "summary": summary,
             "outcome": outcome.summary, "times": times}
 
 
@@ -83,7 +93,8 @@ def render(result: dict) -> str:
     cells = result["summary"]["results"]["annotations"].cells
     _, attribute, expected, metrics = SCENARIOS[name]
     o = result["outcome"]
-    lines = [f"== scenario {name} (bias {result['bias']}, seed {result['seed']}), run {result['run_id']}",
+    lines = [f"== scenario {name} (bias {result['bias']}, seed {result['seed']}, balance {result['balance']}), "
+             f"run {result['run_id']}",
              f"   test accuracy {o.get('test_accuracy', float('nan')):.4f}, n_test {o.get('n_test')}; "
              + ", ".join(f"{k} {v:.0f}s" for k, v in result["times"].items())]
     if attribute:
@@ -117,17 +128,20 @@ def render(result: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", action="append", choices=tuple(SCENARIOS), default=None,
-                        help="scenario to run; repeat for several (default: faint, fewer, none)")
+                        help="scenario to run; repeat for several (default: faint-strong, faint-female, fewer, none)")
     parser.add_argument("--seed", action="append", type=int, default=None, help="seeds (default 0); repeat")
     parser.add_argument("--n", type=int, default=14000, help="images per dataset (default 14000)")
     parser.add_argument("--test-fraction", type=float, default=0.6, help="share in the test split (default 0.6)")
     parser.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--n-perm", type=int, default=1000)
+    parser.add_argument("--balance", choices=tuple(BALANCING), default="sqrt",
+                        help="sqrt: the demo preset with square-root class weights (default); sampler: the demo "
+                             "preset as it is, class-balanced sampling")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = parser.parse_args()
 
-    scenarios = args.scenario or ["faint", "fewer", "none"]
+    scenarios = args.scenario or ["faint-strong", "faint-female", "fewer", "none"]
     seeds = args.seed or [0]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
@@ -135,7 +149,7 @@ def main() -> int:
         for name in scenarios:
             for seed in seeds:
                 result = run_scenario(name, work, args.n, args.test_fraction, seed, args.epochs,
-                                      args.n_boot, args.n_perm)
+                                      args.n_boot, args.n_perm, args.balance)
                 print(render(result), flush=True)
     return 0
 
