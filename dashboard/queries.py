@@ -19,6 +19,7 @@ user or the data.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -496,6 +497,24 @@ def load_explanation_metrics(ref: StoreRef, run_id: str) -> pd.DataFrame:
 def load_audit_sources(ref: StoreRef, run_id: str) -> pd.DataFrame:
     return _read(ref, """SELECT source, split, count(*) AS n FROM audit_cells WHERE run_id = ?
                          GROUP BY source, split ORDER BY source, split""", [run_id])
+
+
+@st.cache_data(show_spinner=False)
+def load_audit_settings(ref: StoreRef, run_id: str, source: str, split: str) -> dict | None:
+    """The settings an audit was computed with (its AuditConfig) and its coverage, or None when
+    the store predates the `audits` table or the audit did not record them."""
+    if "audits" in load_missing_tables(ref):
+        return None
+    df = _read(ref, """
+        SELECT config, n_predictions, n_labelled, created_at FROM audits
+        WHERE run_id = ? AND source = ? AND split = ?""", [run_id, source, split])
+    if not len(df):
+        return None
+    row = df.iloc[0]
+    config = row["config"]
+    return {"config": json.loads(config) if isinstance(config, str) else dict(config),
+            "n_predictions": int(row["n_predictions"]), "n_labelled": int(row["n_labelled"]),
+            "created_at": row["created_at"]}
 
 
 @st.cache_data(show_spinner=False)

@@ -246,6 +246,18 @@ def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | Non
     render_table_downloads(df, view, run_id, caption=caption)
 
 
+def format_audit_settings(settings: dict | None) -> str:
+    """One line saying how an audit was computed (from the `audits` table)."""
+    if settings is None:
+        return ("Audit settings were not recorded (audited before they were stored); re-run "
+                "`python -m pipeline audit` to record them.")
+    c = settings["config"]
+    return (f"Audit settings: alpha {c['alpha']}, {c['correction']} correction across all gaps, minimum support "
+            f"{c['min_support']}, intersections of up to {c['max_order']} attributes, {c['n_boot']} bootstrap "
+            f"resamples, {c['n_perm']} permutations, seed {c['seed']}; {settings['n_labelled']} of "
+            f"{settings['n_predictions']} predictions labelled by this source.")
+
+
 def render_figure_downloads(chart, view: str, run_id: str, *, container=None) -> None:
     box = (container or st).popover("Download figure", icon=":material/download:")
     for fmt, mime in charts.EXPORT_FORMATS.items():

@@ -177,6 +177,20 @@ CREATE TABLE IF NOT EXISTS demographics (
     PRIMARY KEY (dataset_fingerprint, image_id, source)
 );
 
+-- One row per stored audit (run, demographics source, split): the settings that made its
+-- audit_cells and audit_gaps rows (AuditConfig as JSON: attributes, max_order, min_support,
+-- n_boot, n_perm, alpha, correction, seed), replaced with them.
+CREATE TABLE IF NOT EXISTS audits (
+    run_id        VARCHAR NOT NULL,
+    source        VARCHAR NOT NULL,
+    split         VARCHAR NOT NULL,
+    config        JSON NOT NULL,
+    n_predictions INTEGER NOT NULL,         -- predictions of the run's split
+    n_labelled    INTEGER NOT NULL,         -- of which have at least one demographic label from this source
+    created_at    TIMESTAMP NOT NULL,
+    PRIMARY KEY (run_id, source, split)
+);
+
 -- Audit: one row per (attribute set, group, metric).
 CREATE TABLE IF NOT EXISTS audit_cells (
     run_id      VARCHAR NOT NULL,

