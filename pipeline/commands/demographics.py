@@ -48,25 +48,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def load_run_dataset(db: str, run_id: str):
+    """The dataset a stored run was trained/evaluated on, with all seven classes' images."""
+    from pipeline.datasets import load_dataset
+    from pipeline.errors import UserError
+    from pipeline.store import get_run, open_store
+
+    with open_store(db, read_only=True) as con:
+        run = get_run(con, run_id)
+    kwargs = dict(run["config"].get("dataset") or {})
+    if not kwargs:
+        raise UserError(f"run {run['run_id']} has no dataset settings in its config; "
+                        f"pass --dataset and --root instead")
+    name, root = kwargs.pop("name"), kwargs.pop("root")
+    # Demographics describe the dataset's images, shared by every run on it (keyed on the
+    # fingerprint, which loading options do not change): label all seven classes' images.
+    kwargs["num_classes"] = 7
+    return load_dataset(name, root, **kwargs)
+
+
 def load_dataset_for(args: argparse.Namespace):
     """The dataset named on the command line, or the one a run was trained/evaluated on."""
     from pipeline.datasets import load_dataset
     from pipeline.errors import UserError
 
     if args.run:
-        from pipeline.store import get_run, open_store
-
-        with open_store(args.db, read_only=True) as con:
-            run = get_run(con, args.run)
-        kwargs = dict(run["config"].get("dataset") or {})
-        if not kwargs:
-            raise UserError(f"run {run['run_id']} has no dataset settings in its config; "
-                            f"pass --dataset and --root instead")
-        name, root = kwargs.pop("name"), kwargs.pop("root")
-        # Demographics describe the dataset's images, shared by every run on it (keyed on the
-        # fingerprint, which loading options do not change): label all seven classes' images.
-        kwargs["num_classes"] = 7
-        return load_dataset(name, root, **kwargs)
+        return load_run_dataset(args.db, args.run)
     if not args.dataset or not args.root:
         raise UserError("give --run RUN, or --dataset and --root, to say which images to label")
     return load_dataset(args.dataset, args.root, variant=args.variant)

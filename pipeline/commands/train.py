@@ -55,6 +55,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# Command-line options that override one field of the recipe, or of its TrainConfig: (option dest, field).
+RECIPE_OVERRIDES = (("classes", "num_classes"), ("arch", "arch"), ("image_size", "image_size"), ("weights", "weights"))
+TRAIN_OVERRIDES = (("epochs", "epochs"), ("batch_size", "batch_size"), ("scheduler", "scheduler"), ("loss", "loss"),
+                   ("class_weights", "class_weights"), ("sampler", "sampler"))
+
+
 def build_recipe(args: argparse.Namespace):
     """The recipe with the command line's overrides applied."""
     from dataclasses import replace
@@ -62,31 +68,12 @@ def build_recipe(args: argparse.Namespace):
     from pipeline.recipes import get_recipe
 
     recipe = get_recipe(args.recipe, args.preset)
-    top: dict = {}
-    train: dict = {"seed": args.seed}
-    if args.classes is not None:
-        top["num_classes"] = args.classes
-    if args.arch is not None:
-        top["arch"] = args.arch
-    if args.image_size is not None:
-        top["image_size"] = args.image_size
-    if args.weights is not None:
-        top["weights"] = args.weights
-    if args.epochs is not None:
-        train["epochs"] = args.epochs
-    if args.batch_size is not None:
-        train["batch_size"] = args.batch_size
-    if args.scheduler is not None:
-        train["scheduler"] = args.scheduler
+    top = {field: getattr(args, arg) for arg, field in RECIPE_OVERRIDES if getattr(args, arg) is not None}
+    train = {field: getattr(args, arg) for arg, field in TRAIN_OVERRIDES if getattr(args, arg) is not None}
+    train["seed"] = args.seed
     if args.lr is not None:
         scheduler = train.get("scheduler", recipe.train.scheduler)
         train["onecycle_max_lr" if scheduler == "onecycle" else "lr"] = args.lr
-    if args.loss is not None:
-        train["loss"] = args.loss
-    if args.class_weights is not None:
-        train["class_weights"] = args.class_weights
-    if args.sampler is not None:
-        train["sampler"] = args.sampler
     if args.early_stopping is not None:
         train["early_stopping_patience"] = args.early_stopping or None
     if recipe.arch.startswith("resnet") and top.get("arch", recipe.arch).startswith("lightcnn"):
