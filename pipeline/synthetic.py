@@ -5,7 +5,7 @@ own RNG seeded by (seed, index), so generation is deterministic and parallel-saf
 drawn by `pipeline.synthetic_draw.render_face` from action units (AUs); a simulated panel of
 annotators turns the drawn expression and its intensity into a 7-way soft label whose argmax
 (majority vote) is the label. The dataset is written in RAF-DB basic's layout (see
-notes/synth_format.md) plus extras under `Synthetic/`.
+data/README.md) plus extras under `Synthetic/`.
 
 Bias injection (`--bias "SUBGROUP:EFFECT"`, recorded in the manifest):
 - `faint[=F]`: the subgroup's expressions are drawn with their AU intensities times F (0.5),
@@ -33,10 +33,11 @@ import numpy as np
 
 from pipeline.constants import AGE_GROUPS, EMOTIONS, GENDERS, RACES
 from pipeline.errors import DatasetError, UserError
-from pipeline.synthetic_draw import ACTION_UNITS, ALIGNED, FaceParams, render_face
+from pipeline.synthetic_draw import (ACTION_UNITS, ALIGNED, FEATURE_OFFSETS, LIGHT_GRADIENT_MAX, LIGHT_OFFSET_MAX,
+                                     NOISE_SIGMA_RANGE, FaceParams, compute_max_feature_light, render_face)
 
 GENERATOR = "fer-trust-synthetic"
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.2"
 
 # RAF-DB basic training counts, in EMOTIONS order.
 RAFDB_TRAIN_COUNTS = (1290, 281, 717, 4772, 1982, 705, 2524)
@@ -78,7 +79,14 @@ DISTRACTOR_BETA = (1.0, 5.0)
 INTENDED_CORRECTION = (0.85, 0.64, 1.01, 1.10, 1.16, 0.69, 0.31)
 
 OCCLUDERS = ("none", "sunglasses", "hand", "hat")
-SKIN_BASE = {0: (226, 190, 166), 1: (146, 101, 84), 2: (212, 174, 140)}
+# Skin colour of each race code's group: base + uniform(-1, 1) * SKIN_JITTER + a normal
+# term clipped to +-SKIN_NOISE_MAX. Chosen with the feature offsets, lighting and noise of
+# pipeline.synthetic_draw so that no feature clips on any of them (compute_colour_headroom).
+SKIN_BASE = {0: (206, 176, 156), 1: (152, 112, 98), 2: (194, 160, 130)}
+SKIN_JITTER = (8.0, 7.0, 6.0)
+SKIN_NOISE_SD, SKIN_NOISE_MAX = 2.0, 4.0
+# Pixel noise is left this many standard deviations of room before it would clip.
+NOISE_HEADROOM_SD = 2.0
 HAIR_COLOURS = {
     "black": (28, 24, 22), "dark_brown": (62, 42, 28), "brown": (110, 74, 44),
     "blonde": (196, 164, 104), "red": (140, 62, 32), "grey": (150, 148, 146), "white": (216, 214, 208),
@@ -201,6 +209,28 @@ def _in_subgroup(bias: dict | None, gender: int, race: int, age: int) -> bool:
     return all(values[k] == v for k, v in bias["subgroup"].items())
 
 
+def compute_colour_headroom() -> dict[int, dict[str, tuple[float, float, float]]]:
+    """Worst-case room (per race code, per RGB channel) between a feature pixel and 0 or 255.
+
+    `below` is the darkest skin the sampler can draw, minus the largest dark feature offset,
+    the strongest lighting over the features and NOISE_HEADROOM_SD of the strongest pixel
+    noise; `above` likewise for the brightest skin and bright offsets. All non-negative means
+    no expression feature clips, so an action unit changes the pixels by the same amount on
+    every skin tone.
+    """
+    offsets = np.asarray(FEATURE_OFFSETS, dtype=float)
+    darkest, brightest = np.minimum(offsets.min(axis=0), 0), np.maximum(offsets.max(axis=0), 0)
+    margin = compute_max_feature_light() + NOISE_HEADROOM_SD * NOISE_SIGMA_RANGE[1]
+    spread = np.asarray(SKIN_JITTER) + SKIN_NOISE_MAX
+    out = {}
+    for race, base in SKIN_BASE.items():
+        base = np.asarray(base, dtype=float)
+        below = base - spread + darkest - margin
+        above = 255.0 - (base + spread + brightest + margin)
+        out[race] = {"below": tuple(float(v) for v in below), "above": tuple(float(v) for v in above)}
+    return out
+
+
 # ----------------------------------------------------------------------------------------
 # sampling (pure)
 
@@ -295,7 +325,8 @@ def sample_face_params(config: SynthConfig, index: int, bias: dict | None = None
             cue = bool(rng.random() < 0.5)
 
     base = np.asarray(SKIN_BASE[race], dtype=float)
-    skin = tuple(int(v) for v in np.clip(base + rng.uniform(-1, 1) * np.array([8, 7, 6]) + rng.normal(0, 2, 3), 0, 255))
+    skin_noise = np.clip(rng.normal(0, SKIN_NOISE_SD, 3), -SKIN_NOISE_MAX, SKIN_NOISE_MAX)
+    skin = tuple(int(v) for v in np.clip(np.rint(base + rng.uniform(-1, 1) * np.array(SKIN_JITTER) + skin_noise), 0, 255))
     if age >= 4:
         hair_name = "white" if rng.random() < 0.6 else "grey"
     elif age == 3 and rng.random() < 0.35:
@@ -337,9 +368,11 @@ def sample_face_params(config: SynthConfig, index: int, bias: dict | None = None
         angle=float(np.clip(rng.normal(0, 2.5), -6, 6)),
         shift=(float(np.clip(rng.normal(0, 1.2), -3, 3)), float(np.clip(rng.normal(0, 1.2), -3, 3))),
         scale=float(rng.uniform(0.96, 1.04)),
-        light=(float(rng.uniform(-12, 12)), float(rng.uniform(-12, 12)), float(rng.uniform(-8, 8))),
+        light=(float(rng.uniform(-LIGHT_GRADIENT_MAX, LIGHT_GRADIENT_MAX)),
+               float(rng.uniform(-LIGHT_GRADIENT_MAX, LIGHT_GRADIENT_MAX)),
+               float(rng.uniform(-LIGHT_OFFSET_MAX, LIGHT_OFFSET_MAX))),
         blur=float(0.0 if rng.random() < 0.4 else rng.uniform(0.3, 1.0)),
-        noise=float(rng.uniform(2.0, 7.0)),
+        noise=float(rng.uniform(*NOISE_SIGMA_RANGE)),
         noise_seed=int(rng.integers(0, 2**62)),
         background_seed=int(rng.integers(0, 2**62)),
         cue=cue,
@@ -359,6 +392,21 @@ def sample_face_params(config: SynthConfig, index: int, bias: dict | None = None
         "background_cue": int(cue), "biased": int(biased),
     }
     return params, meta
+
+
+def create_reskinned_params(params: FaceParams, race: int) -> FaceParams:
+    """The same face (expression, pose, lighting, hair, the skin's own jitter) drawn with the
+    skin of `race`'s group: a counterfactual that changes the skin tone and nothing else.
+
+    A model trained on unbiased data that predicts such twins differently depends on skin
+    tone by itself; a gap between groups that the twins do not show comes from the images
+    sampled into each group.
+    """
+    if race not in SKIN_BASE:
+        raise ValueError(f"race must be one of {sorted(SKIN_BASE)}, got {race!r}")
+    delta = np.asarray(params.skin) - np.asarray(SKIN_BASE[params.race])
+    skin = tuple(int(v) for v in np.clip(np.asarray(SKIN_BASE[race]) + delta, 0, 255))
+    return replace(params, race=race, skin=skin)
 
 
 def image_id(config: SynthConfig, index: int) -> str:

@@ -10,7 +10,7 @@ Fairness rule this module relies on: everything that changes with an expression 
 lids, lines, lips, mouth interior, teeth) is drawn as the skin colour plus a FIXED signed
 offset, never as a multiple of the skin colour, and lighting is additive. So an action unit
 changes the pixels by the same amount on every skin tone (see tests/pipeline/test_synthetic.py).
-Skin tones are chosen so the offsets rarely clip.
+Skin tones, offsets, lighting and noise are chosen together so that no feature clips.
 """
 from __future__ import annotations
 
@@ -34,16 +34,42 @@ NOSE_TIP = (50.0, 60.0)
 MOUTH_Y = 76.0
 MOUTH_HALF = 13.0
 
-# Fixed colour offsets (added to the skin colour) for features.
-OFF_BROW = (-80, -80, -78)
-OFF_LINE = (-62, -62, -60)
-OFF_LID = (-85, -85, -82)
-OFF_IRIS = (-95, -92, -88)
-OFF_SCLERA = (32, 42, 48)
-OFF_MOUTH = (-105, -100, -95)
-OFF_TEETH = (30, 40, 46)
-OFF_LIPS = (-12, -48, -40)
-OFF_NOSTRIL = (-70, -70, -68)
+# Fixed colour offsets (R, G, B) added to the skin colour for features. They leave headroom
+# on every skin tone the sampler draws (see `pipeline.synthetic.compute_colour_headroom`):
+# dark offsets are largest in red, which dark skin has most of, and bright ones (sclera,
+# teeth) are largest in blue, which light skin has most room for. A clipped channel would
+# silently shrink a feature's contrast on the lightest or darkest skin.
+OFF_BROW = (-86, -58, -48)
+OFF_LINE = (-70, -48, -40)
+OFF_LID = (-88, -60, -50)
+OFF_IRIS = (-80, -56, -46)
+OFF_PUPIL = (-104, -68, -56)
+OFF_SCLERA = (4, 32, 50)
+OFF_MOUTH = (-100, -66, -54)
+OFF_TEETH = (5, 34, 52)
+OFF_LIPS = (-12, -44, -36)
+OFF_NOSTRIL = (-78, -54, -44)
+# Every offset an expression can change a pixel by, with the largest multiplier it is drawn with.
+FEATURE_OFFSETS: tuple[tuple[int, int, int], ...] = (
+    OFF_BROW, OFF_LINE, OFF_LID, OFF_IRIS, OFF_PUPIL, OFF_SCLERA, OFF_MOUTH, OFF_TEETH, OFF_LIPS, OFF_NOSTRIL)
+
+# Additive lighting: a linear ramp over the original frame (gradient per axis, from -1 to 1
+# across the frame) plus a constant; then Gaussian pixel noise.
+LIGHT_GRADIENT_MAX = 10.0
+LIGHT_OFFSET_MAX = 6.0
+NOISE_SIGMA_RANGE = (2.0, 6.0)
+# Bounding box (aligned coords) of every pixel an expression changes: the union of the AU
+# regions below, grown by the largest pose shift, scale and rotation the sampler draws.
+FEATURE_BOX = (8.0, 5.0, 92.0, 104.0)
+
+
+def compute_max_feature_light() -> float:
+    """Largest additive lighting |gx*ramp_x + gy*ramp_y + offset| inside FEATURE_BOX."""
+    half = (ORIGINAL - 1) / 2.0
+    x0, y0, x1, y1 = (v + OFFSET for v in FEATURE_BOX)
+    rx = max(abs(x0 / half - 1.0), abs(x1 / half - 1.0))
+    ry = max(abs(y0 / half - 1.0), abs(y1 / half - 1.0))
+    return LIGHT_GRADIENT_MAX * (rx + ry) + LIGHT_OFFSET_MAX
 
 
 @dataclass(frozen=True)
@@ -311,7 +337,7 @@ def _draw_eye(pen: _Pen, p: FaceParams, cx: float, cy: float, side: int):
     pen.poly(np.concatenate([upper, lower]), _off(skin, OFF_SCLERA))
     r = 4.2 * es
     pen.ellipse(cx, cy + 0.2, r, r, _off(skin, OFF_IRIS))
-    pen.ellipse(cx, cy + 0.2, r * 0.45, r * 0.45, _off(skin, OFF_IRIS, 1.25))
+    pen.ellipse(cx, cy + 0.2, r * 0.45, r * 0.45, _off(skin, OFF_PUPIL))
     lid_top = _bezier(outer, (cx, cy - 2 * h_up - 9), inner)
     pen.poly(np.concatenate([upper, lid_top]), skin)
     lid_bot = _bezier(inner, (cx, cy + 2 * h_lo + 8), outer)

@@ -43,15 +43,39 @@ class DemoContext:
 
 
 def stage_synthetic(ctx: DemoContext) -> None:
-    """Generate the synthetic set unless `ctx.data` already holds one."""
-    from pipeline.synthetic import SynthConfig, generate_dataset
+    """Generate the synthetic set unless `ctx.data` already holds the one this demo asks for.
 
+    A set made by another generator version or with other arguments is regenerated in place
+    (it is the demo's own folder), so the demo's figures always describe the current generator.
+    """
+    from dataclasses import asdict
+
+    from pipeline.synthetic import GENERATOR_VERSION, SynthConfig, generate_dataset, load_manifest
+
+    config = SynthConfig(n=ctx.n_images, seed=ctx.seed)
+    force = False
     if (ctx.data / "Synthetic" / "manifest.json").is_file():
-        print(f"using the synthetic dataset in {ctx.data}")
-        return
+        manifest = load_manifest(ctx.data)
+        stale = _stale_synthetic_reason(manifest, GENERATOR_VERSION, asdict(config))
+        if stale is None:
+            print(f"using the synthetic dataset in {ctx.data}")
+            return
+        print(f"regenerating the synthetic dataset in {ctx.data}: {stale}")
+        force = True
     print(f"generating {ctx.n_images} synthetic faces in {ctx.data} ...")
-    manifest = generate_dataset(ctx.data, SynthConfig(n=ctx.n_images, seed=ctx.seed), progress=not ctx.quiet)
+    manifest = generate_dataset(ctx.data, config, progress=not ctx.quiet, force=force)
     ctx.summary["synthetic_counts"] = manifest["counts"]
+
+
+def _stale_synthetic_reason(manifest: dict, version: str, args: dict) -> str | None:
+    """Why a stored synthetic set is not the one asked for, or None when it is."""
+    if manifest.get("generator_version") != version:
+        return f"it was made by generator {manifest.get('generator_version')}, this is {version}"
+    stored = manifest.get("args", {})
+    for key in ("n", "seed", "bias"):
+        if stored.get(key) != args[key]:
+            return f"it was made with {key}={stored.get(key)!r}, the demo asks for {args[key]!r}"
+    return None
 
 
 def stage_train(ctx: DemoContext) -> None:

@@ -44,8 +44,29 @@ def test_demo_reuses_an_existing_dataset(demo_store, capsys):
 
     data = demo_store.parent / "data"
     db = demo_store.parent / "second.duckdb"
-    assert main(["demo", "--db", str(db), "--data", str(data), "--epochs", "1", "--quiet"]) == 0
+    assert main(["demo", "--db", str(db), "--data", str(data), "--n", "300", "--epochs", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert f"using the synthetic dataset in {data}" in out and "demo complete" in out
     with store.open_store(db, read_only=True) as con:
         assert _count(con, "SELECT count(*) FROM runs") == 1
+
+
+def test_demo_regenerates_a_dataset_from_another_generator_version(tmp_path, capsys):
+    import json
+
+    from pipeline.commands.demo import DemoContext, stage_synthetic
+    from pipeline.synthetic import GENERATOR_VERSION, load_manifest
+
+    ctx = DemoContext(db=tmp_path / "r.duckdb", data=tmp_path / "data", n_images=12, quiet=True)
+    stage_synthetic(ctx)
+    stage_synthetic(ctx)
+    assert "using the synthetic dataset" in capsys.readouterr().out
+    path = ctx.data / "Synthetic" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "generator_version": "0.9"}))
+    stage_synthetic(ctx)
+    out = capsys.readouterr().out
+    assert "regenerating" in out and "generator 0.9" in out
+    assert load_manifest(ctx.data)["generator_version"] == GENERATOR_VERSION
+    stage_synthetic(DemoContext(db=ctx.db, data=ctx.data, n_images=14, quiet=True))
+    assert "n=12" in capsys.readouterr().out and len(list((ctx.data / "Image" / "aligned").iterdir())) == 14
