@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -43,6 +44,8 @@ from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, Laye
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from pipeline.regions import ENERGY_COLUMNS
 
 # Method name (as stored in heatmaps.method) -> pytorch-grad-cam class.
 METHODS: dict[str, type[BaseCAM]] = {
@@ -315,3 +318,38 @@ def decode_cam(blob: bytes, size: int | None = None) -> np.ndarray:
     if arr.size != size * size:
         raise ValueError(f"a stored CAM of {arr.size} bytes is not {size}x{size}")
     return arr.reshape(size, size).astype(np.float32) / 255.0
+
+
+def compute_heatmap_summary(heatmaps, outcomes, split: str):
+    """The heatmap_summary rows of one method: its 'pred'-target maps averaged per (true emotion, correct).
+
+    heatmaps: rows as stored in `heatmaps` (image_id, target, cam_size, cam as
+    uint8 bytes, e_* energies; NaN/None = unknown). outcomes: image_id,
+    true_label, correct of the explained predictions. Returns one row per
+    group: emotion, correct, split, n, the mean of each e_* (unknown values
+    skipped, as SQL avg does; the float32 values as stored), cam_size and
+    mean_cam, the mean of the stored maps / 255 as float32 little-endian bytes.
+    Pure: no I/O.
+    """
+    columns = ["emotion", "correct", "split", "n", *ENERGY_COLUMNS, "cam_size", "mean_cam"]
+    pred = heatmaps[heatmaps["target"] == "pred"]
+    if pred.empty:
+        return pd.DataFrame(columns=columns)
+    df = pred.merge(outcomes[["image_id", "true_label", "correct"]], on="image_id", how="inner", validate="1:1")
+    energies = pd.DataFrame({c: pd.to_numeric(df[c], errors="coerce").astype(np.float32).astype(np.float64)
+                             if c in df.columns else np.nan for c in ENERGY_COLUMNS}, index=df.index)
+    rows = []
+    for (emotion, correct), g in df.groupby(["true_label", "correct"], sort=True):
+        sizes = g["cam_size"].unique()
+        if len(sizes) != 1:
+            raise ValueError(f"heatmaps of one method mix cam sizes {sorted(sizes)}; cannot average them")
+        size = int(sizes[0])
+        total = np.zeros(size * size, np.int64)
+        cams = g["cam"].tolist()
+        for s in range(0, len(cams), 65536):  # bounded memory on big runs
+            block = np.frombuffer(b"".join(cams[s:s + 65536]), dtype=np.uint8).reshape(-1, size * size)
+            total += block.sum(axis=0, dtype=np.int64)
+        mean_cam = (total / (255.0 * len(g))).astype("<f4").reshape(size, size)
+        rows.append({"emotion": emotion, "correct": bool(correct), "split": split, "n": len(g),
+                     **energies.loc[g.index].mean().to_dict(), "cam_size": size, "mean_cam": mean_cam.tobytes()})
+    return pd.DataFrame(rows, columns=columns)

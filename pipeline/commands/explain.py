@@ -98,46 +98,6 @@ def run(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- the stage
 
-def compute_heatmap_summary(heatmaps, outcomes, split: str):
-    """The heatmap_summary rows of one method: its 'pred'-target maps averaged per (true emotion, correct).
-
-    heatmaps: rows as stored in `heatmaps` (image_id, target, cam_size, cam as
-    uint8 bytes, e_* energies; NaN/None = unknown). outcomes: image_id,
-    true_label, correct of the explained predictions. Returns one row per
-    group: emotion, correct, split, n, the mean of each e_* (unknown values
-    skipped, as SQL avg does; the float32 values as stored), cam_size and
-    mean_cam, the mean of the stored maps / 255 as float32 little-endian bytes.
-    Pure: no I/O.
-    """
-    import numpy as np
-    import pandas as pd
-
-    from pipeline.regions import ENERGY_COLUMNS
-
-    columns = ["emotion", "correct", "split", "n", *ENERGY_COLUMNS, "cam_size", "mean_cam"]
-    pred = heatmaps[heatmaps["target"] == "pred"]
-    if pred.empty:
-        return pd.DataFrame(columns=columns)
-    df = pred.merge(outcomes[["image_id", "true_label", "correct"]], on="image_id", how="inner", validate="1:1")
-    energies = pd.DataFrame({c: pd.to_numeric(df[c], errors="coerce").astype(np.float32).astype(np.float64)
-                             if c in df.columns else np.nan for c in ENERGY_COLUMNS}, index=df.index)
-    rows = []
-    for (emotion, correct), g in df.groupby(["true_label", "correct"], sort=True):
-        sizes = g["cam_size"].unique()
-        if len(sizes) != 1:
-            raise ValueError(f"heatmaps of one method mix cam sizes {sorted(sizes)}; cannot average them")
-        size = int(sizes[0])
-        total = np.zeros(size * size, np.int64)
-        cams = g["cam"].tolist()
-        for s in range(0, len(cams), 65536):  # bounded memory on big runs
-            block = np.frombuffer(b"".join(cams[s:s + 65536]), dtype=np.uint8).reshape(-1, size * size)
-            total += block.sum(axis=0, dtype=np.int64)
-        mean_cam = (total / (255.0 * len(g))).astype("<f4").reshape(size, size)
-        rows.append({"emotion": emotion, "correct": bool(correct), "split": split, "n": len(g),
-                     **energies.loc[g.index].mean().to_dict(), "cam_size": size, "mean_cam": mean_cam.tobytes()})
-    return pd.DataFrame(rows, columns=columns)
-
-
 def _image_sizes(records, dataset) -> list[tuple[float, float]]:
     """(width, height) of each record's image, the frame its landmarks refer to."""
     from PIL import Image
@@ -171,7 +131,8 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
     from pipeline.constants import ALIGNED_SIZE, FACE_REGIONS
     from pipeline.datasets import load_dataset
     from pipeline.errors import UserError
-    from pipeline.explanation import compute_cams, encode_cam, resolve_target_layer, validate_methods
+    from pipeline.explanation import (compute_cams, compute_heatmap_summary, encode_cam, resolve_target_layer,
+                                      validate_methods)
     from pipeline.faithfulness import (compute_confidence_change, compute_gt_localisation,
                                        compute_map_similarity, compute_road_scores, create_randomized_model,
                                        summarise, summarise_gt_localisation)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.explanation import (METHODS, compute_cams, decode_cam, encode_cam, find_layer,
+from pipeline.explanation import (METHODS, compute_cams, compute_heatmap_summary, decode_cam, encode_cam, find_layer,
                                   resolve_target_layer, validate_methods)
 from pipeline.models import LightCNN, create_model
 
@@ -273,3 +273,28 @@ def test_overlays_are_drawn_from_stored_maps_without_touching_inputs():
     assert np.array_equal(image, image_before) and np.array_equal(cam, cam_before)
     with pytest.raises(ValueError):
         create_cam_overlay(image, cam, colormap="nope")
+
+
+def test_heatmap_summary_is_the_exact_mean_per_emotion_and_outcome():
+    import pandas as pd
+
+    from pipeline.regions import ENERGY_COLUMNS
+
+    maps = [np.full((4, 4), v, np.float32) for v in (0.0, 1.0, 0.5)]
+    energy = ENERGY_COLUMNS[0]
+    heat = pd.DataFrame({"image_id": ["a", "b", "c", "a"], "target": ["pred", "pred", "pred", "true"],
+                         "cam_size": 4, "cam": [encode_cam(m, 4) for m in maps] + [encode_cam(maps[1], 4)],
+                         energy: [0.2, np.nan, 0.6, 0.9]})
+    outcomes = pd.DataFrame({"image_id": ["a", "b", "c"], "true_label": ["Fear", "Fear", "Fear"],
+                             "correct": [True, True, False]})
+    before = heat.copy()
+    out = compute_heatmap_summary(heat, outcomes, "test").set_index("correct")
+    pd.testing.assert_frame_equal(heat, before)                       # input not mutated
+    assert out.loc[True, "n"] == 2 and out.loc[False, "n"] == 1       # the 'true'-target map is not averaged
+    mean = np.frombuffer(out.loc[True, "mean_cam"], "<f4").reshape(4, 4)
+    assert np.allclose(mean, 0.5)
+    assert out.loc[True, energy] == pytest.approx(0.2, abs=1e-6)      # unknown energies skipped, like SQL avg
+    mixed = heat.assign(cam_size=[4, 8, 4, 4], cam=[encode_cam(maps[0], 4), encode_cam(maps[1], 8),
+                                                     encode_cam(maps[2], 4), encode_cam(maps[1], 4)])
+    with pytest.raises(ValueError, match="mix cam sizes"):
+        compute_heatmap_summary(mixed, outcomes.assign(correct=True), "test")
