@@ -179,13 +179,14 @@ def create_region_energy_chart(energy: pd.DataFrame, regions: list[str]) -> alt.
     ).properties(width=260, height=alt.Step(24)).facet(column=alt.Column("outcome:N", title=None))
 
 
-def create_group_metric_chart(cells: pd.DataFrame, title: str) -> alt.Chart:
-    """Point + CI error bar per group, n in the tooltip and label; low-support groups hollow."""
+def create_group_metric_chart(cells: pd.DataFrame, title: str, level: str = "95%") -> alt.Chart:
+    """Point + CI error bar per group, n in the tooltip and label; low-support groups hollow.
+    `level`: the intervals' confidence level, for the axis title."""
     df = cells.copy()
     df["label"] = df["grp"] + " (n=" + df["n"].astype(str) + ")"
     df["support"] = np.where(df["low_support"], "low support", "ok")
     base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=240)))
-    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="value (95% CI)", scale=alt.Scale(zero=False)),
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title=f"value ({level} CI)", scale=alt.Scale(zero=False)),
                                        x2="ci_high:Q")
     points = base.mark_point(filled=True, size=70).encode(
         x="value:Q",
@@ -215,7 +216,9 @@ def create_intersection_heatmap(cells: pd.DataFrame, title: str) -> alt.Chart:
                                     title=f"{title} (cell text: n, * = low support)")
 
 
-def create_gap_chart(gaps: pd.DataFrame, title: str = "Gaps with 95% CI") -> alt.Chart:
+def create_gap_chart(gaps: pd.DataFrame, title: str | None = None, level: str = "95%") -> alt.Chart:
+    """Gap + CI error bar per comparison, coloured by corrected significance, with a rule at 0."""
+    title = title or f"Gaps with {level} CI"
     df = gaps.copy()
     df["label"] = df["attribute"] + " · " + df["metric"] + " · " + df["comparison"]
     df["significance"] = np.where(df["significant"].fillna(False), "significant (corrected)", "not significant")

@@ -60,6 +60,11 @@ def format_number(value, digits: int = 3) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def format_level(alpha: float) -> str:
+    """The confidence level of intervals made at significance `alpha`: 0.05 -> '95%', 0.025 -> '97.5%'."""
+    return f"{100 * (1 - float(alpha)):.10g}%"
+
+
 def format_estimate(value, lo=None, hi=None, n=None, digits: int = 3) -> str:
     """An estimate with its interval and sample size: '0.823 [0.801, 0.843] (n=1200)'.
 
@@ -182,8 +187,10 @@ def compute_audit_table(cells: pd.DataFrame, metrics: Sequence[str] = ("accuracy
 
 def compute_gaps_table(gaps: pd.DataFrame, comparison: str | None = "best-worst",
                        metric: str | None = None, significant_only: bool = False,
-                       digits: int = 3) -> pd.DataFrame:
-    """Gaps: attribute, metric, compared group, gap [CI], p, adjusted p, significance; largest first."""
+                       digits: int = 3, alpha: float = 0.05) -> pd.DataFrame:
+    """Gaps: attribute, metric, compared group, gap [CI], p, adjusted p, significance; largest first.
+
+    `alpha` is the audit's: the intervals were made at that level, and the header says so."""
     part = gaps
     if comparison:
         part = part[part["comparison"].str.startswith(comparison)]
@@ -197,7 +204,7 @@ def compute_gaps_table(gaps: pd.DataFrame, comparison: str | None = "best-worst"
         "metric": part["metric"].to_numpy(),
         "comparison": part["comparison"].to_numpy(),
         "group": part["grp"].to_numpy(),
-        "gap [95% CI]": [format_estimate(g, lo, hi, None, digits)
+        f"gap [{format_level(alpha)} CI]": [format_estimate(g, lo, hi, None, digits)
                          for g, lo, hi in zip(part["gap"], part["ci_low"], part["ci_high"])],
         "p": [format_p_value(p) for p in part["p_value"]],
         "p adj.": [format_p_value(p) for p in part["p_adjusted"]],
@@ -239,6 +246,7 @@ def compute_proxy_table(agreement: pd.DataFrame, alpha: float = 0.05, digits: in
     from pipeline.audit import compute_proxy_accuracy
 
     acc = compute_proxy_accuracy(agreement, alpha)
+    agreement_col = f"agreement [{format_level(alpha)} CI]"
     rows = []
     for r in acc.itertuples(index=False):
         wrong = agreement[(agreement["attribute"] == r.attribute) & (agreement["annotated"] == r.annotated)
@@ -247,16 +255,16 @@ def compute_proxy_table(agreement: pd.DataFrame, alpha: float = 0.05, digits: in
         error = f"{top['inferred'].iloc[0]} ({int(top['n'].iloc[0])})" if len(top) else MISSING
         rows.append({"source": agreement["source"].iloc[0] if "source" in agreement else "",
                      "attribute": r.attribute, "annotated": r.annotated,
-                     "agreement [95% CI]": format_estimate(r.accuracy, r.ci_low, r.ci_high, r.n, digits),
+                     agreement_col: format_estimate(r.accuracy, r.ci_low, r.ci_high, r.n, digits),
                      "most frequent other label": error})
-    out = pd.DataFrame(rows, columns=["source", "attribute", "annotated", "agreement [95% CI]",
+    out = pd.DataFrame(rows, columns=["source", "attribute", "annotated", agreement_col,
                                       "most frequent other label"])
     return out if "source" in agreement else out.drop(columns="source")
 
 
 # name -> (stored table it reads, one-line description)
 TABLES: dict[str, tuple[str, str]] = {
-    "audit": ("audit_cells", "accuracy and macro-F1 per demographic group, with 95% CIs and n"),
+    "audit": ("audit_cells", "accuracy and macro-F1 per demographic group, with CIs (at the audit's level) and n"),
     "gaps": ("audit_gaps", "best-worst (or vs-rest) gaps with bootstrap CIs and corrected p-values"),
     "class-metrics": ("class_metrics", "precision, recall, F1 and support per emotion"),
     "confusion": ("confusion", "confusion matrix, rows true, columns predicted"),

@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import charts, queries, widgets
 from pipeline.constants import FACE_REGIONS
+from pipeline.export import format_level
 
 ctx = widgets.render_page_context()
 st.title("Export")
@@ -50,13 +51,15 @@ if len(em):
 audit = queries.load_audit_sources(ref, rid)
 for source, split in audit[["source", "split"]].itertuples(index=False):
     cells = queries.load_audit_cells(ref, rid, source, split)
+    settings = queries.load_audit_settings(ref, rid, source, split)
+    level = format_level(settings["config"]["alpha"]) if settings else "95%"
     tables[f"audit-cells-{source}-{split}"] = (cells, f"Audit cells ({source}, {split})")
     acc = cells[cells["metric"] == "accuracy"]
     for attribute in ("gender", "race", "age"):
         part = acc[acc["attribute"] == attribute]
         if len(part):
             figures[f"audit-{attribute}-accuracy-{source}-{split}"] = charts.create_group_metric_chart(
-                part, f"accuracy by {attribute}")
+                part, f"accuracy by {attribute}", level)
     for attribute in ("gender×emotion", "race×emotion", "gender×race×emotion"):
         part = acc[acc["attribute"] == attribute]
         if len(part):
@@ -64,8 +67,8 @@ for source, split in audit[["source", "split"]].itertuples(index=False):
                 part, f"accuracy: {attribute}")
     gaps = queries.load_audit_gaps(ref, rid, source, split)
     if len(gaps):
-        tables[f"audit-gaps-{source}-{split}"] = (gaps, f"Gaps with 95% CI and corrected p ({source}, {split})")
-        figures[f"audit-gaps-{source}-{split}"] = charts.create_gap_chart(gaps)
+        tables[f"audit-gaps-{source}-{split}"] = (gaps, f"Gaps with {level} CI and corrected p ({source}, {split})")
+        figures[f"audit-gaps-{source}-{split}"] = charts.create_gap_chart(gaps, level=level)
 agreement = queries.load_proxy_agreement(ref, ctx.fingerprint)
 if len(agreement):
     tables["proxy-agreement"] = (agreement, "Inferred against annotated labels")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, queries, widgets
+from pipeline.export import format_level
 
 ctx = widgets.render_page_context()
 st.title("Fairness audit")
@@ -24,7 +25,7 @@ metrics = sorted(cells["metric"].unique(), key=lambda m: (m != "accuracy", m))
 metric = widgets.synced_selectbox("Metric", metrics, key="metric", default="accuracy", container=c2)
 inferred = bool(ctx.sources.set_index("source")["inferred"].get(source, False)) if len(ctx.sources) else False
 settings = queries.load_audit_settings(ctx.ref, ctx.run_id, source, split)
-level = f"{1 - settings['config']['alpha']:.0%}" if settings else "95%"
+level = format_level(settings["config"]["alpha"]) if settings else "95%"
 st.caption(f"Demographic source: {source}" + (" (inferred, perceived labels)" if inferred else "")
            + f". Error bars are {level} confidence intervals; n is the number of {split} images; low-support "
            "groups are drawn as triangles and their cells marked with *.")
@@ -35,7 +36,7 @@ st.subheader(f"{metric} by group")
 for attribute in ("gender", "race", "age"):
     part = sel[sel["attribute"] == attribute]
     if len(part):
-        widgets.render_figure(charts.create_group_metric_chart(part, f"{metric} by {attribute}"),
+        widgets.render_figure(charts.create_group_metric_chart(part, f"{metric} by {attribute}", level),
                               f"audit-{attribute}-{metric}-{source}", ctx.run_id, width="stretch")
     else:
         st.write(f"No {attribute} groups.")
@@ -65,7 +66,7 @@ st.subheader("Gaps")
 gaps = queries.load_audit_gaps(ctx.ref, ctx.run_id, source, split)
 if len(gaps):
     gsel = gaps[gaps["metric"] == metric] if (gaps["metric"] == metric).any() else gaps
-    widgets.render_figure(charts.create_gap_chart(gsel), f"audit-gaps-{metric}-{source}", ctx.run_id)
+    widgets.render_figure(charts.create_gap_chart(gsel, level=level), f"audit-gaps-{metric}-{source}", ctx.run_id)
     corr = ", ".join(sorted(gaps["correction"].dropna().unique())) or "none"
     st.caption(f"p-values corrected for multiple comparisons ({corr}); 'significant' uses the corrected value.")
     widgets.render_table(gsel, f"audit-gaps-{metric}-{source}-{split}", ctx.run_id,

@@ -5,7 +5,7 @@ Examples:
   python -m pipeline export --run latest --table gaps --format markdown --metric accuracy
   python -m pipeline export --run latest --table confusion --format csv --out confusion.csv
 
-Tables: audit (metrics per demographic group with 95% CIs and n), gaps
+Tables: audit (metrics per demographic group with CIs and n), gaps
 (best-worst or vs-rest gaps with CIs and corrected p-values), class-metrics,
 confusion, proxy (agreement of inferred with annotated demographics).
 """
@@ -61,6 +61,21 @@ def _pick_source(con, table: str, available_keys: dict, wanted: str | None) -> s
     return "annotations" if "annotations" in sources else sources[0]
 
 
+def _audit_alpha(con, run_id: str, source: str, split: str) -> float:
+    """The alpha an audit was computed with (0.05, the audit's default, for stores that predate `audits`)."""
+    import json
+
+    from pipeline.store import load_frame, missing_added_tables
+
+    if "audits" in missing_added_tables(con):
+        return 0.05
+    rows = load_frame(con, "audits", ["config"], run_id=run_id, source=source, split=split)
+    if rows.empty:
+        return 0.05
+    config = rows["config"].iloc[0]
+    return float((json.loads(config) if isinstance(config, str) else config).get("alpha", 0.05))
+
+
 def load_raw_table(con, args: argparse.Namespace):
     """The stored rows behind the requested table, unformatted."""
     from pipeline.export import TABLES
@@ -98,7 +113,8 @@ def load_table(con, args: argparse.Namespace):
         if args.attribute:
             gaps = gaps[gaps["attribute"] == args.attribute]
         comparison = None if args.comparison == "all" else args.comparison
-        return (export.compute_gaps_table(gaps, comparison, args.metric, args.significant_only),
+        alpha = _audit_alpha(con, rid, source, args.split)
+        return (export.compute_gaps_table(gaps, comparison, args.metric, args.significant_only, alpha=alpha),
                 f"{rid}, {source}")
     if args.table == "class-metrics":
         rows = load_frame(con, "class_metrics", run_id=rid, split=args.split)

@@ -52,3 +52,17 @@ def test_intersection_heatmap_marks_low_support():
     data = pd.DataFrame(next(iter(charts.create_intersection_heatmap(cells, "t").to_dict()["datasets"].values())))
     assert data.set_index("group").loc["female", "label"] == "4*"
     assert data.set_index("group").loc["male", "label"] == "50"
+
+
+def test_interval_charts_name_their_confidence_level():
+    import json
+
+    cells = pd.DataFrame({"grp": ["female", "male"], "n": [40, 50], "value": [0.5, 0.8], "ci_low": [0.3, 0.7],
+                          "ci_high": [0.7, 0.9], "low_support": [False, False]})
+    gaps = pd.DataFrame({"attribute": ["gender"], "metric": ["accuracy"], "comparison": ["best-worst"],
+                         "grp": ["female"], "gap": [0.3], "ci_low": [0.1], "ci_high": [0.5], "p_value": [0.01],
+                         "p_adjusted": [0.02], "correction": ["holm"], "significant": [True]})
+    group = json.dumps(charts.create_group_metric_chart(cells, "accuracy by gender", "90%").to_dict())
+    gap = json.dumps(charts.create_gap_chart(gaps, level="99%").to_dict())
+    assert "value (90% CI)" in group and "95%" not in group
+    assert "Gaps with 99% CI" in gap

@@ -384,3 +384,19 @@ def _audited(db) -> bool:
 
     with open_store(db, read_only=True) as con:
         return con.execute("SELECT count(*) FROM audit_cells").fetchone()[0] > 0
+
+
+def test_exported_gaps_name_the_audits_own_confidence_level(stored_run, tmp_path, capsys):
+    import shutil
+
+    from pipeline.cli import main
+
+    _, db = stored_run
+    copy = tmp_path / "alpha.duckdb"
+    shutil.copy(db, copy)
+    assert main(["audit", "--db", str(copy), "--source", "annotations", "--alpha", "0.1", "--min-support", "3",
+                 "--n-boot", "50", "--n-perm", "50"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--db", str(copy), "--table", "gaps", "--format", "csv", "--comparison", "all"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "gap [90% CI]" in header and "95%" not in header

@@ -114,6 +114,12 @@ def test_gaps_table(audit_result):
     assert list(table.columns) == ["attribute", "metric", "comparison", "group", "gap [95% CI]", "p", "p adj.",
                                    "significant"]
     assert len(export.compute_gaps_table(audit_result.gaps, comparison=None)) == len(audit_result.gaps)
+    assert "gap [90% CI]" in export.compute_gaps_table(audit_result.gaps, alpha=0.1).columns
+
+
+@pytest.mark.parametrize("alpha, level", [(0.05, "95%"), (0.1, "90%"), (0.01, "99%"), (0.025, "97.5%")])
+def test_format_level(alpha, level):
+    assert export.format_level(alpha) == level
 
 
 def test_class_metrics_and_confusion_tables():
@@ -147,4 +153,5 @@ def test_proxy_table():
     table = export.compute_proxy_table(agreement).set_index("annotated")
     assert table.loc["male", "agreement [95% CI]"].startswith("0.800 [")
     assert table.loc["male", "most frequent other label"] == "female (2)"
+    assert "agreement [99% CI]" in export.compute_proxy_table(agreement, alpha=0.01).columns
     assert table.loc["female", "most frequent other label"] == "–"
