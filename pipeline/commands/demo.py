@@ -43,39 +43,49 @@ class DemoContext:
 
 
 def stage_synthetic(ctx: DemoContext) -> None:
-    """Generate the synthetic set unless `ctx.data` already holds the one this demo asks for.
+    """Generate the synthetic set unless `ctx.data` already holds one.
 
-    A set made by another generator version or with other arguments is regenerated in place
-    (it is the demo's own folder), so the demo's figures always describe the current generator.
+    A set the demo made with an older generator version is regenerated in place, so the
+    demo's figures describe the current generator. A set made with other arguments (a bias,
+    other shares) is the user's own: it is used as it is, with a warning when its generator
+    is older, and never overwritten.
     """
-    from dataclasses import asdict
-
     from pipeline.synthetic import GENERATOR_VERSION, SynthConfig, generate_dataset, load_manifest
 
-    config = SynthConfig(n=ctx.n_images, seed=ctx.seed)
     force = False
     if (ctx.data / "Synthetic" / "manifest.json").is_file():
         manifest = load_manifest(ctx.data)
-        stale = _stale_synthetic_reason(manifest, GENERATOR_VERSION, asdict(config))
-        if stale is None:
-            print(f"using the synthetic dataset in {ctx.data}")
+        stored = manifest.get("args", {})
+        version = manifest.get("generator_version")
+        if version == GENERATOR_VERSION or not _made_by_demo(stored):
+            if version != GENERATOR_VERSION:
+                print(f"warning: {ctx.data} was made by generator {version} (this is {GENERATOR_VERSION}) with "
+                      f"custom arguments; using it as it is. Regenerate it with `python -m pipeline synth "
+                      f"--out {ctx.data} --force ...` to use the current generator.")
+            note = "" if stored.get("n") == ctx.n_images else f" ({stored.get('n')} images; --n applies when generating)"
+            print(f"using the synthetic dataset in {ctx.data}{note}")
             return
-        print(f"regenerating the synthetic dataset in {ctx.data}: {stale}")
+        print(f"regenerating the synthetic dataset in {ctx.data}: it was made by generator {version}, "
+              f"this is {GENERATOR_VERSION}")
         force = True
     print(f"generating {ctx.n_images} synthetic faces in {ctx.data} ...")
-    manifest = generate_dataset(ctx.data, config, progress=not ctx.quiet, force=force)
+    manifest = generate_dataset(ctx.data, SynthConfig(n=ctx.n_images, seed=ctx.seed), progress=not ctx.quiet,
+                                force=force)
     ctx.summary["synthetic_counts"] = manifest["counts"]
 
 
-def _stale_synthetic_reason(manifest: dict, version: str, args: dict) -> str | None:
-    """Why a stored synthetic set is not the one asked for, or None when it is."""
-    if manifest.get("generator_version") != version:
-        return f"it was made by generator {manifest.get('generator_version')}, this is {version}"
-    stored = manifest.get("args", {})
-    for key in ("n", "seed", "bias"):
-        if stored.get(key) != args[key]:
-            return f"it was made with {key}={stored.get(key)!r}, the demo asks for {args[key]!r}"
-    return None
+def _made_by_demo(stored_args: dict) -> bool:
+    """Whether a manifest's arguments are those the demo generates with (any n and seed)."""
+    from dataclasses import asdict
+
+    from pipeline.synthetic import SynthConfig
+
+    try:
+        config = SynthConfig(n=int(stored_args["n"]), seed=int(stored_args["seed"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k != "workers"}
+    return all(stored_args.get(k) == v for k, v in expected.items())
 
 
 def stage_train(ctx: DemoContext) -> None:
@@ -169,8 +179,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
     parser.add_argument("--data", type=Path, default=DEFAULT_SYNTHETIC_DIR,
-                        help=f"synthetic dataset folder, generated when absent (default {DEFAULT_SYNTHETIC_DIR})")
-    parser.add_argument("--n", type=int, default=7000, help="images to generate when the set is absent (default 7000)")
+                        help=f"synthetic dataset folder, generated when absent (default {DEFAULT_SYNTHETIC_DIR}); "
+                             "a set made with custom arguments is used as it is, never overwritten")
+    parser.add_argument("--n", type=int, default=7000, help="images to generate when the set is absent or the demo made it with an older generator (default 7000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override the demo preset's 12 epochs")

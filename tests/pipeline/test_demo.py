@@ -44,14 +44,14 @@ def test_demo_reuses_an_existing_dataset(demo_store, capsys):
 
     data = demo_store.parent / "data"
     db = demo_store.parent / "second.duckdb"
-    assert main(["demo", "--db", str(db), "--data", str(data), "--n", "300", "--epochs", "1", "--quiet"]) == 0
+    assert main(["demo", "--db", str(db), "--data", str(data), "--epochs", "1", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert f"using the synthetic dataset in {data}" in out and "demo complete" in out
+    assert f"using the synthetic dataset in {data} (300 images" in out and "demo complete" in out
     with store.open_store(db, read_only=True) as con:
         assert _count(con, "SELECT count(*) FROM runs") == 1
 
 
-def test_demo_regenerates_a_dataset_from_another_generator_version(tmp_path, capsys):
+def test_demo_regenerates_its_own_dataset_from_another_generator_version(tmp_path, capsys):
     import json
 
     from pipeline.commands.demo import DemoContext, stage_synthetic
@@ -59,14 +59,30 @@ def test_demo_regenerates_a_dataset_from_another_generator_version(tmp_path, cap
 
     ctx = DemoContext(db=tmp_path / "r.duckdb", data=tmp_path / "data", n_images=12, quiet=True)
     stage_synthetic(ctx)
-    stage_synthetic(ctx)
-    assert "using the synthetic dataset" in capsys.readouterr().out
+    stage_synthetic(DemoContext(db=ctx.db, data=ctx.data, n_images=14, quiet=True))
+    assert "using the synthetic dataset" in capsys.readouterr().out        # --n applies only when generating
     path = ctx.data / "Synthetic" / "manifest.json"
-    manifest = json.loads(path.read_text())
-    path.write_text(json.dumps({**manifest, "generator_version": "0.9"}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "generator_version": "0.9"}))
     stage_synthetic(ctx)
     out = capsys.readouterr().out
     assert "regenerating" in out and "generator 0.9" in out
     assert load_manifest(ctx.data)["generator_version"] == GENERATOR_VERSION
-    stage_synthetic(DemoContext(db=ctx.db, data=ctx.data, n_images=14, quiet=True))
-    assert "n=12" in capsys.readouterr().out and len(list((ctx.data / "Image" / "aligned").iterdir())) == 14
+    assert len(list((ctx.data / "Image" / "aligned").iterdir())) == 12
+
+
+def test_demo_never_overwrites_a_custom_dataset(tmp_path, capsys):
+    import json
+
+    from pipeline.commands.demo import DemoContext, stage_synthetic
+    from pipeline.synthetic import SynthConfig, generate_dataset
+
+    data = tmp_path / "mine"
+    generate_dataset(data, SynthConfig(n=12, seed=4, workers=1, bias="race=1:faint"), progress=False)
+    path = data / "Synthetic" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "generator_version": "0.9"}))
+    before = sorted(p.name for p in (data / "Image" / "aligned").iterdir())
+    stage_synthetic(DemoContext(db=tmp_path / "r.duckdb", data=data, n_images=20, quiet=True))
+    out = capsys.readouterr().out
+    assert "warning" in out and "custom arguments" in out and "using the synthetic dataset" in out
+    assert sorted(p.name for p in (data / "Image" / "aligned").iterdir()) == before
+    assert json.loads(path.read_text())["generator_version"] == "0.9"
