@@ -25,13 +25,18 @@ Gaps (one per attribute set, metric and comparison), plain sets only
     Gaps in a per-emotion recall (`recall:Anger` of 'gender×race') are the
     gaps of the 'gender×race×emotion' cells, compared within one emotion, so
     emotion difficulty never masquerades as a demographic gap.
-    Intervals come from a bootstrap resampling within each group. vs-rest:
-    percentile interval. best-worst: the pair is picked from the data, so a
-    plain interval of that pair would exclude zero far too often when all
-    groups are equal (the winner's curse); its interval is the normal
-    bootstrap interval made simultaneous over all pairs of ranked groups
-    (Bonferroni), which covers the selected pair's true gap with probability
-    at least 95%. Tests of difference:
+    Intervals: for proportions (accuracy, recall), Newcombe's hybrid score
+    interval of a difference, built from the groups' Wilson intervals; for
+    macro-F1, a bootstrap resampling within each group (percentile interval
+    for vs-rest). A bootstrap of proportions collapses where a group's
+    proportion is 0 or 1 (per-emotion recall of an easy class often is), and
+    its intervals then exclude zero while the test finds nothing; Newcombe's
+    does not. best-worst: the pair is picked from the data, so a plain
+    interval of that pair would exclude zero far too often when all groups
+    are equal (the winner's curse); its interval (Newcombe's, or the normal
+    bootstrap interval for macro-F1) is made simultaneous over all pairs of
+    ranked groups (Bonferroni), which covers the selected pair's true gap
+    with probability at least 1 - alpha. Tests of difference:
       - proportions, best-worst: chi-square test of homogeneity across the
         ranked groups (two groups: the pooled two-proportion z-test; Fisher's
         exact test, or a permutation test of max − min for more than two
@@ -135,6 +140,24 @@ def compute_wilson_interval(successes, n, alpha: float = 0.05) -> tuple[np.ndarr
         lo, hi = centre - half, centre + half
     lo = np.where(n > 0, np.clip(lo, 0.0, 1.0), np.nan)
     hi = np.where(n > 0, np.clip(hi, 0.0, 1.0), np.nan)
+    return lo, hi
+
+
+def compute_newcombe_interval(k1, n1, k2, n2, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Newcombe's hybrid score interval for p1 - p2 (his method 10), from the two Wilson intervals.
+
+    Like statsmodels' `confint_proportions_2indep(method="newcomb")`. Unlike a bootstrap or
+    Wald interval it does not collapse when a proportion is 0 or 1 (a group of 60 images all
+    recognised has no bootstrap variance, yet its true recall is not known to be 1).
+    """
+    k1, n1, k2, n2 = (np.asarray(v, dtype=float) for v in (k1, n1, k2, n2))
+    l1, u1 = compute_wilson_interval(k1, n1, alpha)
+    l2, u2 = compute_wilson_interval(k2, n2, alpha)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p1, p2 = k1 / n1, k2 / n2
+    d = p1 - p2
+    lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
     return lo, hi
 
 
@@ -449,29 +472,27 @@ def _proportion_gaps(k: np.ndarray, n: np.ndarray, names: list[str], config: Aud
     if len(eligible) < 2:
         return rows
     p_hat = k / np.where(n > 0, n, 1)
-    # Stratified bootstrap of binomial outcomes: within-group resampling of 0/1 outcomes.
-    boot_k = rng.binomial(n[None, :].astype(np.int64), p_hat[None, :], size=(config.n_boot, len(n)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot_p = boot_k / n[None, :]
     ek, en = k[eligible], n[eligible]
     ep = ek / en
     best, worst = eligible[int(np.argmax(ep))], eligible[int(np.argmin(ep))]
     gap = p_hat[best] - p_hat[worst]
-    lo, hi = _pair_interval(gap, boot_p[:, best] - boot_p[:, worst], len(eligible), config.alpha)
+    # The pair is picked from the data: its interval is made simultaneous over every pair of
+    # ranked groups (Bonferroni), so that it covers the selected pair's true gap with
+    # probability >= 1 - alpha (a plain interval would suffer the winner's curse).
+    n_pairs = max(1, len(eligible) * (len(eligible) - 1) // 2)
+    lo, hi = compute_newcombe_interval(k[best], n[best], k[worst], n[worst], config.alpha / n_pairs)
     p_value, _ = compute_homogeneity_pvalue(ek.astype(int), en.astype(int))
     if p_value is None:
         p_value = _proportion_permutation_pvalue(outcomes, group_of_outcome, eligible, gap,
                                                  config.n_perm, rng)
     rows.append(("best-worst", names[worst], gap, float(lo), float(hi), p_value))
     total_k, total_n = k.sum(), n.sum()
-    boot_total = boot_k.sum(axis=1)
     for g in eligible:
         rest_k, rest_n = total_k - k[g], total_n - n[g]
         if rest_n == 0:
             continue
         gap_g = rest_k / rest_n - p_hat[g]
-        reps = (boot_total - boot_k[:, g]) / rest_n - boot_p[:, g]
-        lo, hi = _percentile_interval(reps, config.alpha)
+        lo, hi = compute_newcombe_interval(rest_k, rest_n, k[g], n[g], config.alpha)
         p_g, _ = compute_proportion_difference_pvalue(int(k[g]), int(n[g]), int(rest_k), int(rest_n))
         rows.append((f"vs-rest:{names[g]}", names[g], gap_g, float(lo), float(hi), p_g))
     return rows

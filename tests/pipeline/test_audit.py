@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import chi2_contingency, fisher_exact
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import proportion_confint, proportions_ztest
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint, proportions_ztest
 
 from pipeline import audit
 from pipeline.audit import AuditConfig, compute_audit
@@ -27,6 +27,32 @@ def test_wilson_matches_statsmodels(k, n, alpha):
     ref_lo, ref_hi = proportion_confint(k, n, alpha=alpha, method="wilson")
     assert float(lo) == pytest.approx(ref_lo, abs=1e-12)
     assert float(hi) == pytest.approx(ref_hi, abs=1e-12)
+
+
+@pytest.mark.parametrize("k1,n1,k2,n2,alpha", [(50, 50, 40, 50, 0.05), (0, 30, 3, 40, 0.05), (180, 200, 120, 200, 0.01),
+                                               (7, 9, 9, 9, 0.05 / 36), (1, 1, 0, 1, 0.05)])
+def test_newcombe_matches_statsmodels(k1, n1, k2, n2, alpha):
+    lo, hi = audit.compute_newcombe_interval(k1, n1, k2, n2, alpha)
+    ref_lo, ref_hi = confint_proportions_2indep(k1, n1, k2, n2, method="newcomb", compare="diff", alpha=alpha)
+    assert lo == pytest.approx(ref_lo, abs=1e-10) and hi == pytest.approx(ref_hi, abs=1e-10)
+
+
+def test_best_worst_interval_keeps_its_coverage_near_a_boundary():
+    # Nine equal groups with a recall near 1: small groups often score 100%. The selected
+    # pair's simultaneous interval must still exclude zero in at most about alpha of audits
+    # (a bootstrap interval, with no variance in a 100% group, excluded it far more often).
+    rng = np.random.default_rng(0)
+    n = np.array([40, 50, 60, 80, 100, 150, 200, 300, 400])
+    config = AuditConfig(n_boot=200, n_perm=20, min_support=30)
+    groups = np.repeat(np.arange(9), n)
+    excluded = 0
+    for _ in range(400):
+        outcomes = (rng.random(n.sum()) < 0.97).astype(np.int64)
+        k = np.bincount(groups, weights=outcomes, minlength=9)
+        (_, _, _, lo, _, _), *_ = audit._proportion_gaps(k, n.astype(float), [str(i) for i in range(9)], config,
+                                                         rng, outcomes, groups)
+        excluded += lo > 0
+    assert excluded / 400 <= 0.06
 
 
 def test_wilson_vectorised_and_empty_group():
@@ -225,6 +251,11 @@ def test_gap_definitions_on_known_counts():
     assert gaps.loc["vs-rest:Asian", "p_value"] == pytest.approx(ref_p)
     table = np.array([[180, 20], [160, 40], [120, 80]])
     assert gaps.loc["best-worst", "p_value"] == pytest.approx(chi2_contingency(table, correction=False).pvalue)
+    # Intervals: Newcombe's, simultaneous over the 3 pairs for best-worst, plain for vs-rest.
+    ref = confint_proportions_2indep(180, 200, 120, 200, method="newcomb", compare="diff", alpha=0.05 / 3)
+    assert (gaps.loc["best-worst", "ci_low"], gaps.loc["best-worst", "ci_high"]) == pytest.approx(ref)
+    ref = confint_proportions_2indep(340, 400, 120, 200, method="newcomb", compare="diff", alpha=0.05)
+    assert (gaps.loc["vs-rest:Asian", "ci_low"], gaps.loc["vs-rest:Asian", "ci_high"]) == pytest.approx(ref)
     assert (gaps["correction"] == "holm").all()
 
 
