@@ -17,6 +17,7 @@ resolvable: about 2,200 test images per race group (Neutral is dropped by the
   python bench/bench_audit.py --scenario fewer --balance sampler # does balanced sampling undo it?
   python bench/bench_audit.py --scenario none --seed 1 --seed 2 # more no-bias seeds
   python bench/bench_audit.py --scenario faint --keep /tmp/bench_audit
+  python bench/bench_audit.py --scenario none --counterfactual 3000  # is a gap the model's own?
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,8 +48,54 @@ BALANCING = {"sqrt": {"class_weights": "sqrt", "sampler": "shuffle"},
              "sampler": {"class_weights": "none", "sampler": "balanced"}}
 
 
+def compute_counterfactual_recall(data: Path, db: Path, run_id: str, n_images: int, seed: int) -> pd.DataFrame:
+    """Recall per emotion of the trained model on `n_images` test faces drawn with each
+    skin group's tone (the same faces otherwise): a model-level skin dependence, separated
+    from the luck of which images each group drew. Columns: label, skin group names."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.constants import RACES
+    from pipeline.models import load_model_from_checkpoint
+    from pipeline.runner import CHECKPOINT_BEST, find_run_dir
+    from pipeline.synthetic import (SKIN_BASE, SynthConfig, create_reskinned_params, load_manifest, parse_bias,
+                                    sample_face_params)
+    from pipeline.synthetic_draw import render_face
+    from pipeline.training import predict_probabilities
+
+    args = load_manifest(data)["args"]
+    config = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    model, meta = load_model_from_checkpoint(find_run_dir(db, run_id) / CHECKPOINT_BEST)
+    classes, size = meta["classes"], int(meta["image_size"])
+    faces = [sample_face_params(config, i, parse_bias(config.bias)) for i in range(config.n_train, config.n)]
+    faces = [(p, m) for p, m in faces if m["label"] in classes]
+    pick = np.random.default_rng(seed).permutation(len(faces))[:n_images]
+    faces = [faces[i] for i in pick]
+
+    def as_loaded(arr: np.ndarray) -> np.ndarray:      # the JPEG round trip and resize training saw
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+        with Image.open(buf) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.uint8)
+
+    labels = np.array([m["label"] for _, m in faces])
+    recall, accuracy = {}, {}
+    for race in SKIN_BASE:
+        images = np.stack([as_loaded(render_face(create_reskinned_params(p, race)).aligned) for p, _ in faces])
+        correct = np.array(classes)[predict_probabilities(model, images, meta).argmax(1)] == labels
+        recall[RACES[race]] = pd.Series(correct).groupby(labels).mean()
+        accuracy[RACES[race]] = correct.mean()
+    frame = pd.DataFrame(recall)
+    frame.loc["(accuracy)"] = pd.Series(accuracy)
+    frame["n"] = pd.Series(labels).value_counts().reindex(frame.index).fillna(len(labels)).astype(int)
+    return frame
+
+
 def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int, epochs: int | None,
-                 n_boot: int, n_perm: int, balance: str = "sqrt") -> dict:
+                 n_boot: int, n_perm: int, balance: str = "sqrt", colour_shift: float | None = None,
+                 counterfactual: int = 0) -> dict:
     from dataclasses import replace
 
     from pipeline.audit import AuditConfig
@@ -69,7 +118,8 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
 
     t0 = time.perf_counter()
     recipe = get_recipe("lightcnn-softlabel", "demo")
-    recipe = replace(recipe, train=replace(recipe.train, seed=seed, **BALANCING[balance],
+    augment = recipe.train.augment if colour_shift is None else replace(recipe.train.augment, colour_shift=colour_shift)
+    recipe = replace(recipe, train=replace(recipe.train, seed=seed, augment=augment, **BALANCING[balance],
                                            **({"epochs": epochs} if epochs else {})))
     spec = DatasetSpec(name="synthetic", root=str(data), num_classes=recipe.num_classes, seed=seed)
     outcome = run_train(TrainRunConfig(dataset=spec, recipe=recipe, weights="none", db=str(db), quiet=True),
@@ -82,7 +132,13 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
     summary = create_stored_audit(str(db), outcome.run_id, AuditConfig(n_boot=n_boot, n_perm=n_perm, seed=seed),
                                   sources=["annotations"])
     times["audit"] = time.perf_counter() - t0
-    return {"name": name, "seed": seed, "bias": bias, "balance": balance, "run_id": outcome.run_id, "summary": summary,
+    twins = None
+    if counterfactual:
+        t0 = time.perf_counter()
+        twins = compute_counterfactual_recall(data, db, outcome.run_id, counterfactual, seed)
+        times["counterfactual"] = time.perf_counter() - t0
+    return {"name": name, "seed": seed, "bias": bias, "balance": balance, "colour_shift": augment.colour_shift,
+            "run_id": outcome.run_id, "summary": summary, "counterfactual": twins,
             "outcome": outcome.summary, "times": times}
 
 
@@ -93,7 +149,8 @@ def render(result: dict) -> str:
     cells = result["summary"]["results"]["annotations"].cells
     _, attribute, expected, metrics = SCENARIOS[name]
     o = result["outcome"]
-    lines = [f"== scenario {name} (bias {result['bias']}, seed {result['seed']}, balance {result['balance']}), "
+    lines = [f"== scenario {name} (bias {result['bias']}, seed {result['seed']}, balance {result['balance']}, "
+             f"colour shift {result['colour_shift']}), "
              f"run {result['run_id']}",
              f"   test accuracy {o.get('test_accuracy', float('nan')):.4f}, n_test {o.get('n_test')}; "
              + ", ".join(f"{k} {v:.0f}s" for k, v in result["times"].items())]
@@ -122,6 +179,11 @@ def render(result: dict) -> str:
     for r in gaps[gaps["significant"]].sort_values("p_adjusted").head(8).itertuples(index=False):
         lines.append(f"     significant: {r.attribute} {r.metric} {r.comparison} {r.grp!r} gap "
                      f"{format_estimate(r.gap, r.ci_low, r.ci_high)} p_adj {format_p_value(r.p_adjusted)}")
+    twins = result.get("counterfactual")
+    if twins is not None:
+        lines.append(f"   counterfactual twins ({int(twins.loc['(accuracy)', 'n'])} test faces, each drawn with every "
+                     "skin group's tone): recall by skin tone")
+        lines.extend("     " + line for line in twins.round(3).to_string().splitlines())
     return "\n".join(lines)
 
 
@@ -138,6 +200,10 @@ def main() -> int:
     parser.add_argument("--balance", choices=tuple(BALANCING), default="sqrt",
                         help="sqrt: the demo preset with square-root class weights (default); sampler: the demo "
                              "preset as it is, class-balanced sampling")
+    parser.add_argument("--colour-shift", type=float, default=None,
+                        help="override the preset's additive colour-shift augmentation (0 = off)")
+    parser.add_argument("--counterfactual", type=int, default=0, metavar="N",
+                        help="also predict N test faces drawn with each skin group's tone (0 = off)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = parser.parse_args()
 
@@ -149,7 +215,8 @@ def main() -> int:
         for name in scenarios:
             for seed in seeds:
                 result = run_scenario(name, work, args.n, args.test_fraction, seed, args.epochs,
-                                      args.n_boot, args.n_perm, args.balance)
+                                      args.n_boot, args.n_perm, args.balance, args.colour_shift,
+                                      args.counterfactual)
                 print(render(result), flush=True)
     return 0
 

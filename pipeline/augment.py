@@ -3,7 +3,7 @@
 Each split is decoded once into a uint8 NHWC array; these functions turn whole
 batches of it into normalised float NCHW tensors. Per-image PIL transforms were
 too slow on 2-core machines, so flips, rotation+translation (one affine_grid /
-grid_sample call), colour jitter and random erasing run on the batch tensor.
+grid_sample call), colour jitter, an additive colour shift and random erasing run on the batch tensor.
 All randomness comes from the `torch.Generator` passed in, so a seed fixes it.
 
 `preprocess_batch(x, meta)` is the evaluation transform everyone uses: resize to
@@ -28,6 +28,11 @@ class AugmentConfig:
     brightness: float = 0.0            # colour jitter factors drawn from [1-b, 1+b]
     contrast: float = 0.0
     saturation: float = 0.0
+    # additive colour shift: a common offset drawn from ±colour_shift plus a per-channel one
+    # from ±colour_shift/3 (fractions of the 0..1 range). It moves skin, features and background
+    # together, as a different skin tone or white balance does, while keeping every feature's
+    # contrast, which a multiplicative brightness factor would change.
+    colour_shift: float = 0.0
     erasing: float = 0.0               # probability of erasing one random rectangle
     erasing_scale: tuple[float, float] = (0.02, 0.33)
     erasing_ratio: tuple[float, float] = (0.3, 3.3)
@@ -117,6 +122,10 @@ def augment_batch(x: np.ndarray | torch.Tensor, meta: Mapping[str, Any], config:
         s = _uniform(n, 1 - config.saturation, 1 + config.saturation, generator).to(dev).view(n, 1, 1, 1)
         g = _grey(t)
         t = ((t - g) * s + g).clamp_(0, 1)
+    if config.colour_shift > 0:
+        common = _uniform(n, -config.colour_shift, config.colour_shift, generator).view(n, 1)
+        channel = _uniform(3 * n, -config.colour_shift / 3, config.colour_shift / 3, generator).view(n, 3)
+        t = (t + (common + channel).to(dev).view(n, 3, 1, 1)).clamp_(0, 1)
 
     t = _normalise(t, meta["mean"], meta["std"])
 

@@ -43,6 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--loss", choices=("ce", "soft-ce", "focal"))
     model.add_argument("--class-weights", choices=("none", "sqrt", "balanced"))
     model.add_argument("--sampler", choices=("shuffle", "balanced"), help="balanced = class-balanced sampling")
+    model.add_argument("--colour-shift", type=float, metavar="S",
+                       help="additive colour-shift augmentation up to ±S of the 0..1 range (e.g. 0.15; 0 = off): "
+                            "skin tone and white balance vary while feature contrast stays")
     model.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="epochs without improvement; 0 = off")
     model.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
@@ -65,6 +68,7 @@ def build_recipe(args: argparse.Namespace):
     """The recipe with the command line's overrides applied."""
     from dataclasses import replace
 
+    from pipeline.errors import UserError
     from pipeline.recipes import get_recipe
 
     recipe = get_recipe(args.recipe, args.preset)
@@ -76,6 +80,10 @@ def build_recipe(args: argparse.Namespace):
         train["onecycle_max_lr" if scheduler == "onecycle" else "lr"] = args.lr
     if args.early_stopping is not None:
         train["early_stopping_patience"] = args.early_stopping or None
+    if args.colour_shift is not None:
+        if not 0.0 <= args.colour_shift <= 0.5:
+            raise UserError(f"--colour-shift must be between 0 and 0.5, got {args.colour_shift}")
+        train["augment"] = replace(recipe.train.augment, colour_shift=args.colour_shift)
     if recipe.arch.startswith("resnet") and top.get("arch", recipe.arch).startswith("lightcnn"):
         train["frozen_modules"] = ()
     return replace(recipe, **top, train=replace(recipe.train, **train))

@@ -207,3 +207,24 @@ def test_crash_mid_run_leaves_store_consistent(light_run, synth_root, tmp_path, 
         assert store.load_frame(con, "predictions", run_id=new.index[0]).empty
         earlier = light_run[1]["run_id"]
         assert len(store.load_frame(con, "predictions", run_id=earlier)) > 0
+
+
+def test_command_line_overrides_reach_the_recipe():
+    import argparse
+
+    from pipeline.commands import train
+    from pipeline.errors import UserError
+    from pipeline.recipes import get_recipe
+
+    parser = argparse.ArgumentParser()
+    train.configure(parser)
+    base = ["--dataset", "synthetic", "--root", "x", "--preset", "demo"]
+    recipe = train.build_recipe(parser.parse_args(base + ["--colour-shift", "0.15", "--epochs", "3",
+                                                          "--sampler", "shuffle"]))
+    demo = get_recipe("lightcnn-softlabel", "demo")
+    assert recipe.train.augment.colour_shift == 0.15 and recipe.train.epochs == 3
+    assert recipe.train.sampler == "shuffle"
+    assert recipe.train.augment.rotation == demo.train.augment.rotation       # the rest of the preset kept
+    assert train.build_recipe(parser.parse_args(base)).train.augment == demo.train.augment
+    with pytest.raises(UserError, match="--colour-shift"):
+        train.build_recipe(parser.parse_args(base + ["--colour-shift", "2"]))

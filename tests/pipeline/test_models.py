@@ -113,7 +113,7 @@ def test_augment_batch_seeded_and_input_untouched():
     x = torch.from_numpy(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
     before = x.clone()
     cfg = AugmentConfig(flip=True, rotation=15, translate=0.1, brightness=0.2, contrast=0.2, saturation=0.2,
-                        erasing=0.5)
+                        colour_shift=0.15, erasing=0.5)
     a = augment_batch(x, META64, cfg, torch.Generator().manual_seed(1))
     b = augment_batch(x, META64, cfg, torch.Generator().manual_seed(1))
     c = augment_batch(x, META64, cfg, torch.Generator().manual_seed(2))
@@ -121,6 +121,20 @@ def test_augment_batch_seeded_and_input_untouched():
     assert a.shape == (8, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
     off = augment_batch(x, META64, AugmentConfig(flip=False), torch.Generator().manual_seed(1))
     assert torch.allclose(off, preprocess_batch(x, META64))
+
+
+def test_colour_shift_keeps_feature_contrast():
+    # A dark stroke on mid-grey skin: the shift moves both by the same amount per channel,
+    # so the stroke's contrast is unchanged (unlike a brightness factor).
+    x = torch.full((16, 8, 8, 3), 120, dtype=torch.uint8)
+    x[:, 3:5] = 60
+    meta = {**META64, "image_size": 8, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    out = augment_batch(x, meta, AugmentConfig(flip=False, colour_shift=0.15), torch.Generator().manual_seed(0))
+    base = preprocess_batch(x, meta)
+    shift = out[:, :, 0, 0] - base[:, :, 0, 0]
+    assert torch.allclose(out[:, :, 3, 0] - out[:, :, 0, 0], base[:, :, 3, 0] - base[:, :, 0, 0], atol=1e-6)
+    assert shift.abs().max() <= 0.15 * 4 / 3 + 1e-6 and shift.std() > 0.03
+    assert not torch.allclose(shift[:, 0], shift[:, 1])          # channels shift by different amounts
 
 
 def test_augment_flip_mirrors_images():
