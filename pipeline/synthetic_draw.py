@@ -517,6 +517,21 @@ def _draw_cue(img: Image.Image):
             d.rectangle([x0 + i * cell, y0 + j * cell, x0 + (i + 1) * cell - 1, y0 + (j + 1) * cell - 1], fill=col)
 
 
+def _draw_stubble(img: Image.Image, p: FaceParams) -> None:
+    """Stubble over the jaw, kept off every action unit's region (all of them, so its shape
+    does not depend on the expression): features drawn as skin + offset on stubble would
+    lose contrast, which would make expressions fainter on bearded faces."""
+    mask = Image.new("L", img.size, 0)
+    mpen = _Pen(ImageDraw.Draw(mask), p, SS, OFFSET)
+    contour = _face_contour(p)
+    jaw = contour[(contour[:, 1] > 70) & (np.arange(len(contour)) < 22)]
+    mpen.poly(np.concatenate([jaw, [(50 - p.face_width * 0.75, 70), (50 + p.face_width * 0.75, 70)]]), 255)
+    for regions in AU_REGIONS.values():
+        for cx, cy, rx, ry in regions:
+            mpen.ellipse(cx, cy, rx + 1.5, ry + 1.5, 0)
+    img.paste(_off(p.skin, (-22, -20, -16)), mask=mask)
+
+
 def render_face(params: FaceParams) -> RenderedFace:
     """Draw one face. Pure: the same params always give the same pixels."""
     p = params
@@ -531,10 +546,7 @@ def render_face(params: FaceParams) -> RenderedFace:
         pen.ellipse(50 + side * (p.face_width + 1), 50, 5, 10, _off(skin, (-6, -8, -8)))
     pen.poly(_face_contour(p), skin)
     if p.gender == 0 and p.extras.get("stubble"):
-        contour = _face_contour(p)
-        jaw = contour[(contour[:, 1] > 70) & (np.arange(len(contour)) < 22)]
-        pen.poly(np.concatenate([jaw, [(50 - p.face_width * 0.75, 70), (50 + p.face_width * 0.75, 70)]]),
-                 _off(skin, (-22, -20, -16)))
+        _draw_stubble(img, p)
     _draw_age(pen, p)
     m = _mouth_geometry(p)
     _draw_forehead_and_furrows(pen, p)

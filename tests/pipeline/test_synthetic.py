@@ -217,6 +217,19 @@ def test_equal_feature_contrast_across_skin_groups():
     assert values.max() / values.min() < 1.003, per_group
 
 
+def test_stubble_leaves_expression_contrast_unchanged():
+    # Gender presentation must not make expressions fainter: the same face with and
+    # without stubble changes by the same amount when the expression is drawn.
+    rows = [(p, m) for p, m in _expressive_params(SynthConfig(n=5000, seed=12), 60) if p.gender == 0][:20]
+    assert len(rows) >= 10
+    ratios = [_contrast(replace(p, noise=0.0, extras={"stubble": True}))
+              / _contrast(replace(p, noise=0.0, extras={"stubble": False})) for p, _ in rows]
+    assert np.allclose(ratios, 1.0, atol=0.003), ratios
+    face = render_face(replace(rows[0][0], aus=(), noise=0.0, extras={"stubble": True})).aligned
+    bare = render_face(replace(rows[0][0], aus=(), noise=0.0, extras={"stubble": False})).aligned
+    assert (np.abs(face.astype(int) - bare.astype(int)).sum(axis=2) > 30).sum() > 100   # stubble is drawn
+
+
 def test_colour_budget_leaves_headroom_on_every_skin_tone():
     headroom = compute_colour_headroom()
     assert set(headroom) == set(SKIN_BASE)
