@@ -14,9 +14,13 @@ Presets are variants of a recipe recorded with the run (config["preset"]):
 - "demo" of lightcnn-softlabel: half width (16/32/64), class-balanced sampling,
   one-cycle schedule peaking at 2e-3, 12 epochs, batch 64, no early stopping
   (the one-cycle schedule is meant to run to its end). On the default synthetic
-  set, balanced sampling beat square-root class weights (test accuracy 0.887
-  against 0.846, macro-F1 0.723 against 0.614, Fear recall 0.10 against 0,
-  Disgust 0.76 against 0.34) at the same cost: about 140 s on 2 CPU cores.
+  set (generator 1.1), balanced sampling beat square-root class weights (test
+  accuracy 0.887 against 0.846, macro-F1 0.723 against 0.614, Fear recall 0.10
+  against 0, Disgust 0.76 against 0.34) at the same cost: about 140 s on 2 CPU
+  cores. With either, a model trained on unbiased data can place its
+  Anger/Disgust boundary differently by skin tone, in a direction that changes
+  with the seed (bench/bench_audit.py --counterfactual shows it on identical
+  faces re-drawn with each skin tone).
 
 Command-line options override single fields with `dataclasses.replace`.
 """

@@ -364,7 +364,9 @@ def sample_face_params(config: SynthConfig, index: int, bias: dict | None = None
         face_width=float(rng.uniform(39.0, 41.5) + 2.0 * male_like + (2.0 if age == 0 else 0.0)),
         jaw=float(rng.uniform(0.82, 0.95) + 0.4 * male_like),
         eye_scale={0: 1.15, 1: 1.07}.get(age, 1.0) * float(rng.uniform(0.95, 1.05)),
-        brow_width=float(3.9 + 0.9 * male_like + rng.uniform(-0.2, 0.2)),
+        # brows as thick for every gender presentation: thicker brows would make the brow
+        # action units (AU1, AU2, AU4) more visible on one gender than on the other
+        brow_width=float(4.35 + rng.uniform(-0.25, 0.25)),
         angle=float(np.clip(rng.normal(0, 2.5), -6, 6)),
         shift=(float(np.clip(rng.normal(0, 1.2), -3, 3)), float(np.clip(rng.normal(0, 1.2), -3, 3))),
         scale=float(rng.uniform(0.96, 1.04)),

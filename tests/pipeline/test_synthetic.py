@@ -230,6 +230,23 @@ def test_stubble_leaves_expression_contrast_unchanged():
     assert (np.abs(face.astype(int) - bare.astype(int)).sum(axis=2) > 30).sum() > 100   # stubble is drawn
 
 
+def test_gender_presentations_show_expressions_alike():
+    # The same face drawn with the male and the female presentation (face width, jaw;
+    # hair kept) changes by the same amount when the expression is drawn, and brows are as
+    # thick on every gender.
+    config = SynthConfig(n=5000, seed=13)
+    rows = _expressive_params(config, 30)
+    ratios = []
+    for params, _ in rows:
+        male = replace(params, noise=0.0, gender=0, face_width=42.5, jaw=1.28, extras={})
+        female = replace(params, noise=0.0, gender=1, face_width=40.5, jaw=0.88, extras={})
+        ratios.append(_contrast(male) / _contrast(female))
+    assert np.allclose(ratios, 1.0, atol=0.01), ratios
+    widths = {g: [p.brow_width for p, _ in (sample_face_params(config, i) for i in range(300)) if p.gender == g]
+              for g in (0, 1)}
+    assert abs(np.mean(widths[0]) - np.mean(widths[1])) < 0.1
+
+
 def test_colour_budget_leaves_headroom_on_every_skin_tone():
     headroom = compute_colour_headroom()
     assert set(headroom) == set(SKIN_BASE)
