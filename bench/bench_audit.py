@@ -60,13 +60,12 @@ def compute_counterfactual_recall(data: Path, db: Path, run_id: str, n_images: i
     from pipeline.constants import RACES
     from pipeline.models import load_model_from_checkpoint
     from pipeline.runner import CHECKPOINT_BEST, find_run_dir
-    from pipeline.synthetic import (SKIN_BASE, SynthConfig, create_reskinned_params, load_manifest, parse_bias,
+    from pipeline.synthetic import (SKIN_BASE, create_reskinned_params, encode_jpeg, load_synth_config, parse_bias,
                                     sample_face_params)
     from pipeline.synthetic_draw import render_face
     from pipeline.training import predict_probabilities
 
-    args = load_manifest(data)["args"]
-    config = SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    config = load_synth_config(data)
     model, meta = load_model_from_checkpoint(find_run_dir(db, run_id) / CHECKPOINT_BEST)
     classes, size = meta["classes"], int(meta["image_size"])
     faces = [sample_face_params(config, i, parse_bias(config.bias)) for i in range(config.n_train, config.n)]
@@ -75,9 +74,7 @@ def compute_counterfactual_recall(data: Path, db: Path, run_id: str, n_images: i
     faces = [faces[i] for i in pick]
 
     def as_loaded(arr: np.ndarray) -> np.ndarray:      # the JPEG round trip and resize training saw
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=95)
-        with Image.open(buf) as im:
+        with Image.open(io.BytesIO(encode_jpeg(arr))) as im:
             return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.uint8)
 
     labels = np.array([m["label"] for _, m in faces])

@@ -246,6 +246,13 @@ def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | Non
     render_table_downloads(df, view, run_id, caption=caption)
 
 
+def format_audit_level(settings: dict | None) -> str:
+    """The confidence level of an audit's intervals ('95%' when its settings were not recorded)."""
+    from pipeline.export import format_level
+
+    return format_level(settings["config"]["alpha"]) if settings else "95%"
+
+
 def format_audit_settings(settings: dict | None) -> str:
     """One line saying how an audit was computed (from the `audits` table)."""
     if settings is None:

@@ -420,7 +420,8 @@ def image_id(config: SynthConfig, index: int) -> str:
 # ----------------------------------------------------------------------------------------
 # writing
 
-def _encode_jpeg(arr: np.ndarray) -> bytes:
+def encode_jpeg(arr: np.ndarray) -> bytes:
+    """An image as the dataset stores it (JPEG, quality 95)."""
     from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=95)
@@ -436,8 +437,8 @@ def _generate_chunk(job: tuple) -> list[dict]:
         params, meta = sample_face_params(config, index, bias)
         face = render_face(params)
         iid = image_id(config, index)
-        (tmp_root / "Image" / "aligned" / f"{iid}_aligned.jpg").write_bytes(_encode_jpeg(face.aligned))
-        (tmp_root / "Image" / "original" / f"{iid}.jpg").write_bytes(_encode_jpeg(face.original))
+        (tmp_root / "Image" / "aligned" / f"{iid}_aligned.jpg").write_bytes(encode_jpeg(face.aligned))
+        (tmp_root / "Image" / "original" / f"{iid}.jpg").write_bytes(encode_jpeg(face.original))
         meta["image_id"] = iid
         meta["landmarks_aligned"] = face.landmarks.tolist()
         meta["landmarks_original"] = face.landmarks_original.tolist()
@@ -576,6 +577,14 @@ def _synthetic_file(root: Path, name: str) -> Path:
 
 def load_manifest(root: Path) -> dict:
     return json.loads(_synthetic_file(root, "manifest.json").read_text())
+
+
+def load_synth_config(root: Path) -> SynthConfig:
+    """The SynthConfig a stored set was generated with (from its manifest's arguments).
+
+    Raises TypeError or ValueError when the manifest's arguments are not a SynthConfig's."""
+    args = load_manifest(root)["args"]
+    return SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
 
 
 def load_au_masks(root: Path) -> dict[str, np.ndarray]:

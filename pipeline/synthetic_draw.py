@@ -58,15 +58,18 @@ FEATURE_OFFSETS: tuple[tuple[int, int, int], ...] = (
 LIGHT_GRADIENT_MAX = 10.0
 LIGHT_OFFSET_MAX = 6.0
 NOISE_SIGMA_RANGE = (2.0, 6.0)
-# Bounding box (aligned coords) of every pixel an expression changes: the union of the AU
-# regions below, grown by the largest pose shift, scale and rotation the sampler draws.
-FEATURE_BOX = (8.0, 5.0, 92.0, 104.0)
+# How far (aligned px) the largest pose shift, scale and rotation the sampler draws can move
+# a point of the AU regions.
+POSE_MARGIN = 8.0
 
 
 def compute_max_feature_light() -> float:
-    """Largest additive lighting |gx*ramp_x + gy*ramp_y + offset| inside FEATURE_BOX."""
+    """Largest additive lighting |gx*ramp_x + gy*ramp_y + offset| over every pixel an expression
+    can change: the bounding box of the AU regions, grown by POSE_MARGIN."""
+    ellipses = np.array([e for regions in AU_REGIONS.values() for e in regions], dtype=float)
+    x0, y0 = (ellipses[:, :2] - ellipses[:, 2:]).min(axis=0) - POSE_MARGIN + OFFSET
+    x1, y1 = (ellipses[:, :2] + ellipses[:, 2:]).max(axis=0) + POSE_MARGIN + OFFSET
     half = (ORIGINAL - 1) / 2.0
-    x0, y0, x1, y1 = (v + OFFSET for v in FEATURE_BOX)
     rx = max(abs(x0 / half - 1.0), abs(x1 / half - 1.0))
     ry = max(abs(y0 / half - 1.0), abs(y1 / half - 1.0))
     return LIGHT_GRADIENT_MAX * (rx + ry) + LIGHT_OFFSET_MAX

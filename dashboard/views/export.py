@@ -10,7 +10,6 @@ import streamlit as st
 
 from dashboard import charts, queries, widgets
 from pipeline.constants import FACE_REGIONS
-from pipeline.export import format_level
 
 ctx = widgets.render_page_context()
 st.title("Export")
@@ -52,7 +51,7 @@ audit = queries.load_audit_sources(ref, rid)
 for source, split in audit[["source", "split"]].itertuples(index=False):
     cells = queries.load_audit_cells(ref, rid, source, split)
     settings = queries.load_audit_settings(ref, rid, source, split)
-    level = format_level(settings["config"]["alpha"]) if settings else "95%"
+    level = widgets.format_audit_level(settings)
     tables[f"audit-cells-{source}-{split}"] = (cells, f"Audit cells ({source}, {split})")
     acc = cells[cells["metric"] == "accuracy"]
     for attribute in ("gender", "race", "age"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, queries, widgets
-from pipeline.export import format_level
 
 ctx = widgets.render_page_context()
 st.title("Fairness audit")
@@ -25,7 +24,7 @@ metrics = sorted(cells["metric"].unique(), key=lambda m: (m != "accuracy", m))
 metric = widgets.synced_selectbox("Metric", metrics, key="metric", default="accuracy", container=c2)
 inferred = bool(ctx.sources.set_index("source")["inferred"].get(source, False)) if len(ctx.sources) else False
 settings = queries.load_audit_settings(ctx.ref, ctx.run_id, source, split)
-level = format_level(settings["config"]["alpha"]) if settings else "95%"
+level = widgets.format_audit_level(settings)
 st.caption(f"Demographic source: {source}" + (" (inferred, perceived labels)" if inferred else "")
            + f". Error bars are {level} confidence intervals; n is the number of {split} images; low-support "
            "groups are drawn as triangles and their cells marked with *.")

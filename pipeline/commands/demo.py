@@ -57,7 +57,7 @@ def stage_synthetic(ctx: DemoContext) -> None:
         manifest = load_manifest(ctx.data)
         stored = manifest.get("args", {})
         version = manifest.get("generator_version")
-        if version == GENERATOR_VERSION or not _made_by_demo(stored):
+        if version == GENERATOR_VERSION or not _made_by_demo(ctx.data):
             if version != GENERATOR_VERSION:
                 print(f"warning: {ctx.data} was made by generator {version} (this is {GENERATOR_VERSION}) with "
                       f"custom arguments; using it as it is. Regenerate it with `python -m pipeline synth "
@@ -74,18 +74,17 @@ def stage_synthetic(ctx: DemoContext) -> None:
     ctx.summary["synthetic_counts"] = manifest["counts"]
 
 
-def _made_by_demo(stored_args: dict) -> bool:
-    """Whether a manifest's arguments are those the demo generates with (any n and seed)."""
-    from dataclasses import asdict
+def _made_by_demo(root: Path) -> bool:
+    """Whether the set in `root` was generated with the demo's arguments (any n and seed)."""
+    from dataclasses import replace
 
-    from pipeline.synthetic import SynthConfig
+    from pipeline.synthetic import SynthConfig, load_synth_config
 
     try:
-        config = SynthConfig(n=int(stored_args["n"]), seed=int(stored_args["seed"]))
+        stored = load_synth_config(root)
     except (KeyError, TypeError, ValueError):
         return False
-    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items() if k != "workers"}
-    return all(stored_args.get(k) == v for k, v in expected.items())
+    return replace(stored, workers=SynthConfig.workers) == SynthConfig(n=stored.n, seed=stored.seed)
 
 
 def stage_train(ctx: DemoContext) -> None:
