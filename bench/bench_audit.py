@@ -58,12 +58,12 @@ def compute_counterfactual_recall(data: Path, db: Path, run_id: str, n_images: i
     from PIL import Image
 
     from pipeline.constants import RACES
-    from pipeline.models import load_model_from_checkpoint
-    from pipeline.runner import CHECKPOINT_BEST, find_run_dir
-    from pipeline.synthetic import (SKIN_BASE, create_reskinned_params, encode_jpeg, load_synth_config, parse_bias,
+    from pipeline.train.models import load_model_from_checkpoint
+    from pipeline.train.runner import CHECKPOINT_BEST, find_run_dir
+    from pipeline.synth.faces import (SKIN_BASE, create_reskinned_params, encode_jpeg, load_synth_config, parse_bias,
                                     sample_face_params)
-    from pipeline.synthetic_draw import render_face
-    from pipeline.training import predict_probabilities
+    from pipeline.synth.draw import render_face
+    from pipeline.train.loop import predict_probabilities
 
     config = load_synth_config(data)
     model, meta = load_model_from_checkpoint(find_run_dir(db, run_id) / CHECKPOINT_BEST)
@@ -95,14 +95,14 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
                  counterfactual: int = 0) -> dict:
     from dataclasses import replace
 
-    from pipeline.audit import AuditConfig
+    from pipeline.fairness.audit import AuditConfig
     from pipeline.commands.audit import create_stored_audit
     from pipeline.commands.demographics import create_stored_demographics
-    from pipeline.datasets import load_dataset
-    from pipeline.demographics import DemographicsConfig
-    from pipeline.recipes import get_recipe
-    from pipeline.runner import DatasetSpec, TrainRunConfig, run_train
-    from pipeline.synthetic import BALANCED, SynthConfig, generate_dataset
+    from pipeline.data.loaders import load_dataset
+    from pipeline.fairness.demographics import DemographicsConfig
+    from pipeline.train.recipes import get_recipe
+    from pipeline.train.runner import DatasetSpec, TrainRunConfig, run_train
+    from pipeline.synth.faces import BALANCED, SynthConfig, generate_dataset
 
     bias = SCENARIOS[name][0]
     data, db = work / f"{name}-seed{seed}", work / "results.duckdb"  # data is shared by both balancings
@@ -140,7 +140,7 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
 
 
 def render(result: dict) -> str:
-    from pipeline.export import format_estimate, format_p_value
+    from pipeline.export.tables import format_estimate, format_p_value
 
     name, gaps = result["name"], result["summary"]["results"]["annotations"].gaps
     cells = result["summary"]["results"]["annotations"].cells

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.explanation import METHODS, compute_cams, resolve_target_layer  # noqa: E402
-from pipeline.models import create_model  # noqa: E402
+from pipeline.explain.cams import METHODS, compute_cams, resolve_target_layer  # noqa: E402
+from pipeline.train.models import create_model  # noqa: E402
 
 
 def _seconds(fn) -> float:

@@ -32,6 +32,7 @@ logging.getLogger("streamlit").setLevel(logging.ERROR)
 import streamlit as st  # noqa: E402
 
 from dashboard import charts, queries  # noqa: E402
+from pipeline.explain.codec import decode_cam
 from tests.dashboard.fake_store import _write_face_jpeg, create_fake_store  # noqa: E402
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
@@ -83,7 +84,7 @@ def page_errors_tag_method_deep_page(ref):
 def gallery_48(ref):
     """The whole gallery: queries, then 48 images read from disk, 2 overlays each."""
     page, cams = _error_queries(ref, queries.ErrorFilters(correct="all", source=SOURCE, fingerprint=FP))
-    cam_of = {(r.image_id, r.target): charts.decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
+    cam_of = {(r.image_id, r.target): decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
     thumbs = []
     for r in page.to_dict("records"):
         image, _ = charts.load_image_rgb(r["path"])

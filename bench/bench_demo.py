@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args()
 
-    from pipeline import store
+    from pipeline.store import db as store
     from pipeline.cli import main as cli_main
 
     with tempfile.TemporaryDirectory() as tmp:

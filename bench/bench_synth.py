@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.synthetic import SynthConfig, generate_dataset  # noqa: E402
+from pipeline.synth.faces import SynthConfig, generate_dataset  # noqa: E402
 
 
 def main() -> None:

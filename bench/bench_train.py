@@ -29,9 +29,9 @@ def main() -> int:
 
     import torch
 
-    from pipeline.models import create_model
-    from pipeline.recipes import get_recipe
-    from pipeline.training import SplitTensors, fit
+    from pipeline.train.models import create_model
+    from pipeline.train.recipes import get_recipe
+    from pipeline.train.loop import SplitTensors, fit
 
     if args.threads:
         torch.set_num_threads(args.threads)

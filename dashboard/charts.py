@@ -27,11 +27,6 @@ THUMB = 96
 # ---------------------------------------------------------------- images
 
 
-def decode_cam(blob: bytes, size: int) -> np.ndarray:
-    """A stored CAM (uint8 row-major, size x size) as floats in [0, 1]."""
-    return np.frombuffer(bytes(blob), dtype=np.uint8).reshape(size, size).astype(np.float32) / 255.0
-
-
 def create_placeholder(size: int = THUMB, text: str = "no image") -> np.ndarray:
     """A grey square with a short note: shown when an image file is missing."""
     from PIL import Image, ImageDraw

@@ -6,7 +6,7 @@ the file open (even read-only). So no connection outlives a query batch: the
 entry script wraps each script run in `read_batch`, whose read-only
 connection is opened by the first cache miss and closed when the run ends
 (outside a batch, each query opens and closes its own). The pipeline's
-writer retries on the lock (pipeline.store.connect), so it waits out a
+writer retries on the lock (pipeline.store.db.connect), so it waits out a
 dashboard run rather than failing. Results are cached with `st.cache_data` keyed on a `StoreRef` (path,
 modification time and size of the file and its WAL), so a new run changes the
 key and invalidates every cached result; no TTL is needed. When the writer
@@ -34,10 +34,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipeline.constants import FACE_REGIONS
+from pipeline.constants import ENERGY_COLUMNS, FACE_REGIONS
 
-SCHEMA_SQL = Path(__file__).resolve().parent.parent / "pipeline" / "schema.sql"
-ENERGY_COLUMNS: tuple[str, ...] = tuple(f"e_{r}" for r in FACE_REGIONS)
+SCHEMA_SQL = Path(__file__).resolve().parent.parent / "pipeline" / "store" / "schema.sql"
 LOCK_RETRIES = 6
 LOCK_WAIT_S = 0.25
 
@@ -222,7 +221,7 @@ def load_store_status(ref: StoreRef) -> StoreStatus:
 
 
 def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
-    from pipeline.store import SchemaMismatchError, check_schema
+    from pipeline.store.db import SchemaMismatchError, check_schema
 
     have: dict[str, set[str]] = {}
     for t, c in con.execute(
@@ -236,7 +235,7 @@ def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
         return StoreStatus("old-schema", str(exc))
     # and the tables themselves, should a store claim the version without the columns; an older
     # store lacks the tables added since (pages that read them say to re-run the stage that writes them)
-    from pipeline.store import missing_added_tables
+    from pipeline.store.db import missing_added_tables
 
     absent = set(missing_added_tables(con))
     missing = [f"{t}.{c}" for t, cs in _expected_columns().items() if t not in absent
@@ -423,7 +422,7 @@ def load_image_detail(ref: StoreRef, run_id: str, image_id: str, fingerprint: st
 @st.cache_data(show_spinner=False)
 def load_missing_tables(ref: StoreRef) -> tuple[str, ...]:
     """Tables added by later schema versions that this (older, still readable) store does not hold yet."""
-    from pipeline.store import missing_added_tables
+    from pipeline.store.db import missing_added_tables
 
     with _connection(ref) as con:
         return tuple(missing_added_tables(con))

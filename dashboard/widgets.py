@@ -217,7 +217,7 @@ TABLE_FORMATS: dict[str, tuple[str, str]] = {
 
 
 def export_table(df: pd.DataFrame, fmt: str, caption: str | None = None, label: str | None = None) -> bytes:
-    from pipeline import export
+    from pipeline.export import tables as export
 
     if fmt == "csv":
         return export.to_csv(df).encode("utf-8")
@@ -248,7 +248,7 @@ def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | Non
 
 def format_audit_level(settings: dict | None) -> str:
     """The confidence level of an audit's intervals ('95%' when its settings were not recorded)."""
-    from pipeline.export import format_level
+    from pipeline.export.tables import format_level
 
     return format_level(settings["config"]["alpha"]) if settings else "95%"
 

@@ -67,3 +67,26 @@ FACE_REGIONS: tuple[str, ...] = (
 ALIGNED_SIZE = 100
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The heatmaps table's energy columns, one per region (the dashboard reads the same list).
+ENERGY_COLUMNS: tuple[str, ...] = tuple(f"e_{r}" for r in FACE_REGIONS)
+
+# Natural order of every attribute's values: code order for demographics, class
+# order for emotions. Charts, tables and exported files sort with these, never as text.
+ATTRIBUTE_ORDER: dict[str, tuple[str, ...]] = {
+    "gender": tuple(GENDERS.values()),
+    "race": tuple(RACES.values()),
+    "age": tuple(AGE_GROUPS.values()),
+    "emotion": EMOTIONS,
+}
+
+
+def value_rank(attribute: str, value: object) -> tuple[int, str]:
+    """Sort key of one value of `attribute`: its position in ATTRIBUTE_ORDER, unknown values after, by text."""
+    order = ATTRIBUTE_ORDER.get(attribute, ())
+    text = "" if value is None else str(value)
+    return (order.index(text), "") if text in order else (len(order), text)
+
+
+def sort_values(attribute: str, values) -> list:
+    """`values` (any iterable) sorted in the attribute's natural order, duplicates kept."""
+    return sorted(values, key=lambda v: value_rank(attribute, v))

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, widgets
+from pipeline.explain.codec import decode_cam
 from pipeline.constants import AGE_GROUPS, FACE_REGIONS, GENDERS, RACES
 
 ANY = "(any)"
@@ -68,7 +69,7 @@ if total == 0:
 
 cams = queries.load_cams(ctx.ref, ctx.run_id, tuple(page["image_id"]), overlay_method) if overlay_method \
     else pd.DataFrame(columns=["image_id", "target", "target_label", "cam_size", "cam"])
-cam_of = {(r.image_id, r.target): charts.decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
+cam_of = {(r.image_id, r.target): decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
 
 st.caption(f"Each thumbnail: CAM ({overlay_method or 'none stored'}) for the predicted class, left, and for the "
            "true class, right (the same map when the prediction is correct). Missing image files show a "
@@ -105,7 +106,7 @@ p = pred.iloc[0]
 path = detail["image"]["path"].iloc[0] if len(detail["image"]) else None
 big, found = charts.load_image_rgb(path, size=200)
 dcams = queries.load_cams(ctx.ref, ctx.run_id, (image_id,), overlay_method) if overlay_method else cams.iloc[0:0]
-dcam = {r.target: charts.decode_cam(r.cam, r.cam_size) for r in dcams.itertuples()}
+dcam = {r.target: decode_cam(r.cam, r.cam_size) for r in dcams.itertuples()}
 a, b, c = st.columns(3)
 a.image(big, caption=f"{image_id}" + ("" if found else " (image file missing)"), width="stretch")
 if "pred" in dcam:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, queries, widgets
+from pipeline.explain.codec import decode_cam
 from pipeline.constants import FACE_REGIONS
 
 GALLERY = 8
@@ -31,7 +32,7 @@ for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", 
     n = queries.count_predictions(ctx.ref, ctx.run_id, f)
     page = queries.load_prediction_page(ctx.ref, ctx.run_id, f, GALLERY, 0)
     cams = queries.load_cams(ctx.ref, ctx.run_id, tuple(page["image_id"]), method)
-    cam_of = {(r.image_id, r.target): charts.decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
+    cam_of = {(r.image_id, r.target): decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
     with col:
         st.markdown(f"**{title}** ({n:,} images)")
         if not len(page):

@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def load_audit_inputs(con, run_id: str, split: str, sources: list[str] | None):
     """The run, its predictions on `split`, and {source: demographics frame} for its dataset."""
     from pipeline.errors import UserError
-    from pipeline.store import get_run, load_frame
+    from pipeline.store.db import get_run, load_frame
 
     run = get_run(con, run_id)
     preds = load_frame(con, "predictions", ["image_id", "true_label", "pred_label"],
@@ -79,9 +79,9 @@ def create_stored_audit(db: str, run_id: str, config, split: str = "test",
 
     import pandas as pd
 
-    from pipeline.audit import compute_audit, compute_proxy_agreement
-    from pipeline.demographics import compute_audit_labels
-    from pipeline.store import open_store, replace_rows, transaction
+    from pipeline.fairness.audit import compute_audit, compute_proxy_agreement
+    from pipeline.fairness.demographics import compute_audit_labels
+    from pipeline.store.db import open_store, replace_rows, transaction
 
     with open_store(db, read_only=True) as con:
         run, preds, demographics, annotations = load_audit_inputs(con, run_id, split, sources)
@@ -112,8 +112,8 @@ def create_stored_audit(db: str, run_id: str, config, split: str = "test",
 
 
 def render_summary(summary: dict, alpha: float = 0.05) -> str:
-    from pipeline.audit import compute_gap_comparison, compute_proxy_accuracy, compute_worst_groups
-    from pipeline.export import format_estimate, format_p_value
+    from pipeline.fairness.audit import compute_gap_comparison, compute_proxy_accuracy, compute_worst_groups
+    from pipeline.export.tables import format_estimate, format_p_value
 
     lines = [f"audit of run {summary['run_id']} on {summary['n_predictions']} {summary['split']} predictions"]
     for source, result in summary["results"].items():
@@ -154,7 +154,7 @@ def render_summary(summary: dict, alpha: float = 0.05) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.audit import AuditConfig
+    from pipeline.fairness.audit import AuditConfig
     from pipeline.errors import UserError
 
     try:

@@ -50,7 +50,7 @@ def stage_synthetic(ctx: DemoContext) -> None:
     other shares) is the user's own: it is used as it is, with a warning when its generator
     is older, and never overwritten.
     """
-    from pipeline.synthetic import GENERATOR_VERSION, SynthConfig, generate_dataset, load_manifest
+    from pipeline.synth.faces import GENERATOR_VERSION, SynthConfig, generate_dataset, load_manifest
 
     force = False
     if (ctx.data / "Synthetic" / "manifest.json").is_file():
@@ -78,7 +78,7 @@ def _made_by_demo(root: Path) -> bool:
     """Whether the set in `root` was generated with the demo's arguments (any n and seed)."""
     from dataclasses import replace
 
-    from pipeline.synthetic import SynthConfig, load_synth_config
+    from pipeline.synth.faces import SynthConfig, load_synth_config
 
     try:
         stored = load_synth_config(root)
@@ -91,8 +91,8 @@ def stage_train(ctx: DemoContext) -> None:
     """Train and evaluate the demo preset of lightcnn-softlabel; store the run."""
     from dataclasses import replace
 
-    from pipeline.recipes import get_recipe
-    from pipeline.runner import DatasetSpec, TrainRunConfig, run_train
+    from pipeline.train.recipes import get_recipe
+    from pipeline.train.runner import DatasetSpec, TrainRunConfig, run_train
 
     recipe = get_recipe("lightcnn-softlabel", "demo")
     train = replace(recipe.train, seed=ctx.seed, **({"epochs": ctx.epochs} if ctx.epochs else {}))
@@ -122,7 +122,7 @@ def stage_demographics(ctx: DemoContext) -> None:
     cannot run, the demo says why and goes on with the annotations."""
     from pipeline.commands.demographics import create_stored_demographics, load_run_dataset
     from pipeline.commands.demographics import render_summary as render_demographics
-    from pipeline.demographics import DemographicsConfig
+    from pipeline.fairness.demographics import DemographicsConfig
     from pipeline.errors import UserError
 
     dataset = load_run_dataset(str(ctx.db), ctx.run_id or "latest")
@@ -140,7 +140,7 @@ def stage_demographics(ctx: DemoContext) -> None:
 def stage_audit(ctx: DemoContext) -> None:
     """Accuracy by group and intersection with every stored demographics source, and
     the proxy check of the inferred labels against the annotations."""
-    from pipeline.audit import AuditConfig
+    from pipeline.fairness.audit import AuditConfig
     from pipeline.commands.audit import create_stored_audit
     from pipeline.commands.audit import render_summary as render_audit
 

@@ -50,9 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def load_run_dataset(db: str, run_id: str):
     """The dataset a stored run was trained/evaluated on, with all seven classes' images."""
-    from pipeline.datasets import load_dataset
+    from pipeline.data.loaders import load_dataset
     from pipeline.errors import UserError
-    from pipeline.store import get_run, open_store
+    from pipeline.store.db import get_run, open_store
 
     with open_store(db, read_only=True) as con:
         run = get_run(con, run_id)
@@ -69,7 +69,7 @@ def load_run_dataset(db: str, run_id: str):
 
 def load_dataset_for(args: argparse.Namespace):
     """The dataset named on the command line, or the one a run was trained/evaluated on."""
-    from pipeline.datasets import load_dataset
+    from pipeline.data.loaders import load_dataset
     from pipeline.errors import UserError
 
     if args.run:
@@ -89,7 +89,7 @@ def store_demographics(db: str, frame, fingerprint: str, source: str) -> int:
     """Write `frame` for (fingerprint, source), keeping stored rows of images it does not cover."""
     import pandas as pd
 
-    from pipeline.store import load_frame, open_store, replace_rows, transaction
+    from pipeline.store.db import load_frame, open_store, replace_rows, transaction
 
     with open_store(db) as con, transaction(con):
         existing = load_frame(con, "demographics", dataset_fingerprint=fingerprint, source=source)
@@ -103,7 +103,7 @@ def store_demographics(db: str, frame, fingerprint: str, source: str) -> int:
 def create_stored_demographics(db: str, dataset, config, split: str | None = None, limit: int | None = None,
                                quiet: bool = False) -> dict:
     """Label the dataset's images with `config.backend` and store them; returns a summary (for `demo`)."""
-    from pipeline.demographics import create_demographics
+    from pipeline.fairness.demographics import create_demographics
     from pipeline.errors import UserError
 
     records, split = select_records(dataset, config.backend, split, limit)
@@ -147,7 +147,7 @@ def render_summary(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.demographics import DemographicsConfig
+    from pipeline.fairness.demographics import DemographicsConfig
 
     config = DemographicsConfig(backend=args.backend, detector=args.detector, race_mapping=args.race_mapping,
                                 download=not args.no_download)

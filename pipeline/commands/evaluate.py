@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.runner import DatasetSpec, EvaluateRunConfig, run_evaluate
+    from pipeline.train.runner import DatasetSpec, EvaluateRunConfig, run_evaluate
 
     spec = DatasetSpec(name=args.dataset, root=args.root, num_classes=args.classes, variant=args.variant,
                        val_fraction=args.val_fraction, seed=args.seed)

@@ -80,7 +80,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UserError
-    from pipeline.explanation import validate_methods
+    from pipeline.explain.cams import validate_methods
 
     try:
         methods = validate_methods(args.methods.split(","))
@@ -126,19 +126,19 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
     import torch
     from tqdm.auto import tqdm
 
-    from pipeline import store
-    from pipeline.augment import preprocess_batch
+    from pipeline.store import db as store
+    from pipeline.train.augment import preprocess_batch
     from pipeline.constants import ALIGNED_SIZE, FACE_REGIONS
-    from pipeline.datasets import load_dataset
+    from pipeline.data.loaders import load_dataset
     from pipeline.errors import UserError
-    from pipeline.explanation import (compute_cams, compute_heatmap_summary, encode_cam, resolve_target_layer,
+    from pipeline.explain.cams import (compute_cams, compute_heatmap_summary, encode_cam, resolve_target_layer,
                                       validate_methods)
-    from pipeline.faithfulness import (compute_confidence_change, compute_gt_localisation,
+    from pipeline.explain.faithfulness import (compute_confidence_change, compute_gt_localisation,
                                        compute_map_similarity, compute_road_scores, create_randomized_model,
                                        summarise, summarise_gt_localisation)
-    from pipeline.images import load_images_array
-    from pipeline.models import load_model_from_checkpoint
-    from pipeline.regions import (ENERGY_COLUMNS, compute_failure_tags, compute_mean_landmarks,
+    from pipeline.data.images import load_images_array
+    from pipeline.train.models import load_model_from_checkpoint
+    from pipeline.explain.regions import (ENERGY_COLUMNS, compute_failure_tags, compute_mean_landmarks,
                                   compute_peak_regions, compute_region_energies, compute_region_map)
 
     methods = validate_methods(config.methods)
@@ -202,7 +202,7 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
 
     gt_masks = None
     if dataset.is_synthetic:
-        from pipeline.synthetic import load_au_masks
+        from pipeline.synth.faces import load_au_masks
 
         gt_masks = load_au_masks(dataset.root)
 

@@ -47,7 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _pick_source(con, table: str, available_keys: dict, wanted: str | None) -> str:
     from pipeline.errors import UserError
-    from pipeline.store import load_frame
+    from pipeline.store.db import load_frame
 
     sources = list(dict.fromkeys(load_frame(con, table, ["source"], **available_keys)["source"]))
     if not sources:
@@ -65,7 +65,7 @@ def _audit_alpha(con, run_id: str, source: str, split: str) -> float:
     """The alpha an audit was computed with (0.05, the audit's default, for stores that predate `audits`)."""
     import json
 
-    from pipeline.store import load_frame, missing_added_tables
+    from pipeline.store.db import load_frame, missing_added_tables
 
     if "audits" in missing_added_tables(con):
         return 0.05
@@ -78,8 +78,8 @@ def _audit_alpha(con, run_id: str, source: str, split: str) -> float:
 
 def load_raw_table(con, args: argparse.Namespace):
     """The stored rows behind the requested table, unformatted."""
-    from pipeline.export import TABLES
-    from pipeline.store import get_run, load_frame
+    from pipeline.export.tables import TABLES
+    from pipeline.store.db import get_run, load_frame
 
     run = get_run(con, args.run)
     stored = TABLES[args.table][0]
@@ -94,9 +94,9 @@ def load_raw_table(con, args: argparse.Namespace):
 
 def load_table(con, args: argparse.Namespace):
     """The frame of the requested table for the requested run."""
-    from pipeline import export
+    from pipeline.export import tables as export
     from pipeline.errors import UserError
-    from pipeline.store import get_run, load_frame
+    from pipeline.store.db import get_run, load_frame
 
     if args.raw:
         return load_raw_table(con, args), ""
@@ -133,8 +133,8 @@ def load_table(con, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.export import render_table
-    from pipeline.store import open_store
+    from pipeline.export.tables import render_table
+    from pipeline.store.db import open_store
 
     with open_store(args.db, read_only=True) as con:
         table, _ = load_table(con, args)

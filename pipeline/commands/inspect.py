@@ -63,7 +63,7 @@ def render_summary(summary: dict, skipped: list[tuple[str, str]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.datasets import compute_dataset_summary, load_dataset
+    from pipeline.data.loaders import compute_dataset_summary, load_dataset
     from pipeline.errors import UserError
     from pipeline.paths import DEFAULT_SYNTHETIC_DIR
 

@@ -35,7 +35,7 @@ def render_runs(runs) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import store
+    from pipeline.store import db as store
 
     if args.delete:
         with store.open_store(args.db, timeout_s=args.timeout) as con:

@@ -50,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from pipeline.synthetic import BALANCED, SynthConfig
+    from pipeline.synth.faces import BALANCED, SynthConfig
     fields: dict = dict(n=args.n, seed=args.seed, bias=args.bias, test_fraction=args.test_fraction,
                         occluder_rate=args.occluder_rate, workers=args.workers)
     if args.balanced_demographics:
@@ -66,7 +66,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline.synthetic import generate_dataset, write_preview
+    from pipeline.synth.faces import generate_dataset, write_preview
     config = config_from_args(args)
     start = time.perf_counter()
     manifest = generate_dataset(args.out, config, progress=not args.quiet, force=args.force)

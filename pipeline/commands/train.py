@@ -69,7 +69,7 @@ def build_recipe(args: argparse.Namespace):
     from dataclasses import replace
 
     from pipeline.errors import UserError
-    from pipeline.recipes import get_recipe
+    from pipeline.train.recipes import get_recipe
 
     recipe = get_recipe(args.recipe, args.preset)
     top = {field: getattr(args, arg) for arg, field in RECIPE_OVERRIDES if getattr(args, arg) is not None}
@@ -91,7 +91,7 @@ def build_recipe(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UserError
-    from pipeline.runner import DatasetSpec, TrainRunConfig, resolve_device, run_train
+    from pipeline.train.runner import DatasetSpec, TrainRunConfig, resolve_device, run_train
 
     if args.resume is None and (args.dataset is None or args.root is None):
         raise UserError("train needs --dataset and --root (or --resume RUN to continue a run)")

@@ -1,4 +1,4 @@
-"""A realistic fake results store, written straight from SQL with pipeline/schema.sql.
+"""A realistic fake results store, written straight from SQL with pipeline/store/schema.sql.
 
 Used by the dashboard tests (a few hundred predictions, real JPEGs on disk for
 most of them) and by bench/bench_dashboard.py (a million predictions with their
@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.constants import EMOTIONS, FACE_REGIONS
 
-SCHEMA_SQL = Path(__file__).resolve().parents[2] / "pipeline" / "schema.sql"
+SCHEMA_SQL = Path(__file__).resolve().parents[2] / "pipeline" / "store" / "schema.sql"
 METHODS = ("gradcam", "gradcam++")
 CAM_SIZE = 32
 N_CAM_PATTERNS = 64
@@ -27,7 +27,7 @@ N_CAM_PATTERNS = 64
 
 def _schema_version() -> str:
     try:
-        from pipeline.store import SCHEMA_VERSION  # the real value once the store module exists
+        from pipeline.store.db import SCHEMA_VERSION  # the real value once the store module exists
         return str(SCHEMA_VERSION)
     except ImportError:
         return "1"

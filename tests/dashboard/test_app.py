@@ -53,7 +53,7 @@ def test_missing_store_shows_what_to_run(make_app, tmp_path):
 
 
 def test_empty_store_shows_what_to_run(make_app, tmp_path):
-    from pipeline.store import open_store
+    from pipeline.store.db import open_store
 
     db = tmp_path / "empty.duckdb"
     with open_store(db):

@@ -1,0 +1,1 @@
+"""CAM methods, the torch-free heatmap codec, faithfulness checks, facial regions, the explain stage."""

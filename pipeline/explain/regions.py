@@ -1,0 +1,282 @@
+"""Facial regions, the share of a CAM's energy in each, and failure-mode tags.
+
+Regions (constants.FACE_REGIONS: brows, eyes, nose, mouth, cheeks, face_rest,
+background) are geometric shapes built from five landmarks (left eye, right
+eye, nose tip, left and right mouth corner, as in RAF-DB's manual annotation),
+in a face frame whose x axis runs along the eye line and whose unit is the
+inter-ocular distance d, so tilted and scaled faces get the same shapes:
+
+- eyes: an ellipse around each eye;
+- brows: an ellipse above each eye, plus the glabella between them;
+- nose: from just below the eye line down past the nose tip;
+- mouth: an ellipse around the mouth corners, taking in the lips;
+- cheeks: beside the nose, below the eyes;
+- face_rest: the rest of a face ellipse set by the same landmarks;
+- background: everything outside it.
+
+Where shapes overlap, the earlier region in that list wins, so the regions
+partition the grid and energy shares sum to 1. Images without landmarks use a
+canonical template for aligned crops (`ALIGNED_TEMPLATE`, or the mean landmarks
+of the dataset's images that have them: `compute_mean_landmarks`).
+
+Everything here is pure: arrays and data frames in, arrays and data frames out.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline.constants import ALIGNED_SIZE, ENERGY_COLUMNS, FACE_REGIONS
+
+# Five landmarks of a RAF-DB-style aligned 100x100 crop (x, y): eyes at y ~ 42,
+# x ~ 33 and 67, nose tip, mouth corners at y ~ 72-76. Used when an image has no
+# landmarks of its own and the dataset gives none to average.
+ALIGNED_TEMPLATE: np.ndarray = np.array(
+    [[33.0, 42.0], [67.0, 42.0], [50.0, 58.0], [37.0, 73.0], [63.0, 73.0]], dtype=np.float64)
+
+REGION_INDEX: dict[str, int] = {name: i for i, name in enumerate(FACE_REGIONS)}
+FEATURE_REGIONS: tuple[str, ...] = ("brows", "eyes", "nose", "mouth", "cheeks")
+
+# Facial action units (FACS names) and the region each one moves.
+AU_NAMES: dict[int, str] = {
+    1: "inner brow raiser", 2: "outer brow raiser", 4: "brow lowerer", 5: "upper lid raiser",
+    6: "cheek raiser", 7: "lid tightener", 9: "nose wrinkler", 10: "upper lip raiser",
+    12: "lip corner puller", 15: "lip corner depressor", 17: "chin raiser", 20: "lip stretcher",
+    23: "lip tightener", 25: "lips part", 26: "jaw drop",
+}
+AU_REGION: dict[int, str] = {
+    1: "brows", 2: "brows", 4: "brows", 5: "eyes", 6: "cheeks", 7: "eyes", 9: "nose",
+    10: "mouth", 12: "mouth", 15: "mouth", 17: "mouth", 20: "mouth", 23: "mouth", 25: "mouth", 26: "mouth",
+}
+
+
+# --------------------------------------------------------------------------- region maps
+
+def _ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, au: float, av: float) -> np.ndarray:
+    return ((u - cu) / au) ** 2 + ((v - cv) / av) ** 2 <= 1.0
+
+
+def compute_region_map(landmarks: Sequence[Sequence[float]] | np.ndarray | None,
+                       image_size: tuple[float, float] = (ALIGNED_SIZE, ALIGNED_SIZE),
+                       grid: int = ALIGNED_SIZE) -> np.ndarray:
+    """A grid x grid uint8 map of region indices (into FACE_REGIONS).
+
+    landmarks: 5 (x, y) points in the coordinates of an image of `image_size`
+    (width, height); None = ALIGNED_TEMPLATE in a 100x100 crop. The grid covers
+    the whole image (as the model's square input does).
+    """
+    if landmarks is None:
+        pts = ALIGNED_TEMPLATE.copy()
+        image_size = (ALIGNED_SIZE, ALIGNED_SIZE)
+    else:
+        pts = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+        if pts.shape != (5, 2) or not np.isfinite(pts).all():
+            raise ValueError(f"expected 5 finite (x, y) landmarks, got {np.asarray(landmarks).tolist()}")
+    w, h = float(image_size[0]), float(image_size[1])
+    pts = pts * np.array([grid / w, grid / h])
+    eyes, nose, corners = pts[[0, 1]], pts[2], pts[[3, 4]]
+    mid = eyes.mean(axis=0)
+    axis = eyes[1] - eyes[0]
+    d = float(np.hypot(*axis))
+    if d < 1e-6:
+        raise ValueError("the two eye landmarks coincide; cannot build face regions")
+    ex = axis / d                       # along the eye line
+    ey = np.array([-ex[1], ex[0]])      # perpendicular to it ...
+    if float((corners.mean(axis=0) - mid) @ ey) < 0:
+        ey = -ey                        # ... pointing from the eyes towards the mouth, whatever the eye order
+
+    # Pixel centres of the grid, in the face frame (units of d).
+    ys, xs = np.mgrid[0:grid, 0:grid].astype(np.float64) + 0.5
+    rx, ry = xs - mid[0], ys - mid[1]
+    u = (rx * ex[0] + ry * ex[1]) / d
+    v = (rx * ey[0] + ry * ey[1]) / d
+
+    def frame(p):
+        q = p - mid
+        return float(q @ ex) / d, float(q @ ey) / d
+
+    (eu_l, ev_l), (eu_r, ev_r) = frame(eyes[0]), frame(eyes[1])
+    nu, nv = frame(nose)
+    (mu_l, mv_l), (mu_r, mv_r) = frame(corners[0]), frame(corners[1])
+    mu, mv = (mu_l + mu_r) / 2, (mv_l + mv_r) / 2
+    mouth_half = max(abs(mu_r - mu_l) / 2, 0.2)
+    nv = max(nv, 0.3)                   # nose tip below the eye line
+    mv = max(mv, nv + 0.15)             # mouth below the nose
+
+    eyes_m = _ellipse(u, v, eu_l, ev_l, 0.36, 0.19) | _ellipse(u, v, eu_r, ev_r, 0.36, 0.19)
+    brows_m = (_ellipse(u, v, eu_l, ev_l - 0.39, 0.45, 0.20)
+               | _ellipse(u, v, eu_r, ev_r - 0.39, 0.45, 0.20)
+               | _ellipse(u, v, 0.0, -0.30, 0.20, 0.22))          # glabella
+    nose_top, nose_bottom = 0.12, nv + 0.15
+    nose_m = _ellipse(u, v, nu, (nose_top + nose_bottom) / 2, 0.26, (nose_bottom - nose_top) / 2)
+    mouth_m = _ellipse(u, v, mu, mv, mouth_half + 0.25, 0.36)
+    cheek_v = (0.2 + mv) / 2
+    cheeks_m = (_ellipse(u, v, eu_l + 0.02 * np.sign(eu_l), cheek_v, 0.32, 0.36)
+                | _ellipse(u, v, eu_r + 0.02 * np.sign(eu_r), cheek_v, 0.32, 0.36))
+    top, chin = -1.2, mv + 0.75
+    face_m = _ellipse(u, v, mu / 2, (top + chin) / 2, 1.25, (chin - top) / 2)
+
+    out = np.full((grid, grid), REGION_INDEX["background"], dtype=np.uint8)
+    # Paint from the lowest priority up, so earlier regions win overlaps.
+    for name, mask in (("face_rest", face_m), ("cheeks", cheeks_m), ("mouth", mouth_m),
+                       ("nose", nose_m), ("brows", brows_m), ("eyes", eyes_m)):
+        out[mask] = REGION_INDEX[name]
+    return out
+
+
+def compute_mean_landmarks(landmarks: Sequence[Sequence[Sequence[float]] | None]) -> np.ndarray | None:
+    """The mean of the given 5-point landmark sets (None entries skipped), or None if there are none."""
+    pts = [np.asarray(l, dtype=np.float64).reshape(5, 2) for l in landmarks if l is not None]
+    if not pts:
+        return None
+    return np.mean(pts, axis=0)
+
+
+def compute_region_areas(region_map: np.ndarray) -> np.ndarray:
+    """Share of the grid each region covers (the energy shares of a uniform map)."""
+    counts = np.bincount(region_map.ravel(), minlength=len(FACE_REGIONS)).astype(np.float64)
+    return counts / counts.sum()
+
+
+# --------------------------------------------------------------------------- energies
+
+def compute_region_energies(cams: np.ndarray, region_maps: np.ndarray) -> np.ndarray:
+    """Share of each CAM's energy (sum of its values) in each region.
+
+    cams: (N, H, W) non-negative maps; region_maps: one (H, W) map for all, or (N, H, W).
+    Returns (N, len(FACE_REGIONS)); rows sum to 1, NaN for an all-zero map.
+    """
+    cams = np.asarray(cams, dtype=np.float64)
+    if cams.ndim == 2:
+        cams = cams[None]
+    maps = np.asarray(region_maps)
+    k = len(FACE_REGIONS)
+    flat = np.clip(cams.reshape(len(cams), -1), 0, None)
+    if maps.ndim == 2:
+        if maps.shape != cams.shape[1:]:
+            raise ValueError(f"region map {maps.shape} does not match CAMs {cams.shape[1:]}")
+        onehot = np.eye(k, dtype=np.float64)[maps.ravel()]          # (HW, k)
+        sums = flat @ onehot
+    else:
+        if maps.shape != cams.shape:
+            raise ValueError(f"region maps {maps.shape} do not match CAMs {cams.shape}")
+        sums = np.stack([np.bincount(m.ravel(), weights=c, minlength=k)
+                         for m, c in zip(maps.reshape(len(maps), -1), flat)])
+    total = sums.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, sums / total, np.nan)
+
+
+def compute_peak_regions(cams: np.ndarray, region_maps: np.ndarray) -> list[str | None]:
+    """The region holding each CAM's maximum (None for an all-zero map)."""
+    cams = np.asarray(cams)
+    if cams.ndim == 2:
+        cams = cams[None]
+    maps = np.asarray(region_maps)
+    out: list[str | None] = []
+    for i, cam in enumerate(cams):
+        if not np.any(cam > 0):
+            out.append(None)
+            continue
+        m = maps if maps.ndim == 2 else maps[i]
+        out.append(FACE_REGIONS[int(m.ravel()[int(np.argmax(cam))])])
+    return out
+
+
+# --------------------------------------------------------------------------- failure modes
+
+def compute_failure_tags(image_ids: Sequence[str], true_labels: Sequence[str], pred_labels: Sequence[str],
+                         occluders: Sequence[str | None] | None = None,
+                         background_energy: Mapping[str, Sequence[float]] | None = None,
+                         background_threshold: float = 0.5) -> pd.DataFrame:
+    """Failure-mode tags of the misclassified images, as rows (image_id, method, tag).
+
+    - 'confusion:<true>-><pred>' for every misclassified image (method '');
+    - 'occlusion' when the dataset marks an occluder on it (method '');
+    - 'background' when a method's CAM for the predicted class puts more than
+      `background_threshold` of its energy off the face (method = that method).
+    background_energy: {method: background share of the predicted-class CAM per image}.
+    """
+    rows = []
+    n = len(image_ids)
+    occluders = list(occluders) if occluders is not None else [None] * n
+    background_energy = background_energy or {}
+    for method, values in background_energy.items():
+        if len(values) != n:
+            raise ValueError(f"background_energy[{method!r}] has {len(values)} values for {n} images")
+    for i in range(n):
+        if true_labels[i] == pred_labels[i]:
+            continue
+        rows.append((image_ids[i], "", f"confusion:{true_labels[i]}->{pred_labels[i]}"))
+        occ = occluders[i]
+        if occ and occ.lower() not in ("none", ""):
+            rows.append((image_ids[i], "", "occlusion"))
+        for method, values in background_energy.items():
+            share = values[i]
+            if share is not None and np.isfinite(share) and share > background_threshold:
+                rows.append((image_ids[i], method, "background"))
+    return pd.DataFrame(rows, columns=["image_id", "method", "tag"])
+
+
+# --------------------------------------------------------------------------- per-emotion summary
+
+def describe_aus(aus: Mapping[int, float] | Sequence[int]) -> str:
+    """'AU6 cheek raiser + AU12 lip corner puller' (strongest first when strengths are given)."""
+    if isinstance(aus, Mapping):
+        codes = [c for c, _ in sorted(aus.items(), key=lambda kv: (-kv[1], kv[0]))]
+    else:
+        codes = list(aus)
+    return " + ".join(f"AU{c} {AU_NAMES.get(c, '')}".strip() for c in codes)
+
+
+def compute_region_summary(energies: pd.DataFrame, expected_aus: Mapping[str, Mapping[int, float]] | None = None,
+                           region_areas: np.ndarray | None = None, top_k: int = 2,
+                           emotion_col: str = "emotion") -> pd.DataFrame:
+    """Per-emotion mean CAM energy per region, laid out like a "CAM focus / action units" table.
+
+    energies: one row per heatmap with `emotion_col` and the ENERGY_COLUMNS (e_brows, ...).
+    expected_aus: {emotion: {AU code: strength}} (e.g. pipeline.synth.faces.EMOTION_AUS) for reference.
+    region_areas: area share per region (compute_region_areas); when given, top regions
+    are ranked by lift (energy share / area share) rather than raw share, so a large
+    region does not win by size alone, and lift_<region> columns are added.
+    Returns one row per emotion: n, mean share per region, top_regions (the top_k
+    facial-feature regions), expected_aus, expected_regions, top_expected (whether
+    the first top region is one the expected AUs move).
+    """
+    cols = list(ENERGY_COLUMNS)
+    missing = [c for c in [emotion_col, *cols] if c not in energies.columns]
+    if missing:
+        raise ValueError(f"energies lacks columns {missing}")
+    data = energies.dropna(subset=cols)
+    grouped = data.groupby(emotion_col, sort=False)
+    out = grouped[cols].mean()
+    out.columns = list(FACE_REGIONS)
+    out.insert(0, "n", grouped.size())
+    feature_idx = [REGION_INDEX[r] for r in FEATURE_REGIONS]
+    if region_areas is not None:
+        areas = np.asarray(region_areas, dtype=np.float64)
+        for r in FACE_REGIONS:
+            a = areas[REGION_INDEX[r]]
+            out[f"lift_{r}"] = out[r] / a if a > 0 else np.nan
+        score = out[[f"lift_{FACE_REGIONS[i]}" for i in feature_idx]].to_numpy()
+    else:
+        score = out[[FACE_REGIONS[i] for i in feature_idx]].to_numpy()
+    order = np.argsort(-np.nan_to_num(score, nan=-np.inf), axis=1)[:, :top_k]
+    out["top_regions"] = [", ".join(FEATURE_REGIONS[j] for j in row) for row in order]
+    if expected_aus is not None:
+        out["expected_aus"] = [describe_aus(expected_aus.get(e, {})) for e in out.index]
+        exp_regions = []
+        for e in out.index:
+            regs: list[str] = []
+            for code in sorted(expected_aus.get(e, {}), key=lambda c: -expected_aus[e][c]):
+                r = AU_REGION.get(code)
+                if r and r not in regs:
+                    regs.append(r)
+            exp_regions.append(", ".join(regs))
+        out["expected_regions"] = exp_regions
+        out["top_expected"] = [bool(er) and tr.split(", ")[0] in er.split(", ")
+                               for tr, er in zip(out["top_regions"], out["expected_regions"])]
+    out.index.name = "emotion"
+    return out.reset_index()

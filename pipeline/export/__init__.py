@@ -1,0 +1,1 @@
+"""Tables (CSV, LaTeX, Markdown) and figures for papers."""

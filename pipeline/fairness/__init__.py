@@ -1,0 +1,1 @@
+"""Audit statistics, demographics backends, and the demographics and audit stages."""

@@ -1,0 +1,1 @@
+"""The results store: the DuckDB schema and the only code that opens DuckDB."""

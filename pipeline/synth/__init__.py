@@ -1,0 +1,1 @@
+"""The built-in synthetic faces: face parameters, drawing, bias injection, the RAF-DB-layout writer."""

@@ -1,0 +1,1 @@
+"""Models, recipes, the training loop, augmentation, evaluation, and the train/evaluate stage."""

@@ -1,0 +1,342 @@
+"""The training loop: one loop for every recipe, fed with uint8 image tensors.
+
+`fit` trains a model on a train split, validates on a val split each epoch and
+returns the per-epoch history; it never touches the store. Checkpointing is a
+callback (`on_checkpoint(state, is_best)`) so the caller decides where files go;
+`state` carries everything needed to resume exactly: model, optimiser,
+scheduler, scaler, epoch, best metric, early-stop counter and RNG states.
+
+Options plug in through `TrainConfig`: losses "ce" (label smoothing), "soft-ce"
+(targets are soft labels when given, else one-hot), "focal"; class weights
+"none"/"sqrt"/"balanced"; sampler "shuffle"/"balanced"; schedulers "plateau",
+"onecycle", "none"; early stopping on the validation loss.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.train.augment import AugmentConfig, augment_batch, preprocess_batch
+from pipeline.train.models import freeze_modules
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adam"                # "adam" | "adamw" | "sgd"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    loss: str = "ce"                       # "ce" | "soft-ce" | "focal"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    class_weights: str = "none"            # "none" | "sqrt" | "balanced"
+    sampler: str = "shuffle"               # "shuffle" | "balanced" (class-balanced sampling with replacement)
+    scheduler: str = "none"                # "none" | "plateau" | "onecycle"
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    onecycle_max_lr: float = 2e-3
+    onecycle_pct_start: float = 0.25
+    early_stopping_patience: int | None = 5   # epochs without val-loss improvement; None = off
+    amp: bool = True                       # mixed precision, used only on CUDA
+    frozen_modules: tuple[str, ...] = ()
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+
+
+@dataclass
+class SplitTensors:
+    """One split decoded once: uint8 NHWC images, hard labels, optional soft labels."""
+    images: torch.Tensor                   # uint8 N,H,W,3
+    labels: torch.Tensor                   # int64 N
+    soft: torch.Tensor | None = None       # float32 N,C
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]        # one dict per epoch: epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds
+    best_epoch: int
+    best_val_loss: float
+    best_state_dict: dict[str, torch.Tensor]
+    stopped_early: bool
+    finished: bool                         # False when stopped by `stop_after` (resumable)
+    train_seconds: float
+
+
+# --------------------------------------------------------------------------- pieces
+
+def compute_class_weights(labels: np.ndarray | torch.Tensor, num_classes: int, mode: str) -> torch.Tensor | None:
+    """Per-class loss weights from training counts: 'sqrt' ~ 1/sqrt(n), 'balanced'
+    ~ 1/n, both rescaled to average 1 over the samples; 'none' -> None."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(labels).long(), minlength=num_classes).double().clamp(min=1)
+    if mode == "sqrt":
+        w = counts.rsqrt()
+    elif mode == "balanced":
+        w = counts.reciprocal()
+    else:
+        raise ValueError(f"class_weights must be none, sqrt or balanced, got {mode!r}")
+    w = w * counts.sum() / (w * counts).sum()
+    return w.float()
+
+
+def compute_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None, config: TrainConfig,
+                 weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The batch's mean loss under config.loss."""
+    if config.loss == "ce":
+        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=config.label_smoothing)
+    logp = F.log_softmax(logits.float(), dim=1)
+    if config.loss == "soft-ce":
+        target = soft if soft is not None else F.one_hot(labels, logits.shape[1]).float()
+        if config.label_smoothing:
+            target = target * (1 - config.label_smoothing) + config.label_smoothing / logits.shape[1]
+        per_class = -target * logp
+        if weight is not None:
+            per_class = per_class * weight.view(1, -1)
+        return per_class.sum(1).mean()
+    if config.loss == "focal":
+        logp_t = logp.gather(1, labels.view(-1, 1)).squeeze(1)
+        loss = -((1 - logp_t.exp()) ** config.focal_gamma) * logp_t
+        if weight is not None:
+            loss = loss * weight[labels]
+        return loss.mean()
+    raise ValueError(f"loss must be ce, soft-ce or focal, got {config.loss!r}")
+
+
+def create_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
+    raise ValueError(f"optimizer must be adam, adamw or sgd, got {config.optimizer!r}")
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """(scheduler, stepped_per_batch)."""
+    if config.scheduler == "none":
+        return None, False
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor), False
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.onecycle_max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=config.onecycle_pct_start), True
+    raise ValueError(f"scheduler must be none, plateau or onecycle, got {config.scheduler!r}")
+
+
+def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one epoch: a permutation, or class-balanced draws with replacement."""
+    n = labels.shape[0]
+    if sampler == "shuffle":
+        return torch.randperm(n, generator=generator)
+    if sampler == "balanced":
+        counts = torch.bincount(labels).double()
+        weights = (1.0 / counts)[labels]
+        return torch.multinomial(weights, n, replacement=True, generator=generator)
+    raise ValueError(f"sampler must be shuffle or balanced, got {sampler!r}")
+
+
+def get_rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state(),
+             "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["generator"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Seed torch/numpy/random; on CUDA also ask for deterministic kernels (CPU kernels
+    already are, and the switch costs seconds of imports). Returns the data generator."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if torch.device(device).type == "cuda":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor | np.ndarray, meta: dict[str, Any],
+                   device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """Logits (float32, CPU) of uint8 NHWC images, in eval mode, batch by batch."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = preprocess_batch(images[start:start + batch_size], meta, device)
+        out.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, len(meta["classes"]))
+
+
+def predict_probabilities(model: nn.Module, images: torch.Tensor | np.ndarray, meta: dict[str, Any],
+                          device: torch.device | str = "cpu", batch_size: int = 256) -> np.ndarray:
+    """Softmax probabilities (N, C) float32 numpy."""
+    return torch.softmax(predict_logits(model, images, meta, device, batch_size), 1).numpy()
+
+
+def _validate(model, split: SplitTensors, meta, config, device, batch_size) -> tuple[float, float]:
+    if len(split) == 0:
+        return float("nan"), float("nan")
+    logits = predict_logits(model, split.images, meta, device, batch_size)
+    loss = compute_loss(logits, split.labels, split.soft, config).item()
+    acc = (logits.argmax(1) == split.labels).float().mean().item()
+    return loss, acc
+
+
+# --------------------------------------------------------------------------- the loop
+
+def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str, Any], config: TrainConfig,
+        device: torch.device | str = "cpu", *,
+        on_checkpoint: Callable[[dict[str, Any], bool], None] | None = None,
+        resume: dict[str, Any] | None = None,
+        stop_after: int | None = None,
+        progress: bool | None = None,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train `model` in place and return the history and best weights.
+
+    meta: image_size, mean, std (the model's input contract).
+    resume: a state dict previously passed to on_checkpoint (plus optional
+      'best_state_dict'); training continues from its next epoch.
+    stop_after: stop after this epoch number as if interrupted (the result is
+      resumable, `finished` False).
+    progress: tqdm bars per epoch; None = only when stderr is a TTY.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    generator = seed_everything(config.seed, device)
+    model.to(device).to(memory_format=torch.channels_last)
+    frozen = freeze_modules(model, config.frozen_modules)
+    num_classes = int(meta["num_classes"])
+    weight = compute_class_weights(train.labels, num_classes, config.class_weights)
+    weight_dev = weight.to(device) if weight is not None else None
+    steps = max(1, math.ceil(len(train) / config.batch_size))
+    optimizer = create_optimizer(model, config)
+    scheduler, per_batch = create_scheduler(optimizer, config, steps)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    show = (sys.stderr.isatty() if progress is None else progress)
+
+    history: list[dict[str, float]] = []
+    start_epoch, best_loss, best_epoch, bad_epochs = 1, math.inf, 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+    elapsed = 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        if scheduler is not None and resume.get("scheduler") is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        start_epoch = int(resume["epoch"]) + 1
+        best_loss, best_epoch, bad_epochs = resume["best_val_loss"], resume["best_epoch"], resume["bad_epochs"]
+        history = list(resume["history"])
+        elapsed = float(resume.get("train_seconds", 0.0))
+        best_state = resume.get("best_state_dict") or copy.deepcopy(model.state_dict())
+        set_rng_state(resume["rng"], generator)
+        if resume.get("stopped_early"):
+            start_epoch = config.epochs + 1
+
+    stopped_early = bool(resume and resume.get("stopped_early"))
+    finished = True
+    for epoch in range(start_epoch, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        for m in frozen:
+            m.eval()
+        order = epoch_order(train.labels, config.sampler, generator)
+        total_loss, total_correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False,
+                   file=sys.stderr)
+        for b in bar:
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            if len(idx) < 2 and len(order) > 1 and b > 0:
+                continue  # a lone sample breaks BatchNorm; it is seen again next epoch
+            x = augment_batch(train.images[idx], meta, config.augment, generator, device)
+            y = train.labels[idx].to(device)
+            soft = train.soft[idx].to(device) if train.soft is not None else None
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+                loss = compute_loss(logits, y, soft, config, weight_dev)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if per_batch:
+                scheduler.step()
+            n = len(idx)
+            total_loss += loss.item() * n
+            total_correct += (logits.argmax(1) == y).sum().item()
+            seen += n
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{total_correct / seen:.3f}")
+        bar.close()
+
+        val_loss, val_acc = _validate(model, val, meta, config, device, max(config.batch_size, 128))
+        monitor = val_loss if not math.isnan(val_loss) else total_loss / max(seen, 1)
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None and not per_batch:
+            scheduler.step(monitor)
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_acc": total_correct / max(seen, 1),
+               "val_loss": val_loss, "val_acc": val_acc, "lr": lr, "seconds": seconds}
+        history.append(row)
+        improved = monitor < best_loss
+        if improved:
+            best_loss, best_epoch, bad_epochs = monitor, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        stopped_early = (config.early_stopping_patience is not None and bad_epochs >= config.early_stopping_patience
+                         and epoch < config.epochs)
+        log(f"epoch {epoch:3d}/{config.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
+            f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {lr:.2e}  {seconds:.1f}s"
+            + ("  *" if improved else ""))
+        if on_checkpoint is not None:
+            on_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if use_amp else None,
+                "epoch": epoch, "best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                "stopped_early": stopped_early, "history": history, "train_seconds": elapsed,
+                "rng": get_rng_state(generator),
+            }, improved)
+        if stopped_early:
+            log(f"early stopping: no validation improvement for {bad_epochs} epochs (best epoch {best_epoch})")
+            break
+        if stop_after is not None and epoch >= stop_after and epoch < config.epochs:
+            finished = False
+            log(f"stopped after epoch {epoch} as requested; continue with --resume")
+            break
+
+    return FitResult(history=history, best_epoch=best_epoch, best_val_loss=best_loss, best_state_dict=best_state,
+                     stopped_early=stopped_early, finished=finished, train_seconds=elapsed)

@@ -1,0 +1,453 @@
+"""Wires the stages for `train` and `evaluate`: load -> train -> predict -> evaluate -> store.
+
+Each stage is called with plain data: the loader gives a FaceDataset, images are
+decoded once per split into uint8 arrays, `training.fit` returns a history and
+best weights, `evaluation` turns arrays into frames, and only at the end
+`store.save_run` writes the run and all its rows in one transaction. A run is
+first recorded as 'running' (`store.start_run`); any exception marks it
+'failed' and is re-raised, so earlier runs stay intact and no half run looks
+complete. Checkpoints go to runs/<run_id>/{best,last}.pt beside the store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+import pipeline
+from pipeline.errors import UserError
+from pipeline.paths import PROJECT_ROOT, runs_dir_for
+from pipeline.train.recipes import Recipe
+
+CHECKPOINT_BEST = "best.pt"
+CHECKPOINT_LAST = "last.pt"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """The load_dataset keyword arguments, stored as config["dataset"]."""
+    name: str
+    root: str
+    num_classes: int = 7
+    variant: str = "aligned"
+    val_fraction: float = 0.1
+    seed: int = 0
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    dataset: DatasetSpec
+    recipe: Recipe
+    weights: str = "none"
+    device: str = "auto"
+    db: str = ""
+    resume: str | None = None              # run id (prefix) or run folder to continue
+    stop_after: int | None = None          # stop after this epoch (resumable), for time-boxed sessions and tests
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateRunConfig:
+    run: str                               # the trained run (id, prefix or 'latest')
+    dataset: DatasetSpec
+    splits: tuple[str, ...] = ("test",)
+    device: str = "auto"
+    db: str = ""
+    batch_size: int = 256
+    quiet: bool = False
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str                            # 'complete' | 'stopped'
+    summary: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def code_version() -> str:
+    """pipeline.__version__ plus the git short hash when the source is a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return f"{pipeline.__version__}+g{out.stdout.strip()}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return pipeline.__version__
+
+
+@contextmanager
+def marking_failed(db, run_id: str, log: Callable[[str], None]) -> Iterator[None]:
+    """Any error inside marks the stored run failed (with the error), then propagates."""
+    from pipeline.store import db as store
+
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            store.mark_failed(db, run_id, f"{type(exc).__name__}: {exc}")
+        except Exception as inner:  # the original error matters more
+            log(f"warning: could not mark run {run_id} failed: {inner}")
+        raise
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def recipe_from_config(config: dict[str, Any]) -> Recipe:
+    """Rebuild the Recipe stored in a run's config["recipe"]."""
+    from pipeline.train.augment import AugmentConfig
+    from pipeline.train.loop import TrainConfig
+
+    r = dict(config["recipe"])
+    t = dict(r.pop("train"))
+    a = dict(t.pop("augment"))
+    a = {k: tuple(v) if isinstance(v, list) else v for k, v in a.items()}
+    t["frozen_modules"] = tuple(t["frozen_modules"])
+    r["mean"], r["std"] = tuple(r["mean"]), tuple(r["std"])
+    return Recipe(**r, train=TrainConfig(**t, augment=AugmentConfig(**a)))
+
+
+def load_split_arrays(dataset, image_size: int, splits: tuple[str, ...], progress: bool):
+    """Decode each split once, at the model's input size or the dataset's native size
+    when smaller (batches are resized on the fly)."""
+    from pipeline.data.images import load_images_array
+
+    size = min(image_size, dataset.image_size) if dataset.image_size else image_size
+    out = {}
+    for split in splits:
+        records = dataset.split(split)
+        out[split] = (records, load_images_array(records, size, progress=progress, desc=f"decoding {split}"))
+    return out
+
+
+def _soft_tensor(records, num_classes: int):
+    import torch
+
+    if not records or any(r.soft_label is None for r in records):
+        return None
+    return torch.tensor([r.soft_label for r in records], dtype=torch.float32).reshape(-1, num_classes)
+
+
+def _split_tensors(records, images: np.ndarray, num_classes: int):
+    import torch
+
+    from pipeline.train.loop import SplitTensors
+
+    return SplitTensors(images=torch.from_numpy(images),
+                        labels=torch.tensor([r.label for r in records], dtype=torch.int64),
+                        soft=_soft_tensor(records, num_classes))
+
+
+def create_images_frame(records, classes) -> pd.DataFrame:
+    return pd.DataFrame({
+        "image_id": [r.image_id for r in records],
+        "split": [r.split for r in records],
+        "path": [str(Path(r.path).resolve()) if r.path is not None else None for r in records],
+        "true_label": [classes[r.label] for r in records],
+        "soft_label": [list(r.soft_label) if r.soft_label is not None else None for r in records],
+    })
+
+
+def create_epochs_frame(history: list[dict[str, float]]) -> pd.DataFrame:
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    frame = pd.DataFrame(history, columns=cols)
+    return frame.astype({"epoch": "int64"}).replace({np.nan: None})
+
+
+def compute_split_results(split: str, image_ids, y_true: np.ndarray, probs: np.ndarray, classes):
+    """predictions, class_metrics and confusion frames of one split."""
+    from pipeline.train.evaluation import compute_class_report, compute_confusion, create_prediction_frame
+
+    y_pred = probs.argmax(1)
+    return (create_prediction_frame(image_ids, split, y_true, probs, classes),
+            compute_class_report(y_true, y_pred, classes, split),
+            compute_confusion(y_true, y_pred, classes, split))
+
+
+def _headline(class_metrics: pd.DataFrame, split: str) -> tuple[float | None, float | None, int | None]:
+    rows = class_metrics[class_metrics["split"] == split].set_index("label")
+    if rows.empty:
+        return None, None, None
+    return (float(rows.loc["accuracy", "f1"]), float(rows.loc["macro avg", "f1"]),
+            int(rows.loc["accuracy", "support"]))
+
+
+def find_run_dir(db: Path, run_or_dir: str) -> Path:
+    """A run's checkpoint folder from a folder path or a run id (prefix)."""
+    path = Path(run_or_dir)
+    if path.is_dir() and (path / CHECKPOINT_LAST).is_file():
+        return path
+    runs = runs_dir_for(db)
+    matches = sorted(p for p in runs.glob(f"{run_or_dir}*") if (p / CHECKPOINT_LAST).is_file()) \
+        if runs.is_dir() else []
+    exact = [p for p in matches if p.name == run_or_dir]
+    matches = exact or matches
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UserError(f"nothing to resume for {run_or_dir!r}: no folder with {CHECKPOINT_LAST} there or "
+                        f"under {runs}; pass a run folder or a run id")
+    raise UserError(f"{run_or_dir!r} matches several runs under {runs}: "
+                    f"{', '.join(p.name for p in matches[:5])}; give more characters")
+
+
+# --------------------------------------------------------------------------- train
+
+def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
+    """Train a recipe on a dataset, evaluate on val and test, store the run."""
+    import torch
+
+    from pipeline.store import db as store
+    from pipeline.data.loaders import load_dataset
+    from pipeline.train.models import create_model, load_checkpoint, save_checkpoint
+    from pipeline.train.loop import fit, predict_probabilities, seed_everything
+
+    db = Path(config.db)
+    device = resolve_device(config.device)
+    progress = False if config.quiet else None
+    resume_state = None
+    if config.resume:
+        run_dir = find_run_dir(db, config.resume)
+        if db.is_file():
+            with store.open_store(db, read_only=True) as con:
+                runs = store.list_runs(con, include_incomplete=True)
+            done = runs[(runs["run_id"] == run_dir.name) & (runs["status"] == "complete")]
+            if len(done):
+                raise UserError(f"run {run_dir.name} in {db} is already complete; nothing to resume")
+        last = load_checkpoint(run_dir / CHECKPOINT_LAST)
+        saved = last["meta"]["config"]
+        recipe = recipe_from_config(saved)
+        spec = DatasetSpec(**saved["dataset"])
+        weights = saved["weights"]
+        run_id = run_dir.name
+        started_at = dt.datetime.fromisoformat(saved["started_at"])
+        resume_state = last["train_state"]
+        if (run_dir / CHECKPOINT_BEST).is_file():
+            resume_state["best_state_dict"] = load_checkpoint(run_dir / CHECKPOINT_BEST)["state_dict"]
+        log(f"resuming run {run_id} after epoch {resume_state['epoch']}")
+    else:
+        recipe, spec, weights = config.recipe, config.dataset, config.weights
+        spec = dataclasses.replace(spec, root=str(Path(spec.root).resolve()))
+        run_id = store.new_run_id(recipe.name)
+        run_dir = runs_dir_for(db) / run_id
+        started_at = _utcnow()
+
+    run_config = {
+        "dataset": spec.as_kwargs(), "recipe": _jsonable(recipe), "preset": recipe.preset, "weights": weights,
+        "device": device, "seed": recipe.train.seed, "started_at": started_at.isoformat(),
+        "torch_version": torch.__version__,
+    }
+    run_row = {
+        "run_id": run_id, "kind": "train", "parent_run_id": None, "dataset": spec.name,
+        "dataset_root": str(Path(spec.root).resolve()), "dataset_fingerprint": "", "is_synthetic": False,
+        "recipe": recipe.name, "model": recipe.arch, "classes": [], "config": run_config,
+        "code_version": code_version(), "seed": recipe.train.seed, "device": device, "started_at": started_at,
+    }
+
+    dataset = load_dataset(**spec.as_kwargs())
+    classes = list(dataset.classes)
+    run_row.update(dataset_fingerprint=dataset.fingerprint, is_synthetic=dataset.is_synthetic, classes=classes)
+    # The model (and its pretrained weights) before the run is recorded: a missing
+    # weights file is a user error, not a failed run.
+    seed_everything(recipe.train.seed, device)
+    model = create_model(recipe.arch, len(classes), weights="none" if resume_state else weights,
+                         head_dropout=recipe.head_dropout)
+    if not config.resume:
+        store.start_run(db, run_row)
+    with marking_failed(db, run_id, log):
+        t0 = time.perf_counter()
+        arrays = load_split_arrays(dataset, recipe.image_size, ("train", "val", "test"),
+                                   progress is None and sys.stderr.isatty())
+        log(f"decoded {', '.join(f'{len(a[0])} {s}' for s, a in arrays.items())} images "
+            f"in {time.perf_counter() - t0:.1f}s")
+        if not arrays["train"][0]:
+            raise UserError(f"dataset {spec.name} at {spec.root} has no training images")
+        meta = {
+            "arch": recipe.arch, "classes": classes, "num_classes": len(classes), "image_size": recipe.image_size,
+            "mean": list(recipe.mean), "std": list(recipe.std), "recipe": recipe.name, "preset": recipe.preset,
+            "head_dropout": recipe.head_dropout, "run_id": run_id, "config": run_config,
+        }
+
+        def on_checkpoint(state: dict, is_best: bool) -> None:
+            if is_best:
+                save_checkpoint(run_dir / CHECKPOINT_BEST,
+                                {"meta": meta, "state_dict": state["model"], "epoch": state["epoch"]})
+            save_checkpoint(run_dir / CHECKPOINT_LAST,
+                            {"meta": meta, "state_dict": state["model"], "train_state": state})
+
+        train = _split_tensors(*arrays["train"], len(classes))
+        val = _split_tensors(*arrays["val"], len(classes))
+        result = fit(model, train, val, meta, recipe.train, device, on_checkpoint=on_checkpoint,
+                     resume=resume_state, stop_after=config.stop_after, progress=progress, log=log)
+        if not result.finished:
+            store.mark_failed(db, run_id, f"stopped after epoch {result.history[-1]['epoch']}; "
+                                          f"continue with --resume {run_id}")
+            return RunOutcome(run_id, "stopped", {"epochs": len(result.history), "run_dir": str(run_dir)})
+
+        model.load_state_dict(result.best_state_dict)
+        t1 = time.perf_counter()
+        preds, metrics, confusion = [], [], []
+        for split in ("val", "test"):
+            records, images = arrays[split]
+            if not records:
+                continue
+            probs = predict_probabilities(model, images, meta, device)
+            y_true = np.array([r.label for r in records], dtype=np.int64)
+            p, m, c = compute_split_results(split, [r.image_id for r in records], y_true, probs, classes)
+            preds.append(p), metrics.append(m), confusion.append(c)
+        eval_seconds = time.perf_counter() - t1
+        class_metrics = pd.concat(metrics, ignore_index=True)
+        acc, f1, n_test = _headline(class_metrics, "test")
+        all_records = [r for s in ("train", "val", "test") for r in arrays[s][0]]
+        run_row.update(
+            finished_at=_utcnow(), train_seconds=result.train_seconds, eval_seconds=eval_seconds,
+            checkpoint_path=str((run_dir / CHECKPOINT_BEST).resolve()),
+            test_accuracy=acc, test_macro_f1=f1, n_test=n_test,
+        )
+        run_config.update(best_epoch=result.best_epoch, stopped_early=result.stopped_early,
+                          epochs_run=len(result.history), skipped_images=len(dataset.skipped))
+        store.save_run(db, run_row, {
+            "epochs": create_epochs_frame(result.history),
+            "images": create_images_frame(all_records, classes),
+            "predictions": pd.concat(preds, ignore_index=True),
+            "class_metrics": class_metrics,
+            "confusion": pd.concat(confusion, ignore_index=True),
+        })
+    return RunOutcome(run_id, "complete", {
+        "test_accuracy": acc, "test_macro_f1": f1, "n_test": n_test, "best_epoch": result.best_epoch,
+        "epochs": len(result.history), "train_seconds": result.train_seconds, "run_dir": str(run_dir),
+        "classes": classes,
+    })
+
+
+# --------------------------------------------------------------------------- evaluate
+
+def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
+    """Evaluate a trained run's best model on (another) dataset; stored as kind 'evaluate'."""
+    import torch
+
+    from pipeline.store import db as store
+    from pipeline.data.loaders import load_dataset
+    from pipeline.train.evaluation import compute_class_mapping, compute_mapped_probabilities
+    from pipeline.train.models import load_model_from_checkpoint
+    from pipeline.train.loop import predict_probabilities
+
+    db = Path(config.db)
+    device = resolve_device(config.device)
+    with store.open_store(db, read_only=True) as con:
+        parent = store.get_run(con, config.run)
+    if parent["kind"] != "train" or not parent.get("checkpoint_path"):
+        raise UserError(f"run {parent['run_id']} is not a training run with a checkpoint; pass a train run")
+    model, meta = load_model_from_checkpoint(parent["checkpoint_path"], device)
+    spec = dataclasses.replace(config.dataset, root=str(Path(config.dataset.root).resolve()))
+    dataset = load_dataset(**spec.as_kwargs())
+    try:
+        mapping = compute_class_mapping(meta["classes"], dataset.classes)
+    except ValueError as exc:
+        raise UserError(f"cannot evaluate run {parent['run_id']} on {spec.name} at {spec.root}: {exc}") from None
+    run_id = store.new_run_id(f"eval-{parent['recipe']}")
+    started_at = _utcnow()
+    run_row = {
+        "run_id": run_id, "kind": "evaluate", "parent_run_id": parent["run_id"], "dataset": spec.name,
+        "dataset_root": str(Path(spec.root).resolve()), "dataset_fingerprint": dataset.fingerprint,
+        "is_synthetic": dataset.is_synthetic, "recipe": parent["recipe"], "model": parent["model"],
+        "classes": list(mapping.classes), "code_version": code_version(), "seed": parent["seed"],
+        "device": device, "started_at": started_at, "checkpoint_path": parent["checkpoint_path"],
+        "config": {"dataset": spec.as_kwargs(), "parent_run_id": parent["run_id"], "splits": list(config.splits),
+                   "model_classes": list(meta["classes"]), "dataset_classes": list(dataset.classes),
+                   "evaluated_classes": list(mapping.classes), "unmappable_classes": list(mapping.unmappable),
+                   "device": device, "torch_version": torch.__version__},
+    }
+    store.start_run(db, run_row)
+    with marking_failed(db, run_id, log):
+        t0 = time.perf_counter()
+        arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
+                                   not config.quiet and sys.stderr.isatty())
+        images_rows, preds, metrics, confusion = [], [], [], []
+        unmappable: dict[str, int] = {}
+        for split in config.splits:
+            records, images = arrays[split]
+            keep = np.array([mapping.dataset_to_eval[r.label] >= 0 for r in records], dtype=bool)
+            for r, k in zip(records, keep):
+                if not k:
+                    name = dataset.classes[r.label]
+                    unmappable[name] = unmappable.get(name, 0) + 1
+            kept = [r for r, k in zip(records, keep) if k]
+            if not kept:
+                continue
+            probs = compute_mapped_probabilities(
+                predict_probabilities(model, images[keep], meta, device, config.batch_size), mapping)
+            y_true = np.array([mapping.dataset_to_eval[r.label] for r in kept], dtype=np.int64)
+            p, m, c = compute_split_results(split, [r.image_id for r in kept], y_true, probs, mapping.classes)
+            preds.append(p), metrics.append(m), confusion.append(c)
+            images_rows.append(create_images_frame(
+                [_remap_record(r, mapping) for r in kept], list(mapping.classes)))
+        if not preds:
+            raise UserError(f"no image of {spec.name} at {spec.root} (splits {', '.join(config.splits)}) "
+                            f"has a class the model knows ({', '.join(meta['classes'])})")
+        eval_seconds = time.perf_counter() - t0
+        class_metrics = pd.concat(metrics, ignore_index=True)
+        headline_split = "test" if "test" in config.splits else config.splits[0]
+        acc, f1, n = _headline(class_metrics, headline_split)
+        n_unmappable = sum(unmappable.values())
+        run_row["config"].update(unmappable={"count": n_unmappable, "by_class": unmappable},
+                                 headline_split=headline_split)
+        run_row.update(finished_at=_utcnow(), eval_seconds=eval_seconds, test_accuracy=acc, test_macro_f1=f1,
+                       n_test=n)
+        store.save_run(db, run_row, {
+            "images": pd.concat(images_rows, ignore_index=True),
+            "predictions": pd.concat(preds, ignore_index=True),
+            "class_metrics": class_metrics,
+            "confusion": pd.concat(confusion, ignore_index=True),
+        })
+    return RunOutcome(run_id, "complete", {
+        "parent_run_id": parent["run_id"], "accuracy": acc, "macro_f1": f1, "n": n, "split": headline_split,
+        "classes": list(mapping.classes), "unmappable": n_unmappable, "unmappable_by_class": unmappable,
+    })
+
+
+def _remap_record(record, mapping):
+    """The record with its label (and soft label) over the evaluated classes."""
+    label = mapping.dataset_to_eval[record.label]
+    soft = None
+    if record.soft_label is not None:
+        sub = [record.soft_label[i] for i, j in enumerate(mapping.dataset_to_eval) if j >= 0]
+        total = sum(sub)
+        soft = tuple(v / total for v in sub) if total > 0 else None
+    return dataclasses.replace(record, label=label, soft_label=soft)

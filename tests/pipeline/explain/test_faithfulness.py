@@ -1,0 +1,166 @@
+"""Explanation checks: bootstrap CIs, ground-truth localisation and baselines,
+faithfulness (ROAD, confidence change) and the model-randomisation sanity check.
+
+A tiny CNN learns a trivially learnable toy task (the colour of a square at a
+random position), so its CAMs must find the square and differ from the CAMs of
+the same network with re-initialised weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from pipeline.explain.cams import compute_cams
+from pipeline.explain.faithfulness import (_derangement, bootstrap_mean_ci, compute_confidence_change,
+                                   compute_gt_localisation, compute_map_similarity, compute_road_scores,
+                                   create_randomized_model, summarise, summarise_gt_localisation)
+
+SIZE, SQUARE = 20, 6
+
+
+def _toy_batch(n: int, gen: torch.Generator):
+    """Grey noise with one red (class 0) or green (class 1) square at a random place."""
+    x = 0.3 * torch.rand(n, 3, SIZE, SIZE, generator=gen)
+    y = torch.randint(0, 2, (n,), generator=gen)
+    masks = torch.zeros(n, SIZE, SIZE, dtype=torch.bool)
+    for i in range(n):
+        r, c = torch.randint(0, SIZE - SQUARE + 1, (2,), generator=gen).tolist()
+        x[i, int(y[i]), r:r + SQUARE, c:c + SQUARE] = 1.0
+        masks[i, r:r + SQUARE, c:c + SQUARE] = True
+    return x, y, masks
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
+                                      nn.BatchNorm2d(16), nn.ReLU())
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        return self.fc(self.gap(self.features(x)).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = Toy()
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(60):
+        x, y, _ = _toy_batch(32, gen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    x, y, masks = _toy_batch(24, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.9, f"the toy model did not learn its task (accuracy {acc:.2f})"
+    return model, x, y.numpy(), masks.numpy()
+
+
+def test_trained_cams_find_the_square(trained):
+    model, x, y, masks = trained
+    cams, _ = compute_cams(model, x, [y], ["gradcam"], model.features)
+    gt = compute_gt_localisation(cams["gradcam"][0], masks)
+    area = masks.mean()
+    assert gt["gt_energy"].mean() > 2.5 * area
+    assert gt["gt_hit"].mean() > 0.8
+
+
+def test_sanity_check_tells_trained_from_random_weights(trained):
+    model, x, y, _ = trained
+    layer = model.features
+    random_model = create_randomized_model(model, layer, x, mode="cascading", seed=0)
+    a, _ = compute_cams(model, x, [y], ["gradcam"], layer)
+    b, _ = compute_cams(random_model, x, [y], ["gradcam"], random_model.features)
+    sim = compute_map_similarity(a["gradcam"][0], b["gradcam"][0])
+    assert sim["spearman"].shape == (len(x),) and sim["ssim"].shape == (len(x),)
+    assert sim["spearman"].mean() < 0.5  # passes: the maps depend on the learned weights
+    # EigenCAM of the target layer ignores the layers after it: re-initialising only those
+    # leaves its maps unchanged, and the check must say so.
+    head_only = create_randomized_model(model, layer, x, mode="head", seed=0)
+    e1, _ = compute_cams(model, x, [y], ["eigencam"], layer)
+    e2, _ = compute_cams(head_only, x, [y], ["eigencam"], head_only.features)
+    same = compute_map_similarity(e1["eigencam"][0], e2["eigencam"][0])
+    assert same["spearman"].mean() > 0.99 and same["ssim"].mean() > 0.99
+
+
+def test_randomized_copies_leave_the_model_alone(trained):
+    model, x, _, _ = trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copies = {mode: create_randomized_model(model, model.features, x, mode=mode, seed=1)
+              for mode in ("cascading", "head", "full")}
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    changed = {mode: {k for k, v in c.state_dict().items() if not torch.equal(v, before[k])}
+               for mode, c in copies.items()}
+    assert "fc.weight" in changed["head"] and not any(k.startswith("features") for k in changed["head"])
+    assert {"features.2.weight", "fc.weight"} <= changed["cascading"]
+    assert "features.0.weight" in changed["cascading"]            # the target layer is `features` itself
+    assert "features.0.weight" in changed["full"]
+    with pytest.raises(ValueError):
+        create_randomized_model(model, model.features, x, mode="sideways")
+
+
+def test_road_and_confidence_change_reward_the_real_map(trained):
+    model, x, y, _ = trained
+    cams, _ = compute_cams(model, x, [y], ["gradcam"], model.features)
+    cam = cams["gradcam"][0]
+    torch.manual_seed(0)
+    real = compute_road_scores(model, x, cam, y, percentiles=(20, 40))
+    torch.manual_seed(0)
+    inverted = compute_road_scores(model, x, 1.0 - cam, y, percentiles=(20, 40))
+    assert set(real) == {"road_morf", "road_lerf", "road_combined"}
+    assert all(v.shape == (len(x),) and np.isfinite(v).all() for v in real.values())
+    # removing the pixels the real map ranks highest hurts more than removing those it ranks lowest
+    assert real["road_morf"].mean() < inverted["road_morf"].mean()
+    assert real["road_combined"].mean() > inverted["road_combined"].mean()
+    conf = compute_confidence_change(model, x, cam, y)
+    assert set(conf) == {"conf_drop", "conf_increase"} and (conf["conf_drop"] >= 0).all()
+    with pytest.raises(ValueError, match="resolution"):
+        compute_road_scores(model, x, cam[:, :10, :10], y)
+
+
+def test_gt_localisation_and_baselines_on_constructed_maps():
+    masks = np.zeros((3, 10, 10), bool)
+    masks[0, :5] = True        # top half
+    masks[1, 5:] = True        # bottom half
+    cams = masks.astype(float)  # each CAM exactly on its own region; image 2 has no GT (Neutral)
+    cams[2] = 0.5
+    gt = compute_gt_localisation(cams, masks, seed=0)
+    assert gt.loc[0, "gt_energy"] == 1.0 and gt.loc[0, "gt_hit"] == 1.0
+    assert gt.loc[0, "gt_energy_uniform"] == 0.5
+    assert gt.loc[[0, 1]].notna().all().all() and gt.loc[2].isna().all()
+    # the shuffled baseline uses another image's map: never the image's own
+    assert gt.loc[0, "gt_energy_shuffled"] in (0.0, 0.5) and gt.loc[1, "gt_energy_shuffled"] in (0.0, 0.5)
+    rows = summarise_gt_localisation(gt, ["Happiness", "Surprise", "Neutral"], "gradcam", n_boot=100)
+    by = {(r["metric"], r["emotion"]): r for r in rows}
+    assert by[("gt_energy", "all")]["value"] == 1.0 and by[("gt_energy", "all")]["n"] == 2
+    assert by[("gt_energy", "all")]["passed"] is True          # 1.0 >= 2 x 0.5
+    assert by[("pointing", "all")]["passed"] is True
+    assert by[("gt_energy_uniform", "all")]["passed"] is None
+    assert ("gt_energy", "Neutral") not in by                   # no ground truth, no row
+    # a map as spread as the mask's area does not pass
+    flat = compute_gt_localisation(np.ones((2, 10, 10)), masks[:2], seed=0)
+    flat_rows = {(r["metric"], r["emotion"]): r
+                 for r in summarise_gt_localisation(flat, ["A", "B"], "m", n_boot=10)}
+    assert flat_rows[("gt_energy", "all")]["passed"] is False
+
+
+def test_derangement_and_bootstrap():
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 10, 101):
+        p = _derangement(n, rng)
+        assert sorted(p) == list(range(n)) and not np.any(p == np.arange(n))
+    mean, lo, hi, n = bootstrap_mean_ci([1.0, 2.0, 3.0, np.nan, 4.0], n_boot=500)
+    assert n == 4 and mean == 2.5 and 1.0 <= lo < mean < hi <= 4.0
+    assert bootstrap_mean_ci([np.nan])[3] == 0
+    rows = summarise([0.1, 0.2, 0.3, 0.4], ["A", "A", "B", "B"], "gradcam", "road_morf", n_boot=50)
+    assert [r["emotion"] for r in rows] == ["all", "A", "B"]
+    assert pd.DataFrame(rows).set_index("emotion").loc["B", "value"] == pytest.approx(0.35)

@@ -1,0 +1,112 @@
+"""The training loop on random tensors: losses, class weights, sampling, determinism, exact resume."""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.train.models import create_model
+from pipeline.train.recipes import get_recipe
+from pipeline.train.loop import (
+    SplitTensors, TrainConfig, compute_class_weights, compute_loss, epoch_order, fit, predict_probabilities,
+    seed_everything,
+)
+
+META = {"image_size": 16, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "num_classes": 6,
+        "classes": list("abcdef")}
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (24, 20, 20, 3), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 6, (24,), generator=g)
+    soft = torch.softmax(torch.randn(24, 6, generator=g), 1)
+    return SplitTensors(x, y, soft), SplitTensors(x[:8], y[:8], soft[:8])
+
+
+def _config(recipe: str, **changes) -> TrainConfig:
+    return replace(get_recipe(recipe).train, **{"epochs": 3, "batch_size": 8, **changes})
+
+
+def _fit(arch, config, data, **kwargs):
+    seed_everything(config.seed)
+    model = create_model(arch, 6)
+    result = fit(model, data[0], data[1], META, config, progress=False, log=lambda s: None, **kwargs)
+    return model, result
+
+
+def test_soft_ce_with_one_hot_equals_ce_and_focal_gamma0_equals_ce():
+    logits, labels = torch.randn(10, 6), torch.randint(0, 6, (10,))
+    ce = F.cross_entropy(logits, labels)
+    assert compute_loss(logits, labels, None, TrainConfig(loss="soft-ce")) == pytest.approx(ce.item(), rel=1e-5)
+    assert compute_loss(logits, labels, None, TrainConfig(loss="focal", focal_gamma=0)) == pytest.approx(ce.item(), rel=1e-5)
+    smooth = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert compute_loss(logits, labels, None, TrainConfig(loss="ce", label_smoothing=0.1)) == pytest.approx(smooth.item())
+
+
+def test_class_weights():
+    labels = torch.tensor([0] * 9 + [1] * 1)
+    sqrt = compute_class_weights(labels, 2, "sqrt")
+    balanced = compute_class_weights(labels, 2, "balanced")
+    assert sqrt[1] / sqrt[0] == pytest.approx(3.0)
+    assert balanced[1] / balanced[0] == pytest.approx(9.0)
+    assert float((balanced[labels]).mean()) == pytest.approx(1.0)
+    assert compute_class_weights(labels, 2, "none") is None
+
+
+def test_balanced_sampler_evens_classes():
+    labels = torch.tensor([0] * 900 + [1] * 100)
+    order = epoch_order(labels, "balanced", torch.Generator().manual_seed(0))
+    share = float((labels[order] == 1).float().mean())
+    assert 0.4 < share < 0.6
+
+
+@pytest.mark.parametrize("recipe,arch", [("lightcnn-softlabel", "lightcnn-half"), ("resnet50-transfer", "resnet18")])
+def test_same_seed_same_model_and_exact_resume(data, recipe, arch):
+    config = _config(recipe, epochs=2)
+    full_model, full = _fit(arch, config, data)
+    again_model, _ = _fit(arch, config, data)
+    for a, b in zip(full_model.state_dict().values(), again_model.state_dict().values()):
+        assert torch.equal(a, b)
+    saved = []
+    _, stopped = _fit(arch, config, data, stop_after=1, on_checkpoint=lambda s, best: saved.append(copy.deepcopy(s)))
+    assert not stopped.finished and len(stopped.history) == 1
+    resumed_model, resumed = _fit(arch, config, data, resume=saved[-1])
+    assert resumed.finished and [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_frozen_modules_do_not_change(data):
+    config = _config("resnet50-transfer", epochs=1)
+    seed_everything(0)
+    model = create_model("resnet18", 6)
+    before = copy.deepcopy(model.state_dict())
+    fit(model, data[0], data[1], META, config, progress=False, log=lambda s: None)
+    after = model.state_dict()
+    for key in before:
+        if key.startswith(("conv1.", "bn1.", "layer1.")):
+            assert torch.equal(before[key], after[key]), key  # weights and BN running stats
+    assert not torch.equal(before["layer4.1.conv2.weight"], after["layer4.1.conv2.weight"])
+
+
+def test_early_stopping_and_best_state(data):
+    config = _config("lightcnn-softlabel", epochs=8, early_stopping_patience=1, lr=1.0)
+    model, result = _fit("lightcnn-half", config, data)
+    assert result.stopped_early and len(result.history) < 8
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == 1 + losses.index(min(losses))
+    model.load_state_dict(result.best_state_dict)
+    probs = predict_probabilities(model, data[1].images, META)
+    assert probs.shape == (8, 6) and abs(probs.sum(1) - 1).max() < 1e-5
+
+
+@pytest.mark.parametrize("changes", [{"loss": "focal", "class_weights": "sqrt"}, {"sampler": "balanced"},
+                                     {"scheduler": "onecycle"}, {"scheduler": "plateau"}])
+def test_options_plug_into_the_loop(data, changes):
+    _, result = _fit("lightcnn-half", _config("lightcnn-softlabel", epochs=2, **changes), data)
+    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history)
