@@ -1,4 +1,4 @@
-"""Entry script of the dashboard: `streamlit run dashboard/app.py [-- --db PATH]`.
+"""Entry script of the dashboard: `python -m dashboard [--db PATH]` (or `streamlit run dashboard/app.py [-- --db PATH]`).
 
 Puts the project root on sys.path (so `pipeline` and `dashboard` import when
 Streamlit runs this file directly), resolves and checks the store, declares the
@@ -8,9 +8,17 @@ auto-discovered multipage mode, under which AppTest runs page files directly,
 bypassing this script), and turns the two expected conditions — no usable
 store, and the pipeline holding the write lock — into helpful pages instead of
 tracebacks.
+
+It serves only on this machine: when Streamlit is bound to anything but a
+loopback address (e.g. `streamlit run` started from another folder, where the
+project's .streamlit/config.toml is not read and Streamlit listens on every
+interface), it shows one line saying why and nothing of the store, unless the
+user passes `-- --expose-results-to-network`, which says what it does: anyone
+who can reach the port can read every result.
 """
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -34,8 +42,34 @@ PAGES = [
 ]
 
 
+EXPOSE_FLAG = "--expose-results-to-network"
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a server address binds this machine only (unset or empty means every interface)."""
+    if not address:
+        return False
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def refuses_to_serve(address: str | None, argv: list[str]) -> bool:
+    """True when the server is reachable from other machines and the user did not opt in."""
+    return not is_loopback(address) and EXPOSE_FLAG not in argv
+
+
 def main() -> None:
     st.set_page_config(page_title="FER results", page_icon=":material/face:", layout="wide")
+    address = st.get_option("server.address")
+    if refuses_to_serve(address, sys.argv[1:]):
+        st.error(f"Not serving the results: this server listens on {address or 'every network interface'}, "
+                 f"so other machines could read them. Start it with `python -m dashboard` (127.0.0.1 only), or "
+                 f"pass `-- {EXPOSE_FLAG}` to `streamlit run` if you mean to share them.")
+        st.stop()
     pages = [st.Page(PAGES_DIR / name, title=title, icon=icon, default=(i == 0))
              for i, (name, title, icon) in enumerate(PAGES)]
     page = st.navigation(pages)

@@ -41,15 +41,18 @@ def create_placeholder(size: int = THUMB, text: str = "no image") -> np.ndarray:
 
 
 def load_image_rgb(path: str | None, size: int = THUMB) -> tuple[np.ndarray, bool]:
-    """(RGB uint8 size x size, found). A missing or unreadable file gives a placeholder."""
+    """(RGB uint8 size x size, found). A missing or unreadable file, or one whose header claims more
+    pixels than Pillow's decompression-bomb limit, gives a placeholder."""
     from PIL import Image
 
     if not path:
         return create_placeholder(size, "no file"), False
     try:
         with Image.open(Path(path)) as im:
+            if im.width * im.height > (Image.MAX_IMAGE_PIXELS or 89_478_485):  # a decompression bomb
+                return create_placeholder(size, "image too large"), False
             return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)), True
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return create_placeholder(size, "image missing"), False
 
 

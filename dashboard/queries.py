@@ -235,11 +235,19 @@ def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
         return StoreStatus("old-schema", str(exc))
     # and the tables themselves, should a store claim the version without the columns; an older
     # store lacks the tables added since (pages that read them say to re-run the stage that writes them)
-    from pipeline.store.db import missing_added_tables
+    from pipeline.store.db import find_damaged_tables, missing_added_columns, missing_added_tables
 
+    damaged = find_damaged_tables(con)
+    if damaged:
+        return StoreStatus(
+            "damaged",
+            f"{ref.path} is damaged: {len(damaged)} table(s) no longer read back ({', '.join(damaged)}; "
+            f"{next(iter(damaged.values()))}). Copy what still reads into a new store with "
+            f"`python -m pipeline runs --db {ref.path} --salvage NEW.duckdb` and open that one.")
     absent = set(missing_added_tables(con))
+    absent_columns = {f"{t}.{c}" for t, c in missing_added_columns(con)}
     missing = [f"{t}.{c}" for t, cs in _expected_columns().items() if t not in absent
-               for c in cs if c not in have.get(t, set())]
+               for c in cs if c not in have.get(t, set()) and f"{t}.{c}" not in absent_columns]
     if missing:
         return StoreStatus(
             "old-schema",

@@ -9,7 +9,10 @@ value is written back to the URL. A user's change is never overwritten by the
 URL value the session itself wrote before.
 
 No raw HTML is ever written: all text goes through Streamlit's escaped
-elements.
+elements. Strings that come from the data or the URL (image ids from file
+names, paths, query parameters) go through `escape_markdown` wherever Streamlit
+renders markdown (captions, st.write/markdown/info), so they show as typed:
+no links, emphasis, LaTeX, icons, or reversed text.
 """
 from __future__ import annotations
 
@@ -22,8 +25,23 @@ import streamlit as st
 
 from dashboard import charts, queries
 
+# Markdown's ASCII punctuation that Streamlit's renderer acts on (links, emphasis, code, LaTeX `$`,
+# `:icon:`/`:colour[...]` directives, HTML-like `<`), each escaped with a backslash.
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$:&=\"'])")
+# Characters that reorder or hide text (bidirectional overrides and isolates, marks), shown by code point.
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
 KEEP = "_keep_"  # session-state prefix of the remembered value of a synced widget
 PUBLISHED = "_url_"  # session-state prefix of what this session last wrote to the URL for it
+
+
+def escape_markdown(value: Any) -> str:
+    """`value` as text that Streamlit's markdown shows literally: specials backslash-escaped,
+    line breaks as spaces, bidirectional controls (e.g. U+202E) shown as their code point."""
+    text = str(value)
+    text = _BIDI_CONTROLS.sub(lambda m: f"U+{ord(m.group()):04X}", text)
+    text = re.sub(r"[\r\n\t]+", " ", text)
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", text)
 
 
 # ---------------------------------------------------------------- URL-synced widgets
@@ -193,7 +211,7 @@ def render_run_context(ref: queries.StoreRef) -> RunContext:
         st.sidebar.caption("No demographics stored for this dataset.")
     if run.get("is_synthetic"):
         st.sidebar.info("Built-in synthetic data: numbers describe the generator, not real faces.")
-    st.sidebar.caption(f"Store: {ref.path}")
+    st.sidebar.caption(f"Store: {escape_markdown(ref.path)}")
     if st.sidebar.button("Refresh", help="Reload the store (new runs appear)."):
         st.rerun()
     return RunContext(ref=ref, runs=runs, run=run, source=source, sources=sources)
@@ -300,17 +318,21 @@ def render_store_problem(status: queries.StoreStatus, db_path: str) -> None:
         "empty": "The results store holds no complete run yet",
         "old-schema": "The results store was made by another version of the pipeline",
         "unreadable": "The results store could not be read",
+        "damaged": "The results store is damaged",
     }.get(status.state, "The results store cannot be shown")
     st.warning(headline)
-    st.write(status.message)
+    st.write(escape_markdown(status.message))
     st.markdown("**What to run** (from the project root):")
     if status.state == "old-schema":
         st.code(f"mv {db_path} {db_path}.old\npython -m pipeline demo --db {db_path}", language="bash")
+    elif status.state == "damaged":
+        st.code(f"python -m pipeline runs --db {db_path} --salvage {db_path}.salvaged.duckdb\n"
+                f"python -m dashboard --db {db_path}.salvaged.duckdb", language="bash")
     else:
         st.code(f"python -m pipeline demo --db {db_path}", language="bash")
     st.markdown("Then reload this page. To open another store:")
-    st.code("streamlit run dashboard/app.py -- --db PATH/TO/results.duckdb\n"
-            "# or: FER_RESULTS_DB=PATH/TO/results.duckdb streamlit run dashboard/app.py", language="bash")
+    st.code("python -m dashboard --db PATH/TO/results.duckdb\n"
+            "# or: FER_RESULTS_DB=PATH/TO/results.duckdb python -m dashboard", language="bash")
     if st.button("Check again"):
         st.rerun()
 

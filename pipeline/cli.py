@@ -3,7 +3,13 @@
 Each command lives in its own module under `pipeline/commands/`, exposing
 `configure(parser)` and `run(args) -> int`. Modules are imported only when their
 command runs, so `--help` stays fast and one broken optional dependency does
-not take the whole tool down. `UserError`s print as one clear message.
+not take the whole tool down. `UserError`s print as one clear message, and
+so does every DuckDB error (what failed, which file, what to do).
+
+Before a command runs, the store it names with `--db` (when the file exists)
+is read back in full: a damaged store is refused before any work, with the
+way to copy what still reads; a command that writes to the store also
+checks that the store and its folder are writable, before it computes.
 """
 from __future__ import annotations
 
@@ -12,6 +18,9 @@ import importlib
 import sys
 
 from pipeline.errors import UserError
+
+# Commands that write to the results store named by --db (`runs` only with --delete).
+WRITERS = frozenset({"train", "evaluate", "demo", "demographics", "audit", "explain"})
 
 # (command, module, one-line help)
 COMMANDS: list[tuple[str, str, str]] = [
@@ -38,10 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_store(args: argparse.Namespace) -> None:
+    """Refuse a damaged store (any command), and an unwritable one (commands that write), before work."""
+    from pathlib import Path
+
+    db = getattr(args, "db", None)
+    if not db or not Path(db).expanduser().is_file():
+        return
+    if args.command == "runs" and (getattr(args, "check", False) or getattr(args, "salvage", None)):
+        return  # they report damage themselves
+    from pipeline.store import db as store
+
+    if args.command in WRITERS or (args.command == "runs" and getattr(args, "delete", None)):
+        store.check_writable(db)
+    store.verify_store(db, timeout_s=getattr(args, "timeout", None))
+
+
+def _duckdb_error(exc: BaseException) -> bool:
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, duckdb.Error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(args._module)
     try:
+        check_store(args)
         return int(module.run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -49,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _duckdb_error(exc):
+            raise
+        from pipeline.store.db import describe_duckdb_error
+
+        print(f"error: {describe_duckdb_error(exc, getattr(args, 'db', None))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pipeline.constants import AGE_GROUPS, FACE_REGIONS, GENDERS, RACES
 
 ANY = "(any)"
 COLUMNS = 4
+md = widgets.escape_markdown  # every data- or URL-derived string in markdown (captions, write, info)
 
 ctx = widgets.render_page_context()
 st.title("Error explorer")
@@ -84,7 +85,8 @@ for start in range(0, len(rows), COLUMNS):
         thumb = image if pred_cam is None and true_cam is None else \
             charts.create_thumbnail(image, pred_cam, true_cam, alpha=alpha)
         col.image(thumb,
-                  caption=f"{r['image_id']}: {r['true_label']} → {r['pred_label']} ({r['confidence']:.0%})",
+                  caption=f"{md(r['image_id'])}: {md(r['true_label'])} → {md(r['pred_label'])} "
+                          f"({r['confidence']:.0%})",
                   width="stretch")
 
 with st.expander("This page as a table"):
@@ -100,7 +102,7 @@ image_id = widgets.synced_selectbox("Image", ids, key="img", default=ids[0])
 detail = queries.load_image_detail(ctx.ref, ctx.run_id, image_id, ctx.fingerprint)
 pred = detail["prediction"]
 if not len(pred):
-    st.info(f"No prediction for image {image_id} in this run.")
+    st.info(f"No prediction for image {md(image_id)} in this run.")
     st.stop()
 p = pred.iloc[0]
 path = detail["image"]["path"].iloc[0] if len(detail["image"]) else None
@@ -108,16 +110,16 @@ big, found = charts.load_image_rgb(path, size=200)
 dcams = queries.load_cams(ctx.ref, ctx.run_id, (image_id,), overlay_method) if overlay_method else cams.iloc[0:0]
 dcam = {r.target: decode_cam(r.cam, r.cam_size) for r in dcams.itertuples()}
 a, b, c = st.columns(3)
-a.image(big, caption=f"{image_id}" + ("" if found else " (image file missing)"), width="stretch")
+a.image(big, caption=md(image_id) + ("" if found else " (image file missing)"), width="stretch")
 if "pred" in dcam:
-    b.image(charts.create_overlay(big, dcam["pred"], alpha), caption=f"CAM for predicted: {p['pred_label']}",
+    b.image(charts.create_overlay(big, dcam["pred"], alpha), caption=f"CAM for predicted: {md(p['pred_label'])}",
             width="stretch")
 true_cam = dcam.get("true", dcam.get("pred") if p["correct"] else None)
 if true_cam is not None:
-    c.image(charts.create_overlay(big, true_cam, alpha), caption=f"CAM for true: {p['true_label']}",
+    c.image(charts.create_overlay(big, true_cam, alpha), caption=f"CAM for true: {md(p['true_label'])}",
             width="stretch")
-st.write(f"True **{p['true_label']}**, predicted **{p['pred_label']}** with confidence {p['confidence']:.1%} "
-         f"({'correct' if p['correct'] else 'misclassified'}), split {p['split']}.")
+st.write(f"True **{md(p['true_label'])}**, predicted **{md(p['pred_label'])}** with confidence "
+         f"{p['confidence']:.1%} ({'correct' if p['correct'] else 'misclassified'}), split {md(p['split'])}.")
 left, right = st.columns(2)
 with left:
     widgets.render_figure(charts.create_probabilities_chart(ctx.classes, list(p["probs"]), p["true_label"]),
@@ -133,4 +135,4 @@ else:
     st.write("None stored for this image.")
 if len(detail["tags"]):
     st.write("Failure-mode tags: " + ", ".join(
-        f"{t}" + (f" ({m})" if m else "") for m, t in zip(detail["tags"]["method"], detail["tags"]["tag"])))
+        md(t) + (f" ({md(m)})" if m else "") for m, t in zip(detail["tags"]["method"], detail["tags"]["tag"])))

@@ -169,7 +169,7 @@ def render_summary(ctx: DemoContext) -> str:
     lines.append(f"  results:      {ctx.db}")
     if "run_dir" in s:
         lines.append(f"  checkpoints:  {s['run_dir']}")
-    lines.append(f"  dashboard:    FER_RESULTS_DB={ctx.db} python -m streamlit run dashboard/app.py")
+    lines.append(f"  dashboard:    python -m dashboard --db {ctx.db}")
     return "\n".join(lines)
 
 

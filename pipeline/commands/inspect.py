@@ -1,5 +1,7 @@
 """`python -m pipeline inspect`: load a dataset and print its splits, classes,
-demographics and what the loader skipped — a check before training on it."""
+demographics, what the loader skipped, soft labels that contradict the label
+file, and images too small to hold a face — a check before training on it.
+Image files are decoded only with `--verify-images` (the output says so)."""
 from __future__ import annotations
 
 import argparse
@@ -22,9 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out")
     parser.add_argument("--verify-images", action="store_true",
                         help="decode every image file to find corrupt ones")
+    parser.add_argument("--label-source", choices=("hard", "soft"), default="hard",
+                        help="which wins where a soft label's most likely class is not the label file's "
+                             "(RAF-DB layouts; default hard)")
 
 
-def render_summary(summary: dict, skipped: list[tuple[str, str]]) -> str:
+def render_summary(summary: dict, skipped: list[tuple[str, str]], *, decoded: bool = True,
+                   conflicts: list[tuple[str, str]] = (), small: list[tuple[str, str]] = ()) -> str:
     """The text `inspect` prints for a `compute_dataset_summary` result."""
     lines = [
         f"dataset      {summary['name']}" + ("  (synthetic)" if summary["is_synthetic"] else ""),
@@ -52,17 +58,30 @@ def render_summary(summary: dict, skipped: list[tuple[str, str]]) -> str:
     if summary["occluders"]:
         lines.append("occluders    " + ", ".join(f"{k} {v}" for k, v in sorted(summary["occluders"].items())))
     lines.append("")
-    lines.append(f"skipped      {summary['n_skipped']}")
+    lines.append(f"skipped      {summary['n_skipped']}"
+                 + ("" if decoded else "  (image files not decoded: --verify-images finds corrupt ones)"))
     for reason, n in summary["skip_reasons"].items():
         lines.append(f"  {n:>6}  {reason}")
     for path, reason in skipped[:MAX_SKIPS_SHOWN]:
         lines.append(f"  {path}: {reason}")
     if len(skipped) > MAX_SKIPS_SHOWN:
         lines.append(f"  ... and {len(skipped) - MAX_SKIPS_SHOWN} more")
+    from pipeline.data.images import MIN_IMAGE_SIDE
+
+    for title, items in (("soft labels disagreeing with the label file (--label-source chooses the winner)",
+                          conflicts),
+                         (f"images smaller than {MIN_IMAGE_SIDE} px on a side (used, but too small for a face)",
+                          small)):
+        if items:
+            lines.append(f"warning      {len(items)} {title}")
+            lines += [f"  {where}: {what}" for where, what in items[:MAX_SKIPS_SHOWN]]
+            if len(items) > MAX_SKIPS_SHOWN:
+                lines.append(f"  ... and {len(items) - MAX_SKIPS_SHOWN} more")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.data.images import find_small_images
     from pipeline.data.loaders import compute_dataset_summary, load_dataset
     from pipeline.errors import UserError
     from pipeline.paths import DEFAULT_SYNTHETIC_DIR
@@ -74,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         root = DEFAULT_SYNTHETIC_DIR
     dataset = load_dataset(args.dataset, root, num_classes=args.classes, variant=args.variant,
                            val_fraction=args.val_fraction, seed=args.seed,
-                           verify_images=args.verify_images)
-    print(render_summary(compute_dataset_summary(dataset), dataset.skipped))
+                           verify_images=args.verify_images, label_source=args.label_source)
+    print(render_summary(compute_dataset_summary(dataset), dataset.skipped, decoded=args.verify_images,
+                         conflicts=dataset.label_conflicts, small=find_small_images(dataset.records)))
     return 0

@@ -1,8 +1,11 @@
-"""`python -m pipeline runs`: list the runs in a results store, or delete one.
+"""`python -m pipeline runs`: list the runs in a results store, delete one, check or salvage it.
 
-Lists complete runs newest first (`--all` adds running and failed ones);
-`--delete RUN` removes a run (full id or unique prefix) and every row it owns
-in one transaction. Listing opens the store read-only and closes it at once.
+Lists complete runs newest first (`--all` adds running, failed and interrupted
+ones; a 'running' row whose process is gone shows as 'running (stale)');
+`--delete RUN` removes a run (full id or unique prefix), every row it owns and
+any orphan rows in one transaction. `--check` reads every table back and
+reports damage, orphan rows and stale runs; `--salvage NEW` copies what still
+reads into a new store. Listing opens the store read-only and closes it at once.
 """
 from __future__ import annotations
 
@@ -19,17 +22,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true", help="include running and failed runs")
     parser.add_argument("--delete", metavar="RUN",
                         help="delete this run (full id or unique prefix) and all its rows")
+    parser.add_argument("--check", action="store_true",
+                        help="read every table back; report damage, orphan rows (of deleted runs) and stale runs")
+    parser.add_argument("--salvage", metavar="NEW",
+                        help="copy every table (or run) that still reads into the new store NEW")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="how long to wait while another process holds the store (default: 60)")
+
+
+def _status(run: dict) -> str:
+    from pipeline.store import db as store
+
+    liveness = store.run_liveness(run)
+    if liveness == "stale":
+        return f"running (stale: pid {int(run['pid'])} on {run['host']} is gone)"
+    if liveness == "unknown" and run.get("host"):
+        return f"running (on {run['host']})"
+    return run["status"]
 
 
 def render_runs(runs) -> str:
     """The runs frame (from store.list_runs) as an aligned text table."""
     rows = [COLUMNS]
-    for r in runs.itertuples(index=False):
-        accuracy = "" if r.test_accuracy is None or r.test_accuracy != r.test_accuracy else f"{r.test_accuracy:.4f}"
-        started = "" if r.started_at is None else str(r.started_at)[:19]
-        rows.append((r.run_id, r.status, r.kind, r.dataset, r.recipe, accuracy, started))
+    for r in runs.to_dict("records"):
+        accuracy = "" if r["test_accuracy"] is None or r["test_accuracy"] != r["test_accuracy"] \
+            else f"{r['test_accuracy']:.4f}"
+        started = "" if r["started_at"] is None else str(r["started_at"])[:19]
+        rows.append((r["run_id"], _status(r), r["kind"], r["dataset"], r["recipe"], accuracy, started))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -37,11 +56,24 @@ def render_runs(runs) -> str:
 def run(args: argparse.Namespace) -> int:
     from pipeline.store import db as store
 
+    if args.salvage:
+        report = store.salvage_store(args.db, args.salvage)
+        print(f"copied what reads from {args.db} into {args.salvage}:")
+        for table, outcome in report.items():
+            print(f"  {table:<20} {outcome if isinstance(outcome, str) else f'{outcome} rows'}")
+        if isinstance(report.get("runs"), str):
+            print(f"warning: the runs table did not read back, so rows copied from other tables belong to runs "
+                  f"{args.salvage} does not list (`runs --check` shows them as orphans)")
+        return 0
+    if args.check:
+        return _check(args)
     if args.delete:
         with store.open_store(args.db, timeout_s=args.timeout) as con:
             full_id = store.resolve_run_id(con, args.delete, store.RUN_STATUSES)
+            orphans = sum(store.find_orphans(con).values())
             deleted = store.delete_run(con, full_id)
-        print(f"deleted run {full_id} ({deleted} rows) from {args.db}")
+        extra = f", including {orphans} orphan rows of runs deleted earlier" if orphans else ""
+        print(f"deleted run {full_id} ({deleted} rows{extra}) from {args.db}")
         return 0
 
     with store.open_store(args.db, read_only=True, timeout_s=args.timeout) as con:
@@ -52,3 +84,29 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(render_runs(runs))
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """`runs --check`: 0 when every table reads and nothing is orphaned or stale, else 1."""
+    from pipeline.store import db as store
+
+    with store.open_store(args.db, read_only=True, timeout_s=args.timeout, check=False) as con:
+        damaged = store.find_damaged_tables(con)
+        orphans = {} if damaged else store.find_orphans(con)
+        runs = [] if "runs" in damaged else store.list_runs(con, include_incomplete=True).to_dict("records")
+    stale = [r for r in runs if store.run_liveness(r) == "stale"]
+    for table, error in damaged.items():
+        print(f"damaged  {table}: {error}")
+    if damaged:
+        print(f"  save what still reads: python -m pipeline runs --db {args.db} --salvage NEW.duckdb")
+    for table, n in orphans.items():
+        print(f"orphans  {table}: {n} rows of runs that no longer exist "
+              f"(removed by the next `runs --delete`, or re-run after deleting them)")
+    for r in stale:
+        print(f"stale    {r['run_id']}: 'running', but pid {int(r['pid'])} on {r['host']} is gone; "
+              f"continue it with `python -m pipeline train --resume {r['run_id']} --db {args.db}` "
+              f"or delete it with `runs --delete {r['run_id']}`")
+    if not (damaged or orphans or stale):
+        print(f"ok       {args.db}: every table reads back; no orphan rows, no stale runs ({len(runs)} runs)")
+        return 0
+    return 1

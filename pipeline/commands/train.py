@@ -29,6 +29,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="RAF-DB/synthetic image variant (default aligned)")
     data.add_argument("--val-fraction", type=float, default=0.1,
                       help="share of train held out for validation where the dataset has no val split (default 0.1)")
+    data.add_argument("--label-source", choices=("hard", "soft"), default="hard",
+                      help="where a soft label's most likely class is not the label file's (RAF-DB layouts): "
+                           "hard = the label file wins, the image trains on it; soft = the soft label's class "
+                           "becomes the image's label (default hard; every disagreement is listed)")
     model = parser.add_argument_group("model and training (defaults: the recipe's)")
     model.add_argument("--recipe", choices=RECIPE_NAMES, default="lightcnn-softlabel")
     model.add_argument("--preset", default=None, help="a named variant of the recipe, e.g. 'demo' of lightcnn-softlabel")
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("train needs --dataset and --root (or --resume RUN to continue a run)")
     recipe = build_recipe(args)
     spec = DatasetSpec(name=args.dataset or "", root=args.root or "", num_classes=recipe.num_classes,
-                       variant=args.variant, val_fraction=args.val_fraction, seed=args.seed)
+                       variant=args.variant, val_fraction=args.val_fraction, seed=args.seed,
+                       label_source=args.label_source)
     device = resolve_device(args.device)
     config = TrainRunConfig(dataset=spec, recipe=recipe, weights=recipe.weights, device=device, db=args.db,
                             resume=args.resume, stop_after=args.stop_after, quiet=args.quiet)

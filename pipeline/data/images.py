@@ -3,7 +3,11 @@
 Every image a loader points at comes out as 8-bit RGB, whatever it is on disk
 (grayscale, palette, CMYK, RGBA, 16-bit PNG, any size) or in memory (FER2013's
 48x48 grayscale pixels). An unreadable or corrupt file raises `DatasetError`
-naming the file, never a half-decoded picture.
+naming the file, never a half-decoded picture; so does a file whose header
+claims more than `MAX_PIXELS` pixels (a decompression bomb: a small PNG that
+says 30000x30000), checked from the header before any pixel is decoded.
+`find_small_images` lists images under `MIN_IMAGE_SIDE` pixels (from their
+headers) so that callers can warn about them.
 
 `load_images_array` decodes and resizes a whole split with a thread pool:
 Pillow releases the GIL while decoding and resizing, so threads scale across
@@ -14,6 +18,7 @@ does; face crops are square or nearly so.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 
@@ -29,6 +34,12 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
+
+# Largest image decoded (width x height): Pillow's own decompression-bomb threshold. Face
+# crops are far smaller; a header claiming more is refused before decoding.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Images with a side under this many pixels are accepted but reported: too small to hold a face.
+MIN_IMAGE_SIDE = 16
 
 
 def compute_rgb(image: Image.Image) -> Image.Image:
@@ -67,6 +78,9 @@ def _open_file(record: ImageRecord, draft_size: int | None = None) -> Image.Imag
     path = record.path
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise _bomb(record, f"{width}x{height}")
             if draft_size is not None and image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the file is much larger
                 # than needed; it never goes below the requested size.
@@ -78,9 +92,35 @@ def _open_file(record: ImageRecord, draft_size: int | None = None) -> Image.Imag
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path} (image {record.image_id}); "
                            "check the dataset root or restore the file") from None
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _bomb(record, f"{found.group(1)} pixels" if found else "too many pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DatasetError(f"cannot read image file {path} (image {record.image_id}): {exc}; "
                            "the file is corrupt or not an image — replace or remove it") from None
+
+
+def _bomb(record: ImageRecord, claimed: str) -> DatasetError:
+    return DatasetError(f"image file {record.path} (image {record.image_id}) claims {claimed} in its header, more "
+                        f"than the {MAX_PIXELS:,}-pixel limit: a decompression bomb or a corrupt file, not a face "
+                        f"crop; remove it (or its line in the label file) and retry")
+
+
+def find_small_images(records: Sequence[ImageRecord], min_side: int = MIN_IMAGE_SIDE) -> list[tuple[str, str]]:
+    """(path, 'WxH') of file-backed images with a side under `min_side` pixels, from their headers only
+    (unreadable files are left to the decoder, which names them)."""
+    small = []
+    for r in records:
+        if r.path is None:
+            continue
+        try:
+            with Image.open(r.path) as image:
+                width, height = image.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+        if min(width, height) < min_side:
+            small.append((str(r.path), f"{width}x{height}"))
+    return small
 
 
 def load_image(record: ImageRecord) -> Image.Image:

@@ -34,8 +34,13 @@ __all__ = ["DATASET_NAMES", "load_dataset", "load_rafdb", "load_fer2013", "load_
            "load_synthetic", "compute_dataset_summary"]
 
 
+# Loaders of layouts with soft labels, which take `label_source` (which label wins when they disagree).
+SOFT_LABEL_LOADERS = frozenset({"rafdb", "synthetic"})
+
+
 def load_dataset(name: str, root: str | Path, num_classes: int = 7, variant: str = "aligned",
-                 val_fraction: float = 0.1, seed: int = 0, verify_images: bool = False) -> FaceDataset:
+                 val_fraction: float = 0.1, seed: int = 0, verify_images: bool = False,
+                 label_source: str = "hard") -> FaceDataset:
     """Load dataset `name` ("rafdb" | "fer2013" | "folder" | "synthetic") from `root`.
 
     num_classes: 7, or 6 without Neutral. variant: RAF-DB/synthetic "aligned"
@@ -43,11 +48,14 @@ def load_dataset(name: str, root: str | Path, num_classes: int = 7, variant: str
     the stratified hold-out of train that becomes "val" where the dataset has no
     official validation split (FER2013 and folders with a val folder have one).
     verify_images: fully decode every image file now rather than at first use.
+    label_source: "hard" or "soft", which wins where a soft label's most likely
+    class is not the hard label (RAF-DB layouts; see `FaceDataset.label_conflicts`).
     """
     if name not in LOADERS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    extra = {"label_source": label_source} if name in SOFT_LABEL_LOADERS else {}
     return LOADERS[name](Path(root), num_classes=num_classes, variant=variant,
-                         val_fraction=val_fraction, seed=seed, verify_images=verify_images)
+                         val_fraction=val_fraction, seed=seed, verify_images=verify_images, **extra)
 
 
 def compute_dataset_summary(dataset: FaceDataset) -> dict:

@@ -13,6 +13,11 @@ Rules:
 - Official split from the name prefix (train_/test_); "val" is a seeded,
   stratified hold-out of train (`datasets_common.create_val_split`).
 - 6-class mode drops Neutral images and renormalises soft labels over the six.
+- A soft label whose most likely class is not the label file's class is a
+  conflict: every one is listed in `FaceDataset.label_conflicts` (soft-label
+  file:line, the two classes), and `label_source` says which wins: "hard"
+  (default; the image trains on its hard label, as one-hot) or "soft" (its
+  label becomes the soft label's most likely class).
 - Landmarks are in the coordinates of the image at `record.path`: the manual
   ones for variant "original"; none for real aligned crops (downstream uses a
   canonical template); the synthetic set's own aligned landmark file for
@@ -38,7 +43,7 @@ from pipeline.data.common import (
     check_options, check_root, check_splits_present, compute_fingerprint, create_val_split,
     read_lines,
 )
-from pipeline.errors import DatasetError
+from pipeline.errors import DatasetError, UserError
 from pipeline.data.records import FaceDataset, ImageRecord
 
 LABEL_FILE = Path("EmoLabel/list_patition_label.txt")
@@ -107,9 +112,12 @@ def _parse_label_file(path: Path) -> list[_Entry]:
     return entries
 
 
-def _parse_soft_labels(path: Path) -> dict[str, tuple[float, ...]]:
-    """image id -> distribution over the seven RAF codes, normalised to sum to 1."""
-    out: dict[str, tuple[float, ...]] = {}
+LABEL_SOURCES: tuple[str, ...] = ("hard", "soft")
+
+
+def _parse_soft_labels(path: Path) -> dict[str, tuple[tuple[float, ...], int]]:
+    """image id -> (distribution over the seven RAF codes normalised to sum to 1, line number)."""
+    out: dict[str, tuple[tuple[float, ...], int]] = {}
     for number, fields in read_lines(path):
         where = f"{path}:{number}"
         if len(fields) != 1 + len(EMOTIONS):
@@ -126,7 +134,7 @@ def _parse_soft_labels(path: Path) -> dict[str, tuple[float, ...]]:
         image_id = Path(fields[0]).stem
         if image_id in out:
             raise DatasetError(f"{where}: duplicate image {fields[0]!r}")
-        out[image_id] = tuple(p / total for p in probs)
+        out[image_id] = (tuple(p / total for p in probs), number)
     return out
 
 
@@ -173,8 +181,10 @@ def _image_name(entry: _Entry, variant: str) -> str:
 
 
 def _load_raf_layout(root: Path, num_classes: int, variant: str, val_fraction: float, seed: int,
-                     verify_images: bool, name: str) -> FaceDataset:
+                     verify_images: bool, name: str, label_source: str = "hard") -> FaceDataset:
     check_options(num_classes, variant, val_fraction)
+    if label_source not in LABEL_SOURCES:
+        raise UserError(f"label_source must be one of {', '.join(LABEL_SOURCES)}, got {label_source!r}")
     root = check_root(root, "RAF-DB")
     label_path = root / LABEL_FILE
     entries = _parse_label_file(label_path)
@@ -228,6 +238,7 @@ def _load_raf_layout(root: Path, num_classes: int, variant: str, val_fraction: f
 
     classes = emotions_for(num_classes)
     records: list[ImageRecord] = []
+    conflicts: list[tuple[str, str]] = []
     for e in entries:
         emotion = EMOTIONS[e.code - 1]
         if emotion not in classes:
@@ -235,11 +246,21 @@ def _load_raf_layout(root: Path, num_classes: int, variant: str, val_fraction: f
         label = classes.index(emotion)
         soft_label = None
         if soft is not None:
-            probs = soft[e.image_id][:len(classes)]
+            distribution, line = soft[e.image_id]
+            probs = distribution[:len(classes)]
             total = sum(probs)
+            one_hot = tuple(float(i == label) for i in range(len(classes)))
             # All mass on Neutral in 6-class mode: fall back to the hard label.
-            soft_label = (tuple(p / total for p in probs) if total > 0
-                          else tuple(float(i == label) for i in range(len(classes))))
+            soft_label = tuple(p / total for p in probs) if total > 0 else one_hot
+            top = max(range(len(soft_label)), key=soft_label.__getitem__)
+            if soft_label[label] < soft_label[top]:
+                conflicts.append((f"{soft_path}:{line}", f"{e.name}: label file {emotion} "
+                                  f"({label_path.name}:{e.line}), soft label {classes[top]} "
+                                  f"({soft_label[top]:.2f} vs {soft_label[label]:.2f}); {label_source} wins"))
+                if label_source == "hard":
+                    soft_label = one_hot
+                else:
+                    label = top
         attr = attributes.get(e.image_id)
         records.append(ImageRecord(
             image_id=e.image_id,
@@ -264,13 +285,15 @@ def _load_raf_layout(root: Path, num_classes: int, variant: str, val_fraction: f
     return FaceDataset(
         name=name, root=root, classes=classes, records=records, fingerprint=fingerprint,
         skipped=skipped, image_size=ALIGNED_SIZE if variant == "aligned" else None,
+        label_conflicts=conflicts,
     )
 
 
 def load_rafdb(root: Path, num_classes: int = 7, variant: str = "aligned", val_fraction: float = 0.1,
-               seed: int = 0, verify_images: bool = False) -> FaceDataset:
+               seed: int = 0, verify_images: bool = False, label_source: str = "hard") -> FaceDataset:
     """Load RAF-DB basic (see the module docstring for the layout and rules)."""
-    return _load_raf_layout(Path(root), num_classes, variant, val_fraction, seed, verify_images, "rafdb")
+    return _load_raf_layout(Path(root), num_classes, variant, val_fraction, seed, verify_images, "rafdb",
+                            label_source)
 
 
 def _parse_synthetic_landmarks(path: Path) -> dict[str, tuple[tuple[float, float], ...]]:
@@ -314,7 +337,7 @@ def load_synthetic_manifest(root: Path) -> dict:
 
 
 def load_synthetic(root: Path, num_classes: int = 7, variant: str = "aligned", val_fraction: float = 0.1,
-                   seed: int = 0, verify_images: bool = False) -> FaceDataset:
+                   seed: int = 0, verify_images: bool = False, label_source: str = "hard") -> FaceDataset:
     """Load the built-in synthetic set: the RAF-DB loader plus its ground-truth extras.
 
     Adds is_synthetic=True, occluders (Synthetic/occluders.txt) and, for the
@@ -324,7 +347,8 @@ def load_synthetic(root: Path, num_classes: int = 7, variant: str = "aligned", v
     check_options(num_classes, variant, val_fraction)
     check_root(root, "synthetic dataset")
     load_synthetic_manifest(root)
-    dataset = _load_raf_layout(root, num_classes, variant, val_fraction, seed, verify_images, "synthetic")
+    dataset = _load_raf_layout(root, num_classes, variant, val_fraction, seed, verify_images, "synthetic",
+                               label_source)
     occluders_path = root / SYNTHETIC_OCCLUDERS
     occluders = _parse_occluders(occluders_path)
     landmarks_path = root / SYNTHETIC_LANDMARKS

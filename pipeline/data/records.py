@@ -40,6 +40,7 @@ class FaceDataset:
     is_synthetic: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): dropped items and annotation gaps, reported at the end
     image_size: int | None = None      # native size where known (100 for aligned RAF-DB)
+    label_conflicts: list[tuple[str, str]] = field(default_factory=list)  # (file:line, what): soft vs hard label disagreements
 
     def split(self, name: str) -> list[ImageRecord]:
         return [r for r in self.records if r.split == name]

@@ -6,7 +6,9 @@ Rules it relies on:
   `check_schema(con)` refuses a store written with another version, except an
   older one that differs only by tables added since (`ADDED_TABLES`): it is
   read as it is (those tables are absent) and `ensure_schema` upgrades it in
-  place by creating them.
+  place by creating them. Columns added to existing tables since (`ADDED_COLUMNS`)
+  are likewise absent from an older store until a writable open adds them
+  (`ALTER TABLE ... ADD COLUMN`, NULL in earlier rows).
 - Values always go in as `?` parameters or as a registered data frame; table
   and column names come only from the schema (`TABLES`, and the columns the
   database reports for them), and are quoted.
@@ -16,8 +18,19 @@ Rules it relies on:
 - DuckDB lets no process write while another holds the file open, even
   read-only. So the pipeline computes everything in memory and then opens,
   writes, commits and closes at once; the dashboard opens read-only only for
-  a moment. `connect()` retries on lock errors with backoff for a bounded
-  time, then raises a `UserError` naming the file.
+  a moment. `connect()` retries on lock errors with backoff: read-only opens
+  for a bounded time, then a `UserError` naming the file; writable opens (which
+  carry computed results) keep waiting, printing a line now and then, until
+  the other process lets go or the user interrupts.
+- A damaged store (a truncated or overwritten file) is found before anything
+  is written: a writable open reads every table back (`find_damaged_tables`) and
+  refuses with `StoreDamagedError`, which says how to copy what still reads
+  into a new store (`salvage_store`). Every other DuckDB failure is turned into
+  a one-line `UserError` by `describe_duckdb_error`.
+- Writes that add rows to an existing run (`replace_rows`) check, inside their
+  transaction, that the run is still there and complete, so a run deleted while
+  a stage computed leaves no orphan rows; `find_orphans` / `delete_orphans`
+  find and remove rows whose run is gone.
 """
 from __future__ import annotations
 
@@ -26,7 +39,9 @@ import datetime as dt
 import json
 import math
 import re
+import os
 import secrets
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -42,11 +57,17 @@ from pipeline.paths import DEFAULT_DB
 if TYPE_CHECKING:  # duckdb is imported lazily so `--help` stays fast
     import duckdb
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Tables added after version 1, with the version that added them. Every other table and
 # column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
 # as it is and upgraded in place (the added tables created empty) when opened writable.
 ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3}
+# Columns added to existing tables after version 1: {table: {column: version}}. Their
+# types come from schema.sql; a writable open of an older store adds them (NULL in the
+# rows already there), and readers of an older store find them absent.
+ADDED_COLUMNS: dict[str, dict[str, int]] = {
+    "runs": {"checkpoint_sha256": 4, "pid": 4, "host": 4},
+}
 UPGRADABLE_FROM = 1
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 SCHEMA_SQL = SCHEMA_FILE.read_text(encoding="utf-8")
@@ -61,7 +82,7 @@ RUN_TABLES: tuple[str, ...] = tuple(
     if t not in ("meta", "runs")
     and re.search(rf"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+{t}\s*\(\s*run_id\b", SCHEMA_SQL, re.IGNORECASE)
 )
-RUN_STATUSES = ("running", "complete", "failed")
+RUN_STATUSES = ("running", "complete", "failed", "interrupted")
 
 _LOCK_MARKERS = ("could not set lock", "conflicting lock")
 _MISSING_STORE_HINT = "Run `python -m pipeline demo` to create one, or pass --db PATH to an existing store."
@@ -71,16 +92,35 @@ class SchemaMismatchError(UserError):
     """The store was written with another schema version than this code uses."""
 
 
+class StoreDamagedError(UserError):
+    """Some of the store's tables no longer read back (a truncated or overwritten file)."""
+
+
+class RunGoneError(UserError):
+    """The run a stage was adding rows to was deleted (or is no longer complete) meanwhile."""
+
+
+# How long a read-only open waits for another process's lock before giving up (seconds).
+READ_TIMEOUT_S = 60.0
+# A writable open that waits for a lock says so after this long, then every WAIT_REPEAT_S.
+WAIT_NOTICE_S = 3.0
+WAIT_REPEAT_S = 60.0
+
+
 # --------------------------------------------------------------------------- connections
 
 
-def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: float = 60.0,
+def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: float | None = None,
             check: bool = True) -> "duckdb.DuckDBPyConnection":
     """Open the store at `path`.
 
-    Writable: creates the parent folder and the schema if needed. Read-only:
-    the file must exist. While another process holds the file, retries with
-    backoff for up to `timeout_s` seconds, then raises a UserError. With
+    Writable: creates the parent folder and the schema if needed, and (with
+    `check`) refuses a damaged store (StoreDamagedError) before anything is
+    written. Read-only: the file must exist. While another process holds the
+    file, retries with backoff: for `timeout_s` seconds (read-only default
+    READ_TIMEOUT_S), then a UserError; a writable open with `timeout_s=None`
+    (the default) waits until the file is free, printing to stderr that it
+    waits, so results computed before the write are never dropped. With
     `check` (default) a store of another schema version raises
     SchemaMismatchError. The caller closes the connection (or use `open_store`).
     """
@@ -90,9 +130,18 @@ def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: f
     if read_only and not path.exists():
         raise UserError(f"No results store at {path}. {_MISSING_STORE_HINT}")
     if not read_only:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"Cannot create the folder {path.parent} for the results store ({exc.strerror}); "
+                            f"pass --db PATH in a folder you can write.") from None
+        check_writable(path)
+    if timeout_s is None and read_only:
+        timeout_s = READ_TIMEOUT_S
 
-    deadline = time.monotonic() + max(0.0, float(timeout_s))
+    started = time.monotonic()
+    deadline = None if timeout_s is None else started + max(0.0, float(timeout_s))
+    next_notice = started + WAIT_NOTICE_S
     delay = 0.05
     while True:
         try:
@@ -107,19 +156,26 @@ def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: f
                     f"{'read-only' if read_only else 'writable'} (use open_store(...) so it closes)."
                 ) from exc
             if not any(marker in message.lower() for marker in _LOCK_MARKERS):
-                raise UserError(f"Could not open the results store {path}: {message}") from exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+                raise UserError(describe_duckdb_error(exc, path)) from exc
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise UserError(
                     f"The results store {path} is in use by another process, which holds it open "
                     f"(gave up after {timeout_s:g} s). Close the dashboard or the other pipeline "
                     f"command using it and retry, or write to another store with --db PATH."
                 ) from exc
-            time.sleep(min(delay, remaining))
+            if deadline is None and now >= next_notice:
+                print(f"waiting for the results store {path}: another process holds it open ({_holder(message)}); "
+                      f"nothing computed is lost, it is written as soon as the store is free "
+                      f"(waited {now - started:.0f} s; Ctrl-C gives up)", file=sys.stderr, flush=True)
+                next_notice = now + WAIT_REPEAT_S
+            time.sleep(min(delay, (deadline - now) if deadline is not None else delay))
             delay = min(delay * 2, 0.5)
 
     try:
         if not read_only:
+            if check:
+                _refuse_damaged(con, path)
             ensure_schema(con)
         elif check:
             check_schema(con)
@@ -129,8 +185,49 @@ def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: f
     return con
 
 
+def _holder(message: str) -> str:
+    """The other process as DuckDB's lock error names it ('PID 123'), or a plain phrase."""
+    found = re.search(r"PID (\d+)", message)
+    return f"PID {found.group(1)}" if found else "the dashboard or another pipeline command"
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise UserError unless the store file (or, for a new store, its folder) can be written.
+
+    DuckDB writes a `.wal` file beside the store, so the folder must be writable too;
+    checked before any work so that nothing computed is lost at the commit.
+    """
+    path = Path(path).expanduser().absolute()
+    folder = path.parent
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"The results store {path} is read-only for you; make it writable "
+                        f"(chmod u+w) or pass --db PATH to a store you can write.")
+    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"The folder {folder} of the results store {path.name} cannot be written "
+                        f"(DuckDB writes {path.name}.wal beside it); pass --db PATH in a writable folder, "
+                        f"or copy the store there first.")
+
+
+def describe_duckdb_error(exc: BaseException, path: str | Path | None = None) -> str:
+    """One line for a DuckDB error: what failed, which file, what to do."""
+    kind = type(exc).__name__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
+    where = f"the results store {path}" if path else "the results store"
+    lowered = str(exc).lower()
+    if kind in ("IOException", "SerializationException", "InternalException", "CorruptionException") \
+            or "corrupt" in lowered or "checksum" in lowered or "not a valid duckdb" in lowered:
+        return (f"{where} could not be read ({kind}: {first}); the file is damaged or not a DuckDB store. "
+                f"Copy what still reads with `python -m pipeline runs --db {path or 'STORE'} --salvage NEW.duckdb`, "
+                f"or pass --db PATH to another store.")
+    if kind in ("TransactionException", "PermissionException") or "read-only" in lowered \
+            or "permission" in lowered:
+        return (f"{where} could not be written ({kind}: {first}); pass --db PATH to a store in a folder "
+                f"you can write.")
+    return f"{where} failed ({kind}: {first}); check the file, or pass --db PATH to another store."
+
+
 @contextmanager
-def open_store(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: float = 60.0,
+def open_store(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: float | None = None,
                check: bool = True) -> Iterator["duckdb.DuckDBPyConnection"]:
     """`connect()` as a context manager: yields the connection and always closes it."""
     con = connect(path, read_only=read_only, timeout_s=timeout_s, check=check)
@@ -213,6 +310,8 @@ def ensure_schema(con) -> None:
         check_schema(con)  # foreign DuckDB file: raises, naming it
     with transaction(con):
         con.execute(SCHEMA_SQL)
+        for table, column in missing_added_columns(con):
+            con.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(column)} {_schema_column_types()[table][column]}")
         con.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
@@ -225,6 +324,175 @@ def missing_added_tables(con) -> list[str]:
     """The `ADDED_TABLES` an older (upgradable) store does not hold yet."""
     have = _existing_tables(con)
     return [t for t in ADDED_TABLES if t not in have]
+
+
+_SCHEMA_TYPES: dict[str, dict[str, str]] = {}
+
+
+def _schema_column_types() -> dict[str, dict[str, str]]:
+    """{table: {column: DuckDB type}} as schema.sql defines them (read from an in-memory database)."""
+    if not _SCHEMA_TYPES:
+        import duckdb
+
+        mem = duckdb.connect(":memory:")
+        try:
+            mem.execute(SCHEMA_SQL)
+            for table, column, dtype in mem.execute(
+                    "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                    "WHERE schema_name = 'main' ORDER BY table_name, column_index").fetchall():
+                _SCHEMA_TYPES.setdefault(table, {})[column] = dtype
+        finally:
+            mem.close()
+    return _SCHEMA_TYPES
+
+
+def missing_added_columns(con) -> list[tuple[str, str]]:
+    """(table, column) of the `ADDED_COLUMNS` an older store does not hold yet (tables it holds)."""
+    have = _existing_tables(con)
+    out = []
+    for table, columns in ADDED_COLUMNS.items():
+        if table not in have:
+            continue
+        present = {r[0] for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = ?", [table]).fetchall()}
+        out += [(table, c) for c in columns if c not in present]
+    return out
+
+
+# --------------------------------------------------------------------------- damage
+
+
+def find_damaged_tables(con) -> dict[str, str]:
+    """{table: error} for every table of the store that does not read back in full.
+
+    Each table's every column is aggregated (`bit_xor(hash(...))`), which makes
+    DuckDB read, and verify the checksum of, every block it holds; a truncated
+    or overwritten file fails here with an IOException instead of in the middle
+    of a stage. Tables absent from an older store are not reported.
+    """
+    import duckdb
+
+    damaged: dict[str, str] = {}
+    try:
+        present = _existing_tables(con)
+    except duckdb.Error as exc:
+        return {"(catalog)": _short_error(exc)}
+    for table in sorted(present):
+        try:
+            con.execute(f"SELECT count(*), bit_xor(hash(COLUMNS(*))) FROM {_q(table)}").fetchall()
+        except duckdb.Error as exc:
+            damaged[table] = _short_error(exc)
+    return damaged
+
+
+def _short_error(exc: BaseException) -> str:
+    """'IOException: Could not read enough bytes ...': the first line, without the file's quoted path."""
+    text = str(exc).strip().splitlines()
+    first = re.sub(r'\s*"[^"]*"', "", text[0] if text else "").replace("IO Error: ", "")
+    return f"{type(exc).__name__}: {first[:160]}"
+
+
+def _damage_message(path, damaged: dict[str, str]) -> str:
+    first = next(iter(damaged.values()))
+    return (f"The results store {path} is damaged: {len(damaged)} table(s) no longer read back "
+            f"({', '.join(damaged)}; {first}). Nothing was written to it. Copy what still reads into a new "
+            f"store with `python -m pipeline runs --db {path} --salvage NEW.duckdb` and use that "
+            f"(or restore the file from a backup).")
+
+
+def _refuse_damaged(con, path) -> None:
+    if not _existing_tables(con):
+        return
+    damaged = find_damaged_tables(con)
+    if damaged:
+        raise StoreDamagedError(_damage_message(path, damaged))
+
+
+def verify_store(path: str | Path, timeout_s: float | None = None) -> None:
+    """Raise StoreDamagedError (or a one-line UserError) unless every table of the store at `path` reads back."""
+    import duckdb
+
+    path = Path(path).expanduser().absolute()
+    try:
+        with open_store(path, read_only=True, timeout_s=timeout_s, check=False) as con:
+            damaged = find_damaged_tables(con)
+    except duckdb.Error as exc:
+        raise UserError(describe_duckdb_error(exc, path)) from None
+    if damaged:
+        raise StoreDamagedError(_damage_message(path, damaged))
+
+
+def salvage_store(source: str | Path, dest: str | Path) -> dict[str, int | str]:
+    """Copy every table of `source` that still reads into a new store `dest`.
+
+    A damaged table is copied run by run (rows of the runs whose rows read);
+    returns {table: rows copied, or the error that stopped it}. `dest` must not exist.
+    """
+    import duckdb
+
+    source, dest = Path(source).expanduser().absolute(), Path(dest).expanduser().absolute()
+    if dest.exists():
+        raise UserError(f"{dest} already exists; --salvage writes a new store, pass a path that does not exist")
+    report: dict[str, int | str] = {}
+    with open_store(source, read_only=True, check=False) as src:
+        found = schema_version(src)
+        if found is None or not UPGRADABLE_FROM <= found <= SCHEMA_VERSION:
+            check_schema(src)
+        present = _existing_tables(src)
+        damaged = find_damaged_tables(src)
+        frames: dict[str, pd.DataFrame | None] = {}
+        for table in (t for t in TABLES if t in present and t != "meta"):
+            if table not in damaged:
+                frames[table] = src.execute(f"SELECT * FROM {_q(table)}").df()
+                continue
+            parts, lost = [], 0
+            try:
+                run_ids = [r[0] for r in src.execute(f"SELECT DISTINCT run_id FROM {_q(table)}").fetchall()] \
+                    if table in RUN_TABLES or table == "runs" else []
+            except duckdb.Error:
+                run_ids = []
+            for run_id in run_ids:
+                try:
+                    parts.append(src.execute(f"SELECT * FROM {_q(table)} WHERE run_id = ?", [run_id]).df())
+                except duckdb.Error:
+                    lost += 1
+            frames[table] = pd.concat(parts, ignore_index=True) if parts else None
+            report[table] = (f"damaged ({damaged[table]}): kept the rows of {len(parts)} run(s)"
+                             + (f", lost {lost}" if lost else "") + ("" if run_ids else ", lost all"))
+    with open_store(dest) as out, transaction(out):
+        for table, frame in frames.items():
+            if frame is None or frame.empty:
+                report.setdefault(table, 0)
+                continue
+            frame = frame[[c for c in frame.columns if c in table_columns(out, table)]]
+            n = insert_frame(out, table, frame)
+            report.setdefault(table, n)
+    return report
+
+
+# --------------------------------------------------------------------------- orphans
+
+
+def find_orphans(con) -> dict[str, int]:
+    """{table: rows} of run tables whose run_id has no `runs` row (only tables with orphans)."""
+    present = _existing_tables(con)
+    out = {}
+    for table in (t for t in RUN_TABLES if t in present):
+        n = con.execute(f"SELECT count(*) FROM {_q(table)} WHERE run_id NOT IN (SELECT run_id FROM runs)"
+                        ).fetchone()[0]
+        if n:
+            out[table] = int(n)
+    return out
+
+
+def delete_orphans(con) -> dict[str, int]:
+    """Delete the rows `find_orphans` reports, in one transaction; returns what it deleted."""
+    orphans = find_orphans(con)
+    with transaction(con):
+        for table in orphans:
+            con.execute(f"DELETE FROM {_q(table)} WHERE run_id NOT IN (SELECT run_id FROM runs)")
+    return orphans
 
 
 def _check_table(table: str) -> str:
@@ -464,6 +732,7 @@ def replace_rows(con, table: str, df: pd.DataFrame, **keys) -> int:
             raise ValueError(f"replace_rows key {key} must be a single value, not {value!r}")
     where, params = _where(info, table, keys)
     frame = df
+    run_id = keys.get("run_id")
     for key, value in keys.items():
         if key in frame.columns:
             bad = frame[key] != value
@@ -473,11 +742,19 @@ def replace_rows(con, table: str, df: pd.DataFrame, **keys) -> int:
         else:
             frame = frame.assign(**{key: value})
     with transaction(con):
+        if run_id is not None and table in RUN_TABLES:
+            status = _run_status(con, run_id)
+            if status != "complete":
+                state = "was deleted" if status is None else f"is now {status}"
+                raise RunGoneError(
+                    f"Run {run_id} {state} in {_store_path(con)} while this command computed its {table} rows; "
+                    f"nothing was written. Re-run the command on a complete run (list them with "
+                    f"`python -m pipeline runs --db {_store_path(con)}`).")
         con.execute(f"DELETE FROM {_q(table)}{where}", params)
         return insert_frame(con, table, frame)
 
 
-def replace_tables(path: str | Path, tables: dict[str, pd.DataFrame], timeout_s: float = 60.0,
+def replace_tables(path: str | Path, tables: dict[str, pd.DataFrame], timeout_s: float | None = None,
                    **keys) -> dict[str, int]:
     """Open the store, `replace_rows` each table with the same keys in one transaction, close.
 
@@ -537,7 +814,7 @@ def _run_status(con, run_id: str) -> str | None:
     return found[0] if found else None
 
 
-def save_run(path: str | Path, run: dict, tables: dict[str, pd.DataFrame], timeout_s: float = 60.0) -> str:
+def save_run(path: str | Path, run: dict, tables: dict[str, pd.DataFrame], timeout_s: float | None = None) -> str:
     """Write a finished run in one transaction: its `runs` row (status 'complete') and every table.
 
     `run` holds `runs` columns (run_id required; finished_at defaults to now).
@@ -579,7 +856,7 @@ def _with_run_id(df: pd.DataFrame, run_id: str, table: str) -> pd.DataFrame:
     return df
 
 
-def start_run(path: str | Path, run: dict, timeout_s: float = 60.0) -> None:
+def start_run(path: str | Path, run: dict, timeout_s: float | None = None) -> None:
     """Record a run as 'running' (for long runs); `save_run` later replaces it atomically."""
     run_id = run.get("run_id")
     if not run_id:
@@ -591,18 +868,51 @@ def start_run(path: str | Path, run: dict, timeout_s: float = 60.0) -> None:
         _insert_run_row(con, row)
 
 
-def mark_failed(path: str | Path, run_id: str, error: str, timeout_s: float = 60.0) -> None:
-    """Mark a 'running' run as 'failed' (no-op if it has no running row).
-
-    The error text is stored in runs.error when the schema has that column.
-    """
+def reopen_run(path: str | Path, run: dict, timeout_s: float | None = None) -> None:
+    """Turn a 'failed', 'interrupted' or stale 'running' row back to 'running' for `--resume`
+    (recording the new pid and host); records the run afresh when its row was deleted."""
+    run_id = run.get("run_id")
     with open_store(path, timeout_s=timeout_s) as con, transaction(con):
-        if "error" in table_columns(con, "runs"):
-            con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? "
-                        "WHERE run_id = ? AND status = 'running'", [_utcnow(), str(error), run_id])
-        else:
-            con.execute("UPDATE runs SET status = 'failed', finished_at = ? "
-                        "WHERE run_id = ? AND status = 'running'", [_utcnow(), run_id])
+        status = _run_status(con, run_id)
+        if status == "complete":
+            raise UserError(f"run {run_id} in {path} is already complete; nothing to resume")
+        if status is None:
+            _insert_run_row(con, _run_row(con, run, "running"))
+            return
+        con.execute("UPDATE runs SET status = 'running', error = NULL, finished_at = NULL, pid = ?, host = ? "
+                    "WHERE run_id = ?", [run.get("pid"), run.get("host"), run_id])
+
+
+def run_liveness(run: dict, host: str | None = None) -> str:
+    """For a 'running' row: 'alive', 'stale' (its process on this host is gone) or 'unknown'
+    (another host, or no pid recorded). Other statuses: ''."""
+    import socket
+
+    if run.get("status") != "running":
+        return ""
+    pid, run_host = run.get("pid"), run.get("host")
+    if pid is None or pid != pid or not run_host or run_host != (host or socket.gethostname()):
+        return "unknown"
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "stale"
+    except PermissionError:
+        return "alive"
+    return "alive"
+
+
+def mark_failed(path: str | Path, run_id: str, error: str, timeout_s: float | None = READ_TIMEOUT_S,
+                status: str = "failed") -> None:
+    """Mark a 'running' run as 'failed' (or `status`, e.g. 'interrupted'); no-op if it has no running row.
+
+    The error text (why, and how to resume) is stored in runs.error.
+    """
+    if status not in RUN_STATUSES or status in ("running", "complete"):
+        raise ValueError(f"mark_failed status must be 'failed' or 'interrupted', got {status!r}")
+    with open_store(path, timeout_s=timeout_s) as con, transaction(con):
+        con.execute("UPDATE runs SET status = ?, finished_at = ?, error = ? "
+                    "WHERE run_id = ? AND status = 'running'", [status, _utcnow(), str(error), run_id])
 
 
 # --------------------------------------------------------------------------- reading
@@ -676,7 +986,8 @@ def load_frame(con, table: str, columns: list[str] | None = None, **keys) -> pd.
 
 
 def delete_run(con, run_id: str) -> int:
-    """Delete a run (exact id or unique prefix, any status) and all its rows, in one transaction.
+    """Delete a run (exact id or unique prefix, any status) and all its rows, and every
+    orphan row (of runs already gone, see `find_orphans`), in one transaction.
 
     Returns the number of rows deleted over all tables.
     """
@@ -687,4 +998,5 @@ def delete_run(con, run_id: str) -> int:
         for table in (t for t in (*RUN_TABLES, "runs") if t in present):
             row = con.execute(f"DELETE FROM {_q(table)} WHERE run_id = ?", [full_id]).fetchone()
             deleted += int(row[0]) if row else 0
+        deleted += sum(delete_orphans(con).values())
     return deleted

@@ -1,7 +1,7 @@
 -- The results store's schema: the one definition, applied by store.ensure_schema(con).
--- Idempotent (CREATE ... IF NOT EXISTS). Bump SCHEMA_VERSION in pipeline/store.py
--- whenever a table or column changes; a version that only adds tables names them in
--- store.ADDED_TABLES, so stores of the previous version stay readable and are upgraded
+-- Idempotent (CREATE ... IF NOT EXISTS). Bump SCHEMA_VERSION in pipeline/store/db.py
+-- whenever a table or column changes; a version that only adds tables or columns names
+-- them in ADDED_TABLES / ADDED_COLUMNS, so stores of the previous version stay readable and are upgraded
 -- in place the next time a pipeline command opens them. Labels are emotion names from
 -- pipeline.constants.EMOTIONS; probabilities are aligned with runs.classes.
 -- Every results table keys on run_id, except demographics, which describe a
@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id              VARCHAR PRIMARY KEY,
     kind                VARCHAR NOT NULL,   -- 'train' | 'evaluate' (cross-dataset evaluation of a trained run)
     parent_run_id       VARCHAR,            -- for 'evaluate': the run whose model was evaluated
-    status              VARCHAR NOT NULL,   -- 'running' | 'complete' | 'failed'; the dashboard shows 'complete' only
+    status              VARCHAR NOT NULL,   -- 'running' | 'complete' | 'failed' | 'interrupted'; the dashboard shows 'complete' only
     dataset             VARCHAR NOT NULL,   -- 'rafdb' | 'fer2013' | 'folder' | 'synthetic'
     dataset_root        VARCHAR NOT NULL,
     dataset_fingerprint VARCHAR NOT NULL,
@@ -37,7 +37,10 @@ CREATE TABLE IF NOT EXISTS runs (
     test_accuracy       DOUBLE,
     test_macro_f1       DOUBLE,
     n_test              INTEGER,
-    error               VARCHAR             -- why a 'failed' run failed, or how to resume it
+    error               VARCHAR,            -- why a 'failed' run failed, or how to resume it
+    checkpoint_sha256   VARCHAR,            -- SHA-256 of checkpoint_path's file, verified before it is loaded (v4)
+    pid                 INTEGER,            -- the process that wrote the run (a 'running' row whose process is gone is stale) (v4)
+    host                VARCHAR             -- the machine it ran on (v4)
 );
 
 CREATE TABLE IF NOT EXISTS epochs (

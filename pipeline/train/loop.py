@@ -136,9 +136,15 @@ def create_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, step
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor), False
     if config.scheduler == "onecycle":
+        pct_start = config.onecycle_pct_start
+        if abs(pct_start * config.epochs * steps_per_epoch - 1.0) < 1e-9:
+            # Warm-up of exactly one step: OneCycleLR divides by its length minus one (a
+            # ZeroDivisionError). Nudged by a millionth the schedule is the same (the peak
+            # at step 1) and defined.
+            pct_start *= 1 + 1e-6
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.onecycle_max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=config.onecycle_pct_start), True
+            pct_start=pct_start), True
     raise ValueError(f"scheduler must be none, plateau or onecycle, got {config.scheduler!r}")
 
 

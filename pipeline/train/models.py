@@ -17,10 +17,19 @@ naming the file and where to put it), or a path to a state dict / checkpoint.
 Checkpoints are dicts {"format", "meta", "state_dict", ...training state};
 `meta` holds what is needed to rebuild and feed the model (arch, classes,
 image_size, mean, std, recipe). They are written atomically (tmp + rename).
+
+A checkpoint is data, never code: `load_checkpoint` unpickles with
+`weights_only=True` and an allowlist of the few non-tensor types a checkpoint
+holds (numpy's RNG state array), so a crafted file cannot run anything.
+`load_run_model` is the one way to load the model of a stored run: the path
+is taken from the store's own runs/ folder (or a path the user passed), and
+the file's SHA-256 must match the one recorded with the run.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -254,18 +263,112 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
     return path
 
 
+def _checkpoint_safe_globals() -> list:
+    """The non-tensor types a checkpoint of ours holds, allowed through `weights_only` unpickling:
+    numpy arrays (the numpy RNG state saved for exact resumption) and their dtypes, and
+    torch's version string (a str subclass, in the run config of older checkpoints)."""
+    import numpy as np
+    from torch.torch_version import TorchVersion
+
+    return [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType, TorchVersion]
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """The checkpoint dict at `path` (with training state); UserError when it is not one of ours."""
+    """The checkpoint dict at `path` (with training state); UserError when it is not one of ours.
+
+    Unpickled with `weights_only=True`: a file holding anything but tensors, plain
+    containers and the allowlisted numpy types is refused before any of it runs.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass a run id or a run folder holding best.pt/last.pt")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        with torch.serialization.safe_globals(_checkpoint_safe_globals()):
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        unsafe = next((line.strip() for line in first if "GLOBAL" in line or "Unsupported" in line), "")
+        raise UserError(f"refused to load checkpoint {path}: it holds objects other than weights, which could "
+                        f"run code when loaded{f' ({unsafe})' if unsafe else ''}. Load only checkpoints "
+                        f"written by `python -m pipeline train`.") from None
     except Exception as exc:
         raise UserError(f"could not read checkpoint {path} ({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint written by `python -m pipeline train`")
     return ckpt
+
+
+def hash_checkpoint(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a checkpoint file, as hex (recorded with the run, checked before loading)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_run_checkpoint(db: str | os.PathLike, run: dict[str, Any],
+                           checkpoint: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file of a stored run, never a path taken blindly from the store.
+
+    `checkpoint` (a path the user passed) wins. Otherwise the recorded
+    `checkpoint_path` is used only when it lies inside the store's own runs/
+    folder (`runs_dir_for(db)`); failing that, runs/<run or parent run>/<file name>
+    there (a store moved with its runs folder). Anything else is a UserError.
+    """
+    from pipeline.paths import runs_dir_for
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} (passed on the command line) does not exist")
+        return path
+    recorded = run.get("checkpoint_path")
+    if not recorded:
+        raise UserError(f"run {run.get('run_id')} records no checkpoint; it is not a trained run")
+    runs_dir = runs_dir_for(Path(db)).resolve()
+    path = Path(recorded).expanduser()
+    path = (runs_dir.parent / path).resolve() if not path.is_absolute() else path.resolve()
+    if path.is_relative_to(runs_dir) and path.is_file():
+        return path
+    name = Path(recorded).name if Path(recorded).suffix == ".pt" else "best.pt"
+    for owner in (run.get("run_id"), run.get("parent_run_id")):
+        if owner and (runs_dir / owner / name).is_file():
+            return runs_dir / owner / name
+    where = "does not exist" if path.is_relative_to(runs_dir) else f"is outside the store's runs folder {runs_dir}"
+    raise UserError(f"the checkpoint of run {run.get('run_id')} recorded in {db} ({recorded}) {where}; "
+                    f"restore runs/{run.get('parent_run_id') or run.get('run_id')}/ beside the store, "
+                    f"or pass the checkpoint file you trust with --checkpoint PATH")
+
+
+def verify_checkpoint(path: str | os.PathLike, expected_sha256: str | None, run_id: str = "") -> None:
+    """Raise UserError when the file's SHA-256 differs from the one recorded with the run.
+
+    Runs stored before checksums were recorded (None) are not checked; their file is
+    still unpickled weights-only.
+    """
+    if not expected_sha256:
+        return
+    found = hash_checkpoint(path)
+    if found != expected_sha256:
+        raise UserError(f"checkpoint {path} does not match the SHA-256 recorded with run {run_id} "
+                        f"(recorded {expected_sha256[:12]}..., file {found[:12]}...): it was changed or replaced "
+                        f"after training. Restore the original file, or re-train the run.")
+
+
+def load_run_model(db: str | os.PathLike, run: dict[str, Any], device: str | torch.device = "cpu", *,
+                   checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of stored run `run` (a `store.get_run` dict) of the store `db`, in eval mode.
+
+    The one function the evaluate and explain stages load a run's model with:
+    the file comes from `resolve_run_checkpoint`, its SHA-256 is checked against
+    the run's `checkpoint_sha256` (unless the user passed `checkpoint`), and it
+    is unpickled weights-only. Returns (model, meta) as `load_model_from_checkpoint`.
+    """
+    path = resolve_run_checkpoint(db, run, checkpoint)
+    if checkpoint is None:
+        verify_checkpoint(path, run.get("checkpoint_sha256"), str(run.get("run_id")))
+    return load_model_from_checkpoint(path, device)
 
 
 def load_model_from_checkpoint(path: str | os.PathLike,

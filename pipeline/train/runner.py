@@ -4,16 +4,25 @@ Each stage is called with plain data: the loader gives a FaceDataset, images are
 decoded once per split into uint8 arrays, `training.fit` returns a history and
 best weights, `evaluation` turns arrays into frames, and only at the end
 `store.save_run` writes the run and all its rows in one transaction. A run is
-first recorded as 'running' (`store.start_run`); any exception marks it
-'failed' and is re-raised, so earlier runs stay intact and no half run looks
-complete. Checkpoints go to runs/<run_id>/{best,last}.pt beside the store.
+first recorded as 'running' (`store.start_run`, with this process's pid and
+host, so a row whose process is gone can be shown as stale); any exception
+marks it 'failed' (Ctrl-C and SIGTERM: 'interrupted') and is re-raised, and
+every such failure of `train` says how `--resume RUN` continues it, so earlier
+runs stay intact and no half run looks complete. Checkpoints go to
+runs/<run_id>/{best,last}.pt beside the store; the SHA-256 of best.pt is stored
+with the run and checked whenever the model is loaded again
+(`models.load_run_model`).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -41,6 +50,7 @@ class DatasetSpec:
     variant: str = "aligned"
     val_fraction: float = 0.1
     seed: int = 0
+    label_source: str = "hard"             # which wins where soft and hard labels disagree (RAF-DB layouts)
 
     def as_kwargs(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +77,7 @@ class EvaluateRunConfig:
     db: str = ""
     batch_size: int = 256
     quiet: bool = False
+    checkpoint: str | None = None          # a checkpoint file the user passed, instead of the run's own
 
 
 @dataclass
@@ -100,19 +111,80 @@ def code_version() -> str:
     return pipeline.__version__
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run is marked interrupted and can be resumed."""
+
+
 @contextmanager
-def marking_failed(db, run_id: str, log: Callable[[str], None]) -> Iterator[None]:
-    """Any error inside marks the stored run failed (with the error), then propagates."""
+def terminate_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def resume_hint(db, run_id: str, run_dir: Path | None = None) -> str:
+    """How to continue run `run_id`: `--resume` from its last checkpoint, or a re-run when none exists yet."""
+    command = f"python -m pipeline train --resume {run_id} --db {db}"
+    if run_dir is None or (Path(run_dir) / CHECKPOINT_LAST).is_file():
+        return f"continue it with `{command}`"
+    return (f"no epoch finished, so `{command}` has nothing to continue from yet: re-run the same train "
+            f"command (the failed row is replaced by a new run)")
+
+
+@contextmanager
+def marking_failed(db, run_id: str, log: Callable[[str], None], run_dir: Path | None = None, *,
+                   resumable: bool = True) -> Iterator[None]:
+    """Any error inside marks the stored run failed (Ctrl-C or SIGTERM: interrupted) with the error and
+    how to continue (`resume_hint` for a training run, else a re-run), then propagates; a UserError
+    comes out with that hint appended, any other error after a line saying it."""
     from pipeline.store import db as store
 
     try:
         yield
     except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        hint = resume_hint(db, run_id, run_dir) if resumable else "re-run the same command"
+        why = "interrupted" if interrupted else f"{type(exc).__name__}: {exc}"
         try:
-            store.mark_failed(db, run_id, f"{type(exc).__name__}: {exc}")
+            store.mark_failed(db, run_id, f"{why}; {hint}", status="interrupted" if interrupted else "failed")
         except Exception as inner:  # the original error matters more
             log(f"warning: could not mark run {run_id} failed: {inner}")
+        if isinstance(exc, UserError) and "--resume" not in str(exc):
+            raise type(exc)(f"{exc}\nrun {run_id} is marked failed; {hint}") from None
+        print(f"run {run_id} is marked {'interrupted' if interrupted else 'failed'}; {hint}",
+              file=sys.stderr, flush=True)
         raise
+
+
+MAX_CONFLICTS_SHOWN = 5
+
+
+def report_label_conflicts(dataset, log: Callable[[str], None]) -> None:
+    """Log how many soft labels contradict their hard label, and the first few, with file:line."""
+    conflicts = dataset.label_conflicts
+    if not conflicts:
+        return
+    log(f"warning: {len(conflicts)} soft labels disagree with the label file (their most likely class is "
+        f"another); --label-source chooses which wins:")
+    for where, what in conflicts[:MAX_CONFLICTS_SHOWN]:
+        log(f"  {where}: {what}")
+    if len(conflicts) > MAX_CONFLICTS_SHOWN:
+        log(f"  ... and {len(conflicts) - MAX_CONFLICTS_SHOWN} more")
+
+
+def process_identity() -> dict[str, Any]:
+    """The pid and host recorded with a run (a 'running' row whose process is gone is stale)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
 def _utcnow() -> dt.datetime:
@@ -235,7 +307,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
 
     from pipeline.store import db as store
     from pipeline.data.loaders import load_dataset
-    from pipeline.train.models import create_model, load_checkpoint, save_checkpoint
+    from pipeline.train.models import create_model, hash_checkpoint, load_checkpoint, save_checkpoint
     from pipeline.train.loop import fit, predict_probabilities, seed_everything
 
     db = Path(config.db)
@@ -271,13 +343,14 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     run_config = {
         "dataset": spec.as_kwargs(), "recipe": _jsonable(recipe), "preset": recipe.preset, "weights": weights,
         "device": device, "seed": recipe.train.seed, "started_at": started_at.isoformat(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     run_row = {
         "run_id": run_id, "kind": "train", "parent_run_id": None, "dataset": spec.name,
         "dataset_root": str(Path(spec.root).resolve()), "dataset_fingerprint": "", "is_synthetic": False,
         "recipe": recipe.name, "model": recipe.arch, "classes": [], "config": run_config,
         "code_version": code_version(), "seed": recipe.train.seed, "device": device, "started_at": started_at,
+        **process_identity(),
     }
 
     dataset = load_dataset(**spec.as_kwargs())
@@ -288,9 +361,16 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     seed_everything(recipe.train.seed, device)
     model = create_model(recipe.arch, len(classes), weights="none" if resume_state else weights,
                          head_dropout=recipe.head_dropout)
-    if not config.resume:
+    report_label_conflicts(dataset, log)
+    if dataset.skipped:
+        log(f"skipped {len(dataset.skipped)} dataset entries (see `python -m pipeline inspect` for all): "
+            + "; ".join(f"{path}: {reason}" for path, reason in dataset.skipped[:3])
+            + (" ..." if len(dataset.skipped) > 3 else ""))
+    if config.resume:
+        store.reopen_run(db, run_row)
+    else:
         store.start_run(db, run_row)
-    with marking_failed(db, run_id, log):
+    with terminate_as_interrupt(), marking_failed(db, run_id, log, run_dir):
         t0 = time.perf_counter()
         arrays = load_split_arrays(dataset, recipe.image_size, ("train", "val", "test"),
                                    progress is None and sys.stderr.isatty())
@@ -317,7 +397,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
                      resume=resume_state, stop_after=config.stop_after, progress=progress, log=log)
         if not result.finished:
             store.mark_failed(db, run_id, f"stopped after epoch {result.history[-1]['epoch']}; "
-                                          f"continue with --resume {run_id}")
+                                          f"{resume_hint(db, run_id)}")
             return RunOutcome(run_id, "stopped", {"epochs": len(result.history), "run_dir": str(run_dir)})
 
         model.load_state_dict(result.best_state_dict)
@@ -338,6 +418,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
         run_row.update(
             finished_at=_utcnow(), train_seconds=result.train_seconds, eval_seconds=eval_seconds,
             checkpoint_path=str((run_dir / CHECKPOINT_BEST).resolve()),
+            checkpoint_sha256=hash_checkpoint(run_dir / CHECKPOINT_BEST),
             test_accuracy=acc, test_macro_f1=f1, n_test=n_test,
         )
         run_config.update(best_epoch=result.best_epoch, stopped_early=result.stopped_early,
@@ -365,7 +446,7 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
     from pipeline.store import db as store
     from pipeline.data.loaders import load_dataset
     from pipeline.train.evaluation import compute_class_mapping, compute_mapped_probabilities
-    from pipeline.train.models import load_model_from_checkpoint
+    from pipeline.train.models import hash_checkpoint, load_run_model, resolve_run_checkpoint
     from pipeline.train.loop import predict_probabilities
 
     db = Path(config.db)
@@ -374,7 +455,9 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
         parent = store.get_run(con, config.run)
     if parent["kind"] != "train" or not parent.get("checkpoint_path"):
         raise UserError(f"run {parent['run_id']} is not a training run with a checkpoint; pass a train run")
-    model, meta = load_model_from_checkpoint(parent["checkpoint_path"], device)
+    model, meta = load_run_model(db, parent, device, checkpoint=config.checkpoint)
+    checkpoint = resolve_run_checkpoint(db, parent, config.checkpoint)
+    checkpoint_sha = hash_checkpoint(checkpoint) if config.checkpoint else parent.get("checkpoint_sha256")
     spec = dataclasses.replace(config.dataset, root=str(Path(config.dataset.root).resolve()))
     dataset = load_dataset(**spec.as_kwargs())
     try:
@@ -388,14 +471,15 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
         "dataset_root": str(Path(spec.root).resolve()), "dataset_fingerprint": dataset.fingerprint,
         "is_synthetic": dataset.is_synthetic, "recipe": parent["recipe"], "model": parent["model"],
         "classes": list(mapping.classes), "code_version": code_version(), "seed": parent["seed"],
-        "device": device, "started_at": started_at, "checkpoint_path": parent["checkpoint_path"],
+        "device": device, "started_at": started_at, "checkpoint_path": str(checkpoint),
+        "checkpoint_sha256": checkpoint_sha, **process_identity(),
         "config": {"dataset": spec.as_kwargs(), "parent_run_id": parent["run_id"], "splits": list(config.splits),
                    "model_classes": list(meta["classes"]), "dataset_classes": list(dataset.classes),
                    "evaluated_classes": list(mapping.classes), "unmappable_classes": list(mapping.unmappable),
-                   "device": device, "torch_version": torch.__version__},
+                   "device": device, "torch_version": str(torch.__version__)},
     }
     store.start_run(db, run_row)
-    with marking_failed(db, run_id, log):
+    with terminate_as_interrupt(), marking_failed(db, run_id, log, resumable=False):
         t0 = time.perf_counter()
         arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
                                    not config.quiet and sys.stderr.isatty())

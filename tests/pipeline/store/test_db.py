@@ -94,7 +94,7 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 3
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 4
         assert store.missing_added_tables(con) == []
         store.check_schema(con)
     with store.open_store(db) as con:  # reopening changes nothing
@@ -245,6 +245,7 @@ def test_replace_tables_is_one_transaction(db):
                           "n": [3], "value": [0.5], "low_support": [True]})
     gaps = pd.DataFrame({"split": ["test"], "attribute": ["gender"], "metric": ["accuracy"],
                          "comparison": ["best-worst"], "grp": ["female"], "gap": [0.1]})
+    store.save_run(db, make_run("r"), {})
     assert store.replace_tables(db, {"audit_cells": cells, "audit_gaps": gaps},
                                 run_id="r", source="deepface") == {"audit_cells": 1, "audit_gaps": 1}
     # a re-run whose second table fails leaves the first run's rows in place
