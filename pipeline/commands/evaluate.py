@@ -33,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="a checkpoint file you trust, instead of the run's own runs/<id>/best.pt "
+                             "(loaded weights-only; its SHA-256 is stored with the new run)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
                        val_fraction=args.val_fraction, seed=args.seed)
     splits = ("train", "val", "test") if args.split == "all" else (args.split,)
     outcome = run_evaluate(EvaluateRunConfig(run=args.run, dataset=spec, splits=splits, device=args.device,
-                                             db=args.db, batch_size=args.batch_size, quiet=args.quiet))
+                                             db=args.db, batch_size=args.batch_size, quiet=args.quiet,
+                                             checkpoint=args.checkpoint))
     s = outcome.summary
     print(f"evaluated run {s['parent_run_id']} on {args.dataset} ({s['split']}, classes {', '.join(s['classes'])}): "
           f"accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f} (n={s['n']})")

@@ -211,19 +211,20 @@ def check_writable(path: str | Path) -> None:
 def describe_duckdb_error(exc: BaseException, path: str | Path | None = None) -> str:
     """One line for a DuckDB error: what failed, which file, what to do."""
     kind = type(exc).__name__
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
+    short = _short_error(exc)
     where = f"the results store {path}" if path else "the results store"
     lowered = str(exc).lower()
+    if "not a valid duckdb database" in lowered:
+        return (f"{where} is not a DuckDB database (empty, or overwritten by something else: {short}). "
+                f"Pass --db PATH to a results store, or move the file away and run `python -m pipeline demo`.")
     if kind in ("IOException", "SerializationException", "InternalException", "CorruptionException") \
-            or "corrupt" in lowered or "checksum" in lowered or "not a valid duckdb" in lowered:
-        return (f"{where} could not be read ({kind}: {first}); the file is damaged or not a DuckDB store. "
-                f"Copy what still reads with `python -m pipeline runs --db {path or 'STORE'} --salvage NEW.duckdb`, "
-                f"or pass --db PATH to another store.")
+            or "corrupt" in lowered or "checksum" in lowered:
+        return (f"{where} could not be read ({short}); the file is damaged. Copy what still reads with "
+                f"`python -m pipeline runs --db {path or 'STORE'} --salvage NEW.duckdb`, or restore it from a backup.")
     if kind in ("TransactionException", "PermissionException") or "read-only" in lowered \
             or "permission" in lowered:
-        return (f"{where} could not be written ({kind}: {first}); pass --db PATH to a store in a folder "
-                f"you can write.")
-    return f"{where} failed ({kind}: {first}); check the file, or pass --db PATH to another store."
+        return f"{where} could not be written ({short}); pass --db PATH to a store in a folder you can write."
+    return f"{where} failed ({short}); check the file, or pass --db PATH to another store."
 
 
 @contextmanager

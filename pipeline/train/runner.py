@@ -182,6 +182,16 @@ def report_label_conflicts(dataset, log: Callable[[str], None]) -> None:
         log(f"  ... and {len(conflicts) - MAX_CONFLICTS_SHOWN} more")
 
 
+def report_small_images(dataset, log: Callable[[str], None]) -> None:
+    """Log the images too small to hold a face (read from their headers); they are still used."""
+    from pipeline.data.images import MIN_IMAGE_SIDE, find_small_images
+
+    small = find_small_images(dataset.records)
+    if small:
+        log(f"warning: {len(small)} images are smaller than {MIN_IMAGE_SIDE} px on a side (used as they are), e.g. "
+            + "; ".join(f"{path} ({size})" for path, size in small[:3]))
+
+
 def process_identity() -> dict[str, Any]:
     """The pid and host recorded with a run (a 'running' row whose process is gone is stale)."""
     return {"pid": os.getpid(), "host": socket.gethostname()}
@@ -362,6 +372,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     model = create_model(recipe.arch, len(classes), weights="none" if resume_state else weights,
                          head_dropout=recipe.head_dropout)
     report_label_conflicts(dataset, log)
+    report_small_images(dataset, log)
     if dataset.skipped:
         log(f"skipped {len(dataset.skipped)} dataset entries (see `python -m pipeline inspect` for all): "
             + "; ".join(f"{path}: {reason}" for path, reason in dataset.skipped[:3])

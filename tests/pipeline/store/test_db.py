@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import json
 import subprocess
 import sys
@@ -144,6 +145,35 @@ def test_older_store_is_read_as_is_and_upgraded_in_place(db):
             assert store.load_frame(con, table).empty
         assert len(store.load_frame(con, "predictions", run_id="run-old")) == 3
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
+
+
+def test_store_without_added_columns_is_read_and_upgraded_in_place(db):
+    store.save_run(db, make_run("run-v3"), {"epochs": make_tables()["epochs"]})
+    with store.open_store(db) as con:  # make it a store written by version 3 (before ADDED_COLUMNS)
+        for table, columns in store.ADDED_COLUMNS.items():
+            for column in columns:
+                con.execute(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    with store.open_store(db, read_only=True) as con:  # readable as it is
+        assert store.missing_added_columns(con) == [("runs", "checkpoint_sha256"), ("runs", "pid"), ("runs", "host")]
+        assert "checkpoint_sha256" not in store.get_run(con, "run-v3")
+    with store.open_store(db) as con:  # a writable open adds them, NULL in the rows already there
+        assert store.missing_added_columns(con) == [] and store.schema_version(con) == store.SCHEMA_VERSION
+        run = store.get_run(con, "run-v3")
+        assert run["checkpoint_sha256"] is None and run["pid"] is None and run["host"] is None
+        assert len(store.load_frame(con, "epochs", run_id="run-v3")) == len(make_tables()["epochs"])
+    store.save_run(db, make_run("run-v4", checkpoint_sha256="ab" * 32, pid=1, host="h"), {})
+    with store.open_store(db, read_only=True) as con:
+        assert store.get_run(con, "run-v4")["checkpoint_sha256"] == "ab" * 32
+
+
+def test_a_damaged_store_is_refused_before_a_write(db):
+    store.save_run(db, make_run("run-a"), make_tables())
+    size = db.stat().st_size
+    os.truncate(db, size // 2)
+    with pytest.raises(UserError, match="damaged.*--salvage"):  # StoreDamagedError, or unreadable at open
+        store.connect(db)
+    assert db.stat().st_size == size // 2
 
 
 def test_delete_run_on_an_older_store_connection_skips_absent_tables(db):

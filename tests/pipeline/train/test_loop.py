@@ -110,3 +110,23 @@ def test_early_stopping_and_best_state(data):
 def test_options_plug_into_the_loop(data, changes):
     _, result = _fit("lightcnn-half", _config("lightcnn-softlabel", epochs=2, **changes), data)
     assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_onecycle_trains_with_few_steps(steps):
+    """A one-step warm-up (pct_start x steps == 1, e.g. 0.25 x 4) made OneCycleLR divide by zero."""
+    import torch
+
+    from pipeline.train.loop import TrainConfig, create_scheduler
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler, per_batch = create_scheduler(
+        optimizer, TrainConfig(scheduler="onecycle", epochs=1, onecycle_pct_start=0.25), steps)
+    assert per_batch
+    lrs = []
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert all(lr == lr and lr >= 0 for lr in lrs)  # defined (no NaN), never negative
