@@ -141,6 +141,15 @@ def _png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * min(width, 4)))) + chunk(b"IEND", b""))
 
 
+def _used_image(root: Path) -> Path:
+    """The aligned file of the first train image the 6-class recipe uses (not Neutral, code 7)."""
+    for line in (root / "EmoLabel" / "list_patition_label.txt").read_text().splitlines():
+        name, code = line.split()
+        if name.startswith("train_") and code != "7":
+            return root / "Image" / "aligned" / name.replace(".jpg", "_aligned.jpg")
+    raise AssertionError("no usable train image")
+
+
 @pytest.fixture
 def copy_store(demo_store, tmp_path) -> Path:
     return _copy_store(demo_store, tmp_path / "store")
@@ -213,7 +222,7 @@ def test_kill_9_inside_the_audit_write_leaves_the_store_whole(copy_store):
 
 def test_train_failure_names_resume(copy_store, copy_data, capsys):
     # An image that cannot be decoded: the run fails after it was recorded, and says how to go on.
-    victim = sorted((copy_data / "Image" / "aligned").glob("train_*"))[0]
+    victim = _used_image(copy_data)
     victim.write_bytes(b"not an image")
     assert main(["train", "--dataset", "synthetic", "--root", str(copy_data), "--db", str(copy_store),
                  "--epochs", "1", *TINY]) == 2
@@ -474,7 +483,7 @@ def test_markdown_payloads_render_escaped(copy_store, monkeypatch):
     assert escape_markdown(PAYLOADS[0]) in text and "](https://" not in text
 
     at = errors_page(outcome="all", per_page="48")
-    captions = [c for el in at.get("imgs") for c in el.captions]
+    captions = [c for el in at.get("image") for c in el.captions]
     for payload in PAYLOADS:
         assert any(c.startswith(escape_markdown(payload)) for c in captions), payload
     rendered = " ".join(captions)
@@ -487,7 +496,7 @@ def test_markdown_payloads_render_escaped(copy_store, monkeypatch):
 def test_decompression_bomb_is_a_clear_error_everywhere(copy_data, tmp_path, capsys):
     from dashboard import charts
 
-    victim = sorted((copy_data / "Image" / "aligned").glob("train_*"))[0]
+    victim = _used_image(copy_data)
     victim.write_bytes(_png(30000, 30000))
     assert main(["inspect", "--dataset", "synthetic", "--root", str(copy_data), "--verify-images"]) == 2
     err = capsys.readouterr().err
@@ -501,7 +510,7 @@ def test_decompression_bomb_is_a_clear_error_everywhere(copy_data, tmp_path, cap
 
 
 def test_tiny_images_and_undecoded_files_are_reported(copy_data, capsys):
-    victim = sorted((copy_data / "Image" / "aligned").glob("train_*"))[0]
+    victim = _used_image(copy_data)
     from PIL import Image
 
     Image.new("RGB", (1, 1)).save(victim, format="JPEG")
