@@ -903,7 +903,7 @@ def run_liveness(run: dict, host: str | None = None) -> str:
     return "alive"
 
 
-def mark_failed(path: str | Path, run_id: str, error: str, timeout_s: float | None = READ_TIMEOUT_S,
+def mark_failed(path: str | Path, run_id: str, error: str, *, timeout_s: float | None = READ_TIMEOUT_S,
                 status: str = "failed") -> None:
     """Mark a 'running' run as 'failed' (or `status`, e.g. 'interrupted'); no-op if it has no running row.
 

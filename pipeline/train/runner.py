@@ -142,7 +142,7 @@ def resume_hint(db, run_id: str, run_dir: Path | None = None) -> str:
 
 
 @contextmanager
-def marking_failed(db, run_id: str, log: Callable[[str], None], run_dir: Path | None = None, *,
+def marking_failed(db, run_id: str, log: Callable[[str], None], *, run_dir: Path | None = None,
                    resumable: bool = True) -> Iterator[None]:
     """Any error inside marks the stored run failed (Ctrl-C or SIGTERM: interrupted) with the error and
     how to continue (`resume_hint` for a training run, else a re-run), then propagates; a UserError
@@ -381,7 +381,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
         store.reopen_run(db, run_row)
     else:
         store.start_run(db, run_row)
-    with terminate_as_interrupt(), marking_failed(db, run_id, log, run_dir):
+    with terminate_as_interrupt(), marking_failed(db, run_id, log, run_dir=run_dir):
         t0 = time.perf_counter()
         arrays = load_split_arrays(dataset, recipe.image_size, ("train", "val", "test"),
                                    progress is None and sys.stderr.isatty())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard import queries
+from dashboard import queries, widgets
 from tests.dashboard.conftest import open_page
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
@@ -70,7 +70,7 @@ def test_url_restores_filters_and_pagination(make_app, fake_store):
     ref = queries.create_store_ref(fake_store)
     f = queries.ErrorFilters(true_labels=("Fear",), correct="all")
     second = queries.load_prediction_page(ref, RUN, f, 12, 12)["image_id"].tolist()
-    assert [c.split(":")[0] for c in captions] == second
+    assert [c.split(":")[0] for c in captions] == [widgets.escape_markdown(i) for i in second]  # shown escaped
 
 
 def test_bad_url_values_fall_back_to_defaults(make_app, fake_store):
@@ -87,7 +87,8 @@ def test_detail_view_and_missing_images(make_app, fake_store):
     missing_id = last["image_id"].iloc[0]  # the fake store leaves the last images without a file
     at = _open(make_app, fake_store, run=RUN, outcome="all", img=missing_id)
     assert at.selectbox(key="img").value == missing_id
-    assert any(f"{missing_id} (image file missing)" in c for img in at.image for c in img.captions)
+    shown = widgets.escape_markdown(missing_id)  # captions show data-derived ids escaped
+    assert any(f"{shown} (image file missing)" in c for img in at.image for c in img.captions)
     tables = [d.value for d in at.dataframe]
     assert any("source" in t.columns and "gender_conf" in t.columns for t in tables)  # demographics
     assert any("mouth" in t.columns for t in tables)  # region energies
