@@ -137,7 +137,7 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
                                        compute_map_similarity, compute_road_scores, create_randomized_model,
                                        summarise, summarise_gt_localisation)
     from pipeline.data.images import load_images_array
-    from pipeline.train.models import load_model_from_checkpoint
+    from pipeline.train.models import load_run_model
     from pipeline.explain.regions import (ENERGY_COLUMNS, compute_failure_tags, compute_mean_landmarks,
                                   compute_peak_regions, compute_region_energies, compute_region_map)
 
@@ -159,7 +159,7 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
     device = config.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, meta = load_model_from_checkpoint(ckpt, device)
+    model, meta = load_run_model(db, run, device)  # checked: the store's runs folder, the recorded SHA-256
     classes = list(meta["classes"])
     try:
         layer, layer_name = resolve_target_layer(model, config.target_layer)

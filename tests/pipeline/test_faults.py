@@ -368,6 +368,9 @@ def test_malicious_checkpoint_never_runs(copy_store, demo_store, tmp_path, capsy
     _evil_checkpoint(best, marker)
     assert main(evaluate) == 2
     assert "does not match the SHA-256" in capsys.readouterr().err and not marker.exists()
+    assert main(["explain", "--run", "latest", "--db", str(copy_store), "--limit", "2", "--quiet",
+                 "--device", "cpu"]) == 2
+    assert "does not match the SHA-256" in capsys.readouterr().err and not marker.exists()
 
     # 2. the store points at a file outside its runs folder (with that file's checksum)
     outside = _evil_checkpoint(tmp_path / "elsewhere.pt", marker)
