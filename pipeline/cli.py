@@ -26,7 +26,7 @@ WRITERS = frozenset({"train", "evaluate", "demo", "demographics", "audit", "expl
 COMMANDS: list[tuple[str, str, str]] = [
     ("synth", "pipeline.commands.synth", "generate the built-in synthetic face dataset (RAF-DB layout)"),
     ("inspect", "pipeline.commands.inspect", "load a dataset and print its splits, classes and demographics"),
-    ("runs", "pipeline.commands.runs", "list the runs in a results store, or delete one"),
+    ("runs", "pipeline.commands.runs", "list the runs in a results store, delete one, check or salvage the store"),
     ("train", "pipeline.commands.train", "train a recipe on a dataset, evaluate it and store the run"),
     ("evaluate", "pipeline.commands.evaluate", "evaluate a trained run on (another) dataset (cross-dataset)"),
     ("demo", "pipeline.commands.demo", "the whole pipeline on the built-in synthetic faces: data, train, explain, demographics, audit"),
