@@ -1,28 +1,32 @@
-"""`python -m pipeline explain`: CAMs, region energies, failure tags and explanation checks for a run.
-
-Examples:
-  python -m pipeline explain --run latest
-  python -m pipeline explain --run 20261122 --methods gradcam,gradcam++,layercam --limit 500
-  python -m pipeline explain --run latest --target-layer block2 --faithfulness-samples 100
+"""The explain stage: CAMs, region energies, failure tags and explanation checks for a stored run.
 
 For every image of the run's split (default test) that has a stored prediction,
 computes a CAM for the predicted class and, when it differs, for the true class,
-with each method; stores it at --cam-size (uint8, 1 KB at 32x32) with its energy
-share per facial region (heatmaps) and their mean per true emotion and outcome
-(heatmap_summary: the mean map and mean energies the dashboard shows, computed
-here from the maps being stored), tags the misclassified images (failure_tags),
-and measures the explanations on a seeded sample (explanation_metrics):
-faithfulness (ROAD, confidence change), the model-randomisation sanity check and,
-on the synthetic set, localisation of the ground-truth action-unit regions against
-uniform and shuffled baselines. A method's rows are replaced as a whole, in one
-transaction. `run_explain(ExplainConfig(...))` is the same as a function (the
-demo's explain stage).
+with each method; stores it at `cam_size` (uint8, 1 KB at 32x32, see
+pipeline.explain.codec) with its energy share per facial region (heatmaps) and
+their mean per true emotion and outcome (heatmap_summary: the mean map and mean
+energies the dashboard shows, computed here from the maps being stored), tags the
+misclassified images (failure_tags), and measures the explanations on a seeded
+sample (explanation_metrics): faithfulness (ROAD, confidence change), the
+model-randomisation sanity check and, on the synthetic set, localisation of the
+ground-truth action-unit regions against uniform and shuffled baselines.
+
+Rules: each function below does one job and only `save_explanations` writes; a
+method's rows are replaced as a whole, every method in one transaction, so a
+crash leaves the store as it was. `run_explain(ExplainConfig(...))` is what the
+command, the demo and the benches call.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.constants import ALIGNED_SIZE, ENERGY_COLUMNS, FACE_REGIONS
+from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -48,55 +52,71 @@ class ExplainConfig:
     quiet: bool = False
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
+@dataclass
+class ExplainTargets:
+    """The images one explain run covers, in prediction order, with their class indices."""
+    run_id: str
+    preds: pd.DataFrame                    # image_id, true_label, pred_label, correct
+    records: list                          # dataset records, aligned with preds
+    pred_idx: np.ndarray
+    true_idx: np.ndarray                   # the true class index, or the predicted one when unknown
+    wrong: np.ndarray                      # true class known and not predicted
 
-    parser.epilog = __doc__.split("\n", 1)[1]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--run", default="latest", help="run id, unique prefix or 'latest' (default)")
-    parser.add_argument("--methods", default="gradcam",
-                        help="comma-separated: gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam, "
-                             "scorecam (slow: one forward pass per channel). Default gradcam")
-    parser.add_argument("--target-layer", default=None,
-                        help="dotted module name, e.g. layer4.1 or block2 (default: layer4[-1] for ResNets, "
-                             "the last block for the light CNN)")
-    parser.add_argument("--split", default="test", help="split whose predictions are explained (default test)")
-    parser.add_argument("--limit", type=int, default=None, help="explain a seeded sample of N images")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--cam-size", type=int, default=32, help="side of the stored map (default 32 = 1 KB)")
-    parser.add_argument("--faithfulness-samples", type=int, default=200,
-                        help="images for ROAD / confidence change (0 = skip; default 200)")
-    parser.add_argument("--sanity-samples", type=int, default=100,
-                        help="images for the randomisation sanity check (0 = skip; default 100)")
-    parser.add_argument("--sanity-mode", choices=("cascading", "head", "full"), default="cascading",
-                        help="which layers to re-initialise: the target layer and after (cascading, default), "
-                             "only after it (head), or all (full)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto (default: CUDA when present, else CPU), cuda or cpu")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
+    def __len__(self) -> int:
+        return len(self.records)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import UserError
-    from pipeline.explain.cams import validate_methods
+def load_stored_predictions(con, run: str, split: str) -> tuple[dict, pd.DataFrame]:
+    """(run row, its predictions on `split`); UserError when there is nothing to explain."""
+    from pipeline.store import db as store
 
-    try:
-        methods = validate_methods(args.methods.split(","))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    config = ExplainConfig(
-        db=args.db, run=args.run, methods=methods, target_layer=args.target_layer, split=args.split,
-        limit=args.limit, batch_size=args.batch_size, cam_size=args.cam_size,
-        faithfulness_samples=args.faithfulness_samples, sanity_samples=args.sanity_samples,
-        sanity_mode=args.sanity_mode, n_boot=args.n_boot, seed=args.seed, device=args.device, quiet=args.quiet)
-    summary = run_explain(config)
-    print(render_summary(summary))
-    return 0
+    row = store.get_run(con, run)
+    preds = store.load_frame(con, "predictions", ["image_id", "true_label", "pred_label", "correct"],
+                             run_id=row["run_id"], split=split)
+    if preds.empty:
+        raise UserError(f"run {row['run_id']} has no predictions on the {split} split; pass --split val|test")
+    return row, preds
 
 
-# --------------------------------------------------------------------------- the stage
+def load_run_model(run: dict, device: str):
+    """(model in eval mode on `device`, its meta) from the run's recorded checkpoint."""
+    from pipeline.train.models import load_model_from_checkpoint
+
+    ckpt = run.get("checkpoint_path")
+    if not ckpt or not Path(ckpt).is_file():
+        raise UserError(f"checkpoint of run {run['run_id']} not found ({ckpt or 'none recorded'}); "
+                        "restore the run folder or re-train the run")
+    return load_model_from_checkpoint(ckpt, device)
+
+
+def load_run_dataset_for(run: dict):
+    """The dataset a run's predictions refer to, from the settings recorded with it."""
+    from pipeline.data.loaders import load_dataset
+
+    ds_kwargs = (run.get("config") or {}).get("dataset")
+    if not ds_kwargs:
+        raise UserError(f"run {run['run_id']} records no dataset settings (config['dataset']); cannot find its images")
+    return load_dataset(**ds_kwargs)
+
+
+def select_targets(run_id: str, preds: pd.DataFrame, dataset, classes: list[str], *,
+                   limit: int | None, rng: np.random.Generator) -> ExplainTargets:
+    """The predictions to explain (a seeded sample of `limit` when given) matched to dataset records."""
+    by_id = {r.image_id: r for r in dataset.records}
+    missing = [i for i in preds["image_id"] if i not in by_id]
+    if missing:
+        raise UserError(f"{len(missing)} predicted images of run {run_id} are not in the dataset at "
+                        f"{dataset.root} (e.g. {missing[0]}); was it regenerated or moved?")
+    cls_index = {c: i for i, c in enumerate(classes)}
+    preds = preds[preds["pred_label"].isin(cls_index)].reset_index(drop=True)
+    if limit is not None and limit < len(preds):
+        preds = preds.iloc[np.sort(rng.choice(len(preds), limit, replace=False))].reset_index(drop=True)
+    pred_idx = preds["pred_label"].map(cls_index).to_numpy(np.int64)
+    true_known = preds["true_label"].isin(cls_index).to_numpy()
+    true_idx = np.where(true_known, preds["true_label"].map(cls_index).fillna(-1).to_numpy(np.int64), pred_idx)
+    return ExplainTargets(run_id=run_id, preds=preds, records=[by_id[i] for i in preds["image_id"]],
+                          pred_idx=pred_idx, true_idx=true_idx, wrong=true_known & (true_idx != pred_idx))
+
 
 def _image_sizes(records, dataset) -> list[tuple[float, float]]:
     """(width, height) of each record's image, the frame its landmarks refer to."""
@@ -116,126 +136,103 @@ def _image_sizes(records, dataset) -> list[tuple[float, float]]:
     return sizes
 
 
-def run_explain(config: ExplainConfig) -> dict[str, Any]:
-    """Compute and store a run's explanations; returns a summary dict."""
-    from pathlib import Path
+class RegionContext:
+    """Facial-region maps on the analysis grid (landmarks where the dataset gives them,
+    else a template) and, on the synthetic set, the ground-truth action-unit masks."""
 
-    import cv2
-    import numpy as np
-    import pandas as pd
-    import torch
-    from tqdm.auto import tqdm
+    def __init__(self, records, dataset, grid: int = ALIGNED_SIZE):
+        from pipeline.explain.regions import compute_mean_landmarks, compute_region_map
 
-    from pipeline.store import db as store
-    from pipeline.train.augment import preprocess_batch
-    from pipeline.constants import ALIGNED_SIZE, FACE_REGIONS
-    from pipeline.data.loaders import load_dataset
-    from pipeline.errors import UserError
-    from pipeline.explain.cams import (compute_cams, compute_heatmap_summary, encode_cam, resolve_target_layer,
-                                      validate_methods)
-    from pipeline.explain.faithfulness import (compute_confidence_change, compute_gt_localisation,
-                                       compute_map_similarity, compute_road_scores, create_randomized_model,
-                                       summarise, summarise_gt_localisation)
-    from pipeline.data.images import load_images_array
-    from pipeline.train.models import load_model_from_checkpoint
-    from pipeline.explain.regions import (ENERGY_COLUMNS, compute_failure_tags, compute_mean_landmarks,
-                                  compute_peak_regions, compute_region_energies, compute_region_map)
+        self.records, self.grid = records, grid
+        self._sizes = _image_sizes(records, dataset)
+        template_lm = compute_mean_landmarks([r.landmarks for r in dataset.records]) if dataset.image_size else None
+        self._template = compute_region_map(template_lm, (dataset.image_size or ALIGNED_SIZE,) * 2, grid)
+        self.gt_masks = None
+        if dataset.is_synthetic:
+            from pipeline.synth.faces import load_au_masks
 
-    methods = validate_methods(config.methods)
-    db = Path(config.db)
-    if not db.is_file():
-        raise UserError(f"results store {db} does not exist; run `python -m pipeline demo` or pass --db PATH")
-    with store.open_store(db, read_only=True) as con:
-        run = store.get_run(con, config.run)
-        preds = store.load_frame(con, "predictions", ["image_id", "true_label", "pred_label", "correct"],
-                                 run_id=run["run_id"], split=config.split)
-    run_id = run["run_id"]
-    if preds.empty:
-        raise UserError(f"run {run_id} has no predictions on the {config.split} split; pass --split val|test")
-    ckpt = run.get("checkpoint_path")
-    if not ckpt or not Path(ckpt).is_file():
-        raise UserError(f"checkpoint of run {run_id} not found ({ckpt or 'none recorded'}); "
-                        "restore the run folder or re-train the run")
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, meta = load_model_from_checkpoint(ckpt, device)
-    classes = list(meta["classes"])
-    try:
-        layer, layer_name = resolve_target_layer(model, config.target_layer)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    ds_kwargs = (run.get("config") or {}).get("dataset")
-    if not ds_kwargs:
-        raise UserError(f"run {run_id} records no dataset settings (config['dataset']); cannot find its images")
-    dataset = load_dataset(**ds_kwargs)
+            self.gt_masks = load_au_masks(dataset.root)
 
-    # The images to explain: those with a prediction, in prediction order; a seeded sample with --limit.
-    by_id = {r.image_id: r for r in dataset.records}
-    missing = [i for i in preds["image_id"] if i not in by_id]
-    if missing:
-        raise UserError(f"{len(missing)} predicted images of run {run_id} are not in the dataset at "
-                        f"{ds_kwargs.get('root')} (e.g. {missing[0]}); was it regenerated or moved?")
-    cls_index = {c: i for i, c in enumerate(classes)}
-    preds = preds[preds["pred_label"].isin(cls_index)].reset_index(drop=True)
-    rng = np.random.default_rng(config.seed)
-    if config.limit is not None and config.limit < len(preds):
-        preds = preds.iloc[np.sort(rng.choice(len(preds), config.limit, replace=False))].reset_index(drop=True)
-    records = [by_id[i] for i in preds["image_id"]]
-    n = len(records)
-    pred_idx = preds["pred_label"].map(cls_index).to_numpy(np.int64)
-    true_known = preds["true_label"].isin(cls_index).to_numpy()
-    true_idx = np.where(true_known, preds["true_label"].map(cls_index).fillna(-1).to_numpy(np.int64), pred_idx)
-    wrong = true_known & (true_idx != pred_idx)
+    def region_maps(self, idx: np.ndarray) -> np.ndarray:
+        from pipeline.explain.regions import compute_region_map
 
-    # Facial regions on the analysis grid: landmarks where the dataset gives them, else a template.
-    grid = ALIGNED_SIZE
-    sizes = _image_sizes(records, dataset)
-    have = [r.landmarks is not None for r in records]
-    template_lm = compute_mean_landmarks([r.landmarks for r in dataset.records]) if dataset.image_size else None
-    template_size = (dataset.image_size or ALIGNED_SIZE,) * 2
-    template_map = compute_region_map(template_lm, template_size, grid)
+        return np.stack([compute_region_map(self.records[i].landmarks, self._sizes[i], self.grid)
+                         if self.records[i].landmarks is not None else self._template for i in idx])
 
-    def region_maps(idx: np.ndarray) -> np.ndarray:
-        return np.stack([compute_region_map(records[i].landmarks, sizes[i], grid) if have[i] else template_map
-                         for i in idx])
+    def gt_stack(self, idx: np.ndarray) -> np.ndarray | None:
+        """The ground-truth masks of images `idx` (all False where an image has none), or None off the synthetic set."""
+        import cv2
 
-    gt_masks = None
-    if dataset.is_synthetic:
-        from pipeline.synth.faces import load_au_masks
-
-        gt_masks = load_au_masks(dataset.root)
-
-    def gt_stack(idx: np.ndarray) -> np.ndarray:
+        if self.gt_masks is None:
+            return None
+        grid = self.grid
         out = np.zeros((len(idx), grid, grid), dtype=bool)
         for k, i in enumerate(idx):
-            m = gt_masks.get(records[i].image_id)
+            m = self.gt_masks.get(self.records[i].image_id)
             if m is not None:
                 out[k] = m if m.shape == (grid, grid) else cv2.resize(
                     m.astype(np.uint8), (grid, grid), interpolation=cv2.INTER_NEAREST).astype(bool)
         return out
 
-    heat_rows: dict[str, list[dict]] = {m: [] for m in methods}
-    bg_share = {m: np.full(n, np.nan) for m in methods}
-    gt_per_image: dict[str, list[pd.DataFrame]] = {m: [] for m in methods}
-    bar = None if config.quiet else tqdm(total=n, desc=f"CAMs ({', '.join(methods)})", unit="img")
+
+@dataclass
+class HeatmapResults:
+    rows: dict[str, list[dict]]            # heatmaps rows per method
+    background_share: dict[str, np.ndarray]  # per image, of the predicted-class map
+    localisation: dict[str, list[pd.DataFrame]]  # per-image ground-truth localisation of the true-class map
+
+
+def _heatmap_row(common: dict, *, image_id: str, target_label: str, cam: np.ndarray, energies: np.ndarray,
+                 peak: str, gt: pd.Series | None) -> dict:
+    """One heatmaps row: the encoded map, its energy per region (NULL where undefined) and localisation."""
+    from pipeline.explain.codec import encode_cam
+
+    row = {**common, "image_id": image_id, "target_label": target_label,
+           "cam": encode_cam(cam, common["cam_size"]), "peak_region": peak, "gt_energy": None, "gt_hit": None}
+    for c, v in zip(ENERGY_COLUMNS, energies):
+        row[c] = float(v) if np.isfinite(v) else None
+    if gt is not None:
+        e, h = gt["gt_energy"], gt["gt_hit"]
+        row["gt_energy"] = float(e) if np.isfinite(e) else None
+        row["gt_hit"] = bool(h) if np.isfinite(h) else None
+    return row
+
+
+def compute_heatmap_rows(targets: ExplainTargets, *, methods: tuple[str, ...], model, layer, layer_name: str,
+                         meta: dict, regions: RegionContext, config: ExplainConfig, device: str,
+                         progress: Callable[[int], None] | None = None) -> HeatmapResults:
+    """Every image's maps (predicted class; true class when misclassified) with region energies.
+
+    Images are decoded `config.chunk` at a time and explained in batches of
+    `config.batch_size`; `progress(n)` is called after each batch.
+    """
+    from pipeline.data.images import load_images_array
+    from pipeline.explain.cams import compute_cams
+    from pipeline.explain.faithfulness import compute_gt_localisation
+    from pipeline.explain.regions import compute_peak_regions, compute_region_energies
+    from pipeline.train.augment import preprocess_batch
+
+    n, grid, preds, records = len(targets), regions.grid, targets.preds, targets.records
+    out = HeatmapResults({m: [] for m in methods}, {m: np.full(n, np.nan) for m in methods},
+                         {m: [] for m in methods})
     for start in range(0, n, config.chunk):
         idx = np.arange(start, min(start + config.chunk, n))
         images = load_images_array([records[i] for i in idx], int(meta["image_size"]))
-        maps = region_maps(idx)
-        masks = gt_stack(idx) if gt_masks is not None else None
+        maps = regions.region_maps(idx)
+        masks = regions.gt_stack(idx)
         chunk_cams = {m: np.empty((2, len(idx), grid, grid), np.float32) for m in methods}
         for b in range(0, len(idx), config.batch_size):
             sl = slice(b, b + config.batch_size)
             x = preprocess_batch(images[sl], meta, device)
-            cams, _ = compute_cams(model, x, [pred_idx[idx[sl]], true_idx[idx[sl]]], methods, layer, (grid, grid))
+            cams, _ = compute_cams(model, x, [targets.pred_idx[idx[sl]], targets.true_idx[idx[sl]]], methods,
+                                   layer, (grid, grid))
             for m in methods:
                 chunk_cams[m][:, sl] = cams[m]
-            if bar is not None:
-                bar.update(len(x))
+            if progress is not None:
+                progress(len(x))
         for m in methods:
             for t_i, target in enumerate(("pred", "true")):
-                rows_here = np.ones(len(idx), bool) if target == "pred" else wrong[idx]
+                rows_here = np.ones(len(idx), bool) if target == "pred" else targets.wrong[idx]
                 if not rows_here.any():
                     continue
                 sel = np.flatnonzero(rows_here)
@@ -246,114 +243,184 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
                 if masks is not None:
                     gt = compute_gt_localisation(cams_t, masks[sel], seed=config.seed + start)
                 if target == "pred":
-                    bg_share[m][idx] = energies[:, FACE_REGIONS.index("background")]
+                    out.background_share[m][idx] = energies[:, FACE_REGIONS.index("background")]
                 labels = preds["pred_label"] if target == "pred" else preds["true_label"]
-                for k, j in enumerate(sel):
-                    i = idx[j]
-                    row = {"run_id": run_id, "image_id": records[i].image_id, "method": m, "target": target,
-                           "target_label": labels.iloc[i], "target_layer": layer_name,
-                           "cam_size": config.cam_size, "cam": encode_cam(cams_t[k], config.cam_size),
-                           "peak_region": peaks[k], "gt_energy": None, "gt_hit": None}
-                    for c, v in zip(ENERGY_COLUMNS, energies[k]):
-                        row[c] = float(v) if np.isfinite(v) else None
-                    if gt is not None:
-                        e, h = gt["gt_energy"].iloc[k], gt["gt_hit"].iloc[k]
-                        row["gt_energy"] = float(e) if np.isfinite(e) else None
-                        row["gt_hit"] = bool(h) if np.isfinite(h) else None
-                    heat_rows[m].append(row)
+                common = {"run_id": targets.run_id, "method": m, "target": target, "target_layer": layer_name,
+                          "cam_size": config.cam_size}
+                out.rows[m] += [_heatmap_row(common, image_id=records[idx[j]].image_id,
+                                             target_label=labels.iloc[idx[j]], cam=cams_t[k], energies=energies[k],
+                                             peak=peaks[k], gt=None if gt is None else gt.iloc[k])
+                                for k, j in enumerate(sel)]
             if masks is not None:
                 # The localisation aggregates use the CAM of the true class (the expression drawn).
-                true_cams = np.where(wrong[idx][:, None, None], chunk_cams[m][1], chunk_cams[m][0])
+                true_cams = np.where(targets.wrong[idx][:, None, None], chunk_cams[m][1], chunk_cams[m][0])
                 g = compute_gt_localisation(true_cams, masks, seed=config.seed + start)
                 g["emotion"] = preds["true_label"].iloc[idx].to_numpy()
-                gt_per_image[m].append(g)
-    if bar is not None:
-        bar.close()
+                out.localisation[m].append(g)
+    return out
 
-    tags = compute_failure_tags(list(preds["image_id"]), list(preds["true_label"]), list(preds["pred_label"]),
-                                [r.occluder for r in records], bg_share, config.background_threshold)
 
-    # Explanation metrics on a seeded sample.
-    metric_rows: dict[str, list[dict]] = {m: [] for m in methods}
-    for m in methods:
-        if gt_per_image[m]:
-            g = pd.concat(gt_per_image[m], ignore_index=True)
-            metric_rows[m] += summarise_gt_localisation(g, g["emotion"].tolist(), m, n_boot=config.n_boot,
-                                                        seed=config.seed)
+def compute_check_rows(targets: ExplainTargets, *, methods: tuple[str, ...], model, layer, layer_name: str,
+                       meta: dict, config: ExplainConfig, device: str, rng: np.random.Generator,
+                       progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
+    """Faithfulness (ROAD, confidence change) and the randomisation sanity check on a seeded sample.
+
+    One explanation_metrics row per method, metric and emotion ('all' included),
+    each with a bootstrap interval. Kept as one loop (over 60 lines): each batch's
+    CAM feeds both checks, so splitting it would compute the maps twice.
+    """
+    import torch
+
+    from pipeline.data.images import load_images_array
+    from pipeline.explain.cams import compute_cams, resolve_target_layer
+    from pipeline.explain.faithfulness import (compute_confidence_change, compute_map_similarity,
+                                               compute_road_scores, create_randomized_model, summarise)
+    from pipeline.train.augment import preprocess_batch
+
+    rows: dict[str, list[dict]] = {m: [] for m in methods}
+    n = len(targets)
     n_sample = min(n, max(config.faithfulness_samples, config.sanity_samples))
-    if n_sample > 0:
-        sample = np.sort(rng.choice(n, n_sample, replace=False))
-        images = load_images_array([records[i] for i in sample], int(meta["image_size"]))
-        x_all = preprocess_batch(images, meta, device)
-        emotions = preds["true_label"].iloc[sample].tolist()
-        random_model = None
-        if config.sanity_samples > 0:
-            random_model = create_randomized_model(model, layer, x_all[:1], config.sanity_mode, config.seed)
-            random_layer, _ = resolve_target_layer(random_model, layer_name)
-        torch.manual_seed(config.seed)  # ROAD's imputation noise
-        fbar = None if config.quiet else tqdm(total=len(methods) * n_sample, desc="faithfulness + sanity",
-                                               unit="img")
-        for m in methods:
-            per: dict[str, list[np.ndarray]] = {}
-            for b in range(0, n_sample, config.batch_size):
-                sl = slice(b, b + config.batch_size)
-                x = x_all[sl]
-                tgt = pred_idx[sample[sl]]
-                cams, _ = compute_cams(model, x, [tgt], [m], layer)
-                cam = cams[m][0]
-                pos = np.arange(b, min(b + config.batch_size, n_sample))
-                f_sel = pos < config.faithfulness_samples
-                if f_sel.any():
-                    xs, cs, ts = x[f_sel], cam[f_sel], tgt[f_sel]
-                    for k, v in {**compute_road_scores(model, xs, cs, ts, config.road_percentiles),
-                                 **compute_confidence_change(model, xs, cs, ts)}.items():
-                        per.setdefault(k, []).append(v)
-                    per.setdefault("_f_emotions", []).append(np.array(emotions[b:b + len(pos)], object)[f_sel])
-                s_sel = pos < config.sanity_samples
-                if random_model is not None and s_sel.any():
-                    rcams, _ = compute_cams(random_model, x[s_sel], [tgt[s_sel]], [m], random_layer)
-                    sim = compute_map_similarity(cam[s_sel], rcams[m][0])
-                    per.setdefault("sanity_spearman", []).append(sim["spearman"])
-                    per.setdefault("sanity_ssim", []).append(sim["ssim"])
-                    per.setdefault("_s_emotions", []).append(np.array(emotions[b:b + len(pos)], object)[s_sel])
-                if fbar is not None:
-                    fbar.update(len(pos))
-            for k, parts in per.items():
-                if k.startswith("_"):
-                    continue
-                key = "_s_emotions" if k.startswith("sanity") else "_f_emotions"
-                ems = np.concatenate(per[key]).tolist()
-                rows = summarise(np.concatenate(parts), ems, m, k, n_boot=config.n_boot, seed=config.seed)
-                if k == "sanity_spearman":
-                    for r in rows:
-                        r["passed"] = bool(r["value"] < config.sanity_threshold)
-                metric_rows[m] += rows
-        if fbar is not None:
-            fbar.close()
+    if n_sample <= 0:
+        return rows
+    sample = np.sort(rng.choice(n, n_sample, replace=False))
+    images = load_images_array([targets.records[i] for i in sample], int(meta["image_size"]))
+    x_all = preprocess_batch(images, meta, device)
+    emotions = targets.preds["true_label"].iloc[sample].tolist()
+    random_model = random_layer = None
+    if config.sanity_samples > 0:
+        random_model = create_randomized_model(model, layer, x_all[:1], config.sanity_mode, config.seed)
+        random_layer, _ = resolve_target_layer(random_model, layer_name)
+    torch.manual_seed(config.seed)  # ROAD's imputation noise
+    for m in methods:
+        per: dict[str, list[np.ndarray]] = {}
+        for b in range(0, n_sample, config.batch_size):
+            sl = slice(b, b + config.batch_size)
+            x = x_all[sl]
+            tgt = targets.pred_idx[sample[sl]]
+            cams, _ = compute_cams(model, x, [tgt], [m], layer)
+            cam = cams[m][0]
+            pos = np.arange(b, min(b + config.batch_size, n_sample))
+            batch_emotions = np.array(emotions[b:b + len(pos)], object)
+            f_sel = pos < config.faithfulness_samples
+            if f_sel.any():
+                xs, cs, ts = x[f_sel], cam[f_sel], tgt[f_sel]
+                for k, v in {**compute_road_scores(model, xs, cs, ts, config.road_percentiles),
+                             **compute_confidence_change(model, xs, cs, ts)}.items():
+                    per.setdefault(k, []).append(v)
+                per.setdefault("_f_emotions", []).append(batch_emotions[f_sel])
+            s_sel = pos < config.sanity_samples
+            if random_model is not None and s_sel.any():
+                rcams, _ = compute_cams(random_model, x[s_sel], [tgt[s_sel]], [m], random_layer)
+                sim = compute_map_similarity(cam[s_sel], rcams[m][0])
+                per.setdefault("sanity_spearman", []).append(sim["spearman"])
+                per.setdefault("sanity_ssim", []).append(sim["ssim"])
+                per.setdefault("_s_emotions", []).append(batch_emotions[s_sel])
+            if progress is not None:
+                progress(len(pos))
+        for k, parts in per.items():
+            if k.startswith("_"):
+                continue
+            ems = np.concatenate(per["_s_emotions" if k.startswith("sanity") else "_f_emotions"]).tolist()
+            metric = summarise(np.concatenate(parts), ems, m, k, n_boot=config.n_boot, seed=config.seed)
+            if k == "sanity_spearman":
+                for r in metric:
+                    r["passed"] = bool(r["value"] < config.sanity_threshold)
+            rows[m] += metric
+    return rows
 
-    # Write everything in one transaction.
-    heat_frames = {m: pd.DataFrame(rows) for m, rows in heat_rows.items()}
-    summaries = {m: compute_heatmap_summary(heat_frames[m], preds, config.split) for m in methods}
-    with store.open_store(db) as con, store.transaction(con):
-        for m in methods:
-            store.replace_rows(con, "heatmaps", heat_frames[m], run_id=run_id, method=m)
+
+METRIC_COLUMNS = ["method", "metric", "emotion", "value", "ci_low", "ci_high", "n", "passed"]
+
+
+def save_explanations(con, run_id: str, *, heat_frames: dict[str, pd.DataFrame],
+                      summaries: dict[str, pd.DataFrame], metric_rows: dict[str, list[dict]],
+                      tags: pd.DataFrame) -> None:
+    """Replace the run's rows of every explained method, all in one transaction on `con`."""
+    from pipeline.store import db as store
+
+    with store.transaction(con):
+        for m, heat in heat_frames.items():
+            store.replace_rows(con, "heatmaps", heat, run_id=run_id, method=m)
             store.replace_rows(con, "heatmap_summary", summaries[m], run_id=run_id, method=m)
-            metrics_df = pd.DataFrame(metric_rows[m], columns=["method", "metric", "emotion", "value", "ci_low",
-                                                               "ci_high", "n", "passed"])
-            store.replace_rows(con, "explanation_metrics", metrics_df, run_id=run_id, method=m)
+            store.replace_rows(con, "explanation_metrics", pd.DataFrame(metric_rows[m], columns=METRIC_COLUMNS),
+                               run_id=run_id, method=m)
             store.replace_rows(con, "failure_tags", tags[tags["method"] == m], run_id=run_id, method=m)
         store.replace_rows(con, "failure_tags", tags[tags["method"] == ""], run_id=run_id, method="")
 
+
+def _progress_bar(config: ExplainConfig, total: int, desc: str):
+    """A tqdm bar's update function and its close, or (None, no-op) with --quiet."""
+    if config.quiet or total == 0:
+        return None, lambda: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img")
+    return bar.update, bar.close
+
+
+def run_explain(config: ExplainConfig) -> dict[str, Any]:
+    """Compute and store a run's explanations; returns a summary dict (see `format_summary`)."""
+    from pipeline.explain.cams import compute_heatmap_summary, resolve_target_layer, validate_methods
+    from pipeline.explain.faithfulness import summarise_gt_localisation
+    from pipeline.explain.regions import compute_failure_tags
+    from pipeline.train.runner import resolve_device
+
+    from pipeline.store import db as store
+
+    methods = validate_methods(config.methods)
+    db = Path(config.db)
+    if not db.is_file():
+        raise UserError(f"results store {db} does not exist; run `python -m pipeline demo` or pass --db PATH")
+    with store.open_store(db, read_only=True) as con:
+        run, preds = load_stored_predictions(con, config.run, config.split)
+    device = resolve_device(config.device)
+    model, meta = load_run_model(run, device)
+    classes = list(meta["classes"])
+    try:
+        layer, layer_name = resolve_target_layer(model, config.target_layer)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    dataset = load_run_dataset_for(run)
+    rng = np.random.default_rng(config.seed)
+    targets = select_targets(run["run_id"], preds, dataset, classes, limit=config.limit, rng=rng)
+    regions = RegionContext(targets.records, dataset)
+    common = dict(methods=methods, model=model, layer=layer, layer_name=layer_name, meta=meta, config=config,
+                  device=device)
+
+    update, close = _progress_bar(config, len(targets), f"CAMs ({', '.join(methods)})")
+    heat = compute_heatmap_rows(targets, regions=regions, progress=update, **common)
+    close()
+    preds = targets.preds
+    tags = compute_failure_tags(list(preds["image_id"]), list(preds["true_label"]), list(preds["pred_label"]),
+                                [r.occluder for r in targets.records], heat.background_share,
+                                config.background_threshold)
+    metric_rows: dict[str, list[dict]] = {m: [] for m in methods}
+    for m in methods:
+        if heat.localisation[m]:
+            g = pd.concat(heat.localisation[m], ignore_index=True)
+            metric_rows[m] += summarise_gt_localisation(g, g["emotion"].tolist(), m, n_boot=config.n_boot,
+                                                        seed=config.seed)
+    n_checked = min(len(targets), max(config.faithfulness_samples, config.sanity_samples))
+    update, close = _progress_bar(config, len(methods) * n_checked, "faithfulness + sanity")
+    for m, rows in compute_check_rows(targets, rng=rng, progress=update, **common).items():
+        metric_rows[m] += rows
+    close()
+
+    heat_frames = {m: pd.DataFrame(rows) for m, rows in heat.rows.items()}
+    summaries = {m: compute_heatmap_summary(heat_frames[m], preds, config.split) for m in methods}
+    with store.open_store(db) as con:
+        save_explanations(con, targets.run_id, heat_frames=heat_frames, summaries=summaries,
+                          metric_rows=metric_rows, tags=tags)
     return {
-        "run_id": run_id, "methods": list(methods), "target_layer": layer_name, "n_images": n,
-        "n_misclassified": int(wrong.sum()), "n_heatmaps": int(sum(len(f) for f in heat_frames.values())),
+        "run_id": targets.run_id, "methods": list(methods), "target_layer": layer_name, "n_images": len(targets),
+        "n_misclassified": int(targets.wrong.sum()), "n_heatmaps": int(sum(len(f) for f in heat_frames.values())),
         "n_tags": int(len(tags)), "metrics": pd.DataFrame([r for rows in metric_rows.values() for r in rows]),
         "heatmaps": pd.concat(list(heat_frames.values()), ignore_index=True).drop(columns=["cam"]),
         "is_synthetic": bool(dataset.is_synthetic),
     }
 
 
-def render_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     """A few lines for the terminal: counts, then the headline metrics per method."""
     lines = [f"explained run {summary['run_id']}: {summary['n_images']} images "
              f"({summary['n_misclassified']} misclassified), layer {summary['target_layer']}, "

@@ -1,0 +1,59 @@
+"""`python -m pipeline explain`: CAM heatmaps, region energies, failure tags and explanation checks for a run.
+
+Examples:
+  python -m pipeline explain --run latest
+  python -m pipeline explain --run 20261122 --methods gradcam,gradcam++,layercam --limit 500
+  python -m pipeline explain --run latest --target-layer block2 --faithfulness-samples 100
+
+What is computed and stored is described in pipeline/explain/stage.py.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+SHARED_OPTIONS = ('db', 'run', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from pipeline.explain.stage import ExplainConfig as C
+
+    parser.epilog = __doc__.split("\n", 1)[1]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--methods", default=",".join(C.methods),
+                        help="comma-separated: gradcam, gradcam++, hirescam, xgradcam, layercam, eigencam, "
+                             f"scorecam (slow: one forward pass per channel). Default {','.join(C.methods)}")
+    parser.add_argument("--target-layer", default=C.target_layer,
+                        help="dotted module name, e.g. layer4.1 or block2 (default: layer4[-1] for ResNets, "
+                             "the last block for the light CNN)")
+    parser.add_argument("--split", default=C.split, help=f"split whose predictions are explained (default {C.split})")
+    parser.add_argument("--limit", type=int, default=C.limit, help="explain a seeded sample of N images")
+    parser.add_argument("--batch-size", type=int, default=C.batch_size, help=f"default {C.batch_size}")
+    parser.add_argument("--cam-size", type=int, default=C.cam_size,
+                        help=f"side of the stored map (default {C.cam_size}: 1 KB at 32)")
+    parser.add_argument("--faithfulness-samples", type=int, default=C.faithfulness_samples,
+                        help=f"images for ROAD / confidence change (0 = skip; default {C.faithfulness_samples})")
+    parser.add_argument("--sanity-samples", type=int, default=C.sanity_samples,
+                        help=f"images for the randomisation sanity check (0 = skip; default {C.sanity_samples})")
+    parser.add_argument("--sanity-mode", choices=("cascading", "head", "full"), default=C.sanity_mode,
+                        help="which layers to re-initialise: the target layer and after (cascading, default), "
+                             "only after it (head), or all (full)")
+    parser.add_argument("--n-boot", type=int, default=C.n_boot, help=f"bootstrap resamples for CIs (default {C.n_boot})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.errors import UserError
+    from pipeline.explain.cams import validate_methods
+    from pipeline.explain.stage import ExplainConfig, format_summary, run_explain
+
+    try:
+        methods = validate_methods(args.methods.split(","))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    config = ExplainConfig(
+        db=args.db, run=args.run, methods=methods, target_layer=args.target_layer, split=args.split,
+        limit=args.limit, batch_size=args.batch_size, cam_size=args.cam_size,
+        faithfulness_samples=args.faithfulness_samples, sanity_samples=args.sanity_samples,
+        sanity_mode=args.sanity_mode, n_boot=args.n_boot, seed=args.seed, device=args.device, quiet=args.quiet)
+    print(format_summary(run_explain(config)))
+    return 0
