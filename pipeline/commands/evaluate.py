@@ -15,12 +15,14 @@ import argparse
 DATASETS = ("rafdb", "fer2013", "folder", "synthetic")
 
 
+SHARED_OPTIONS = ('db', 'run', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {'run': "trained run: id, unique prefix or 'latest' (default {default})", 'seed': "seed of the dataset's val hold-out (default {default})"}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--run", default="latest", help="trained run: id, unique prefix or 'latest' (default)")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--classes", type=int, choices=(6, 7), default=7,
@@ -29,14 +31,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
                         help="which split(s) to evaluate (default test)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset's val hold-out")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="a checkpoint file you trust, instead of the run's own runs/<id>/best.pt "
                              "(loaded weights-only; its SHA-256 is stored with the new run)")
-    parser.add_argument("--quiet", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
