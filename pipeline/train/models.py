@@ -338,7 +338,7 @@ def resolve_run_checkpoint(db: str | os.PathLike, run: dict[str, Any],
     where = "does not exist" if path.is_relative_to(runs_dir) else f"is outside the store's runs folder {runs_dir}"
     raise UserError(f"the checkpoint of run {run.get('run_id')} recorded in {db} ({recorded}) {where}; "
                     f"restore runs/{run.get('parent_run_id') or run.get('run_id')}/ beside the store, "
-                    f"or pass the checkpoint file you trust with --checkpoint PATH")
+                    f"(or, for `evaluate`, pass the checkpoint file you trust with --checkpoint PATH)")
 
 
 def verify_checkpoint(path: str | os.PathLike, expected_sha256: str | None, run_id: str = "") -> None:

@@ -69,8 +69,11 @@ def test_explain_stores_the_exact_mean_of_its_heatmaps(trained_run, tmp_path):
     from pipeline.constants import FACE_REGIONS
 
     src, run, preds = trained_run
+    from pipeline.paths import runs_dir_for
+
     db = tmp_path / "summary.duckdb"
     shutil.copy(src, db)
+    shutil.copytree(runs_dir_for(src), runs_dir_for(db))  # checkpoints load only from the store's own runs/
     energy = [f"e_{r}" for r in FACE_REGIONS]
     args = ["explain", "--db", str(db), "--run", run["run_id"], "--methods", "gradcam,layercam",
             "--faithfulness-samples", "0", "--sanity-samples", "0", "--quiet"]
