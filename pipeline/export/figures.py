@@ -22,7 +22,9 @@ from pipeline.export.tables import format_metric, sort_audit_rows, split_attribu
 FIGURE_FORMATS = ("pdf", "svg", "png")
 WIDTH = 320          # px of one panel; a one-column figure is about this wide at 72 dpi
 MAX_GAP_ROWS = 30    # the forest plot's rows: significant gaps first, then the largest
-FONT = "Helvetica"
+# vl-convert draws no text at all in a font it lacks (Helvetica, say): 'sans-serif' is the
+# Liberation Sans it bundles, embedded in every PDF.
+FONT = "sans-serif"
 CAM_CELLS = 16       # mean CAMs are drawn as 16 x 16 cells (the stored 32 x 32 averaged 2 x 2)
 
 

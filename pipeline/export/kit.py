@@ -3,7 +3,7 @@
 `load_kit_inputs(con, run)` reads what the kit needs from the store (through
 `pipeline.store.db`, read-only); `create_kit(inputs)` is pure and returns the
 kit as {relative path: bytes}; `write_kit` puts it in a folder and `zip_kit`
-in a zip (the dashboard's download). The kit holds
+in a zip (`create_kit_zip`: the dashboard's download). The kit holds
 
 - `tables/<name>.tex|.csv|.md`: class metrics, confusion matrix, per demographics
   source one audit table and one gaps table per attribute or intersection,
@@ -391,6 +391,15 @@ def write_kit(files: dict[str, bytes], out_dir: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
     return out
+
+
+def create_kit_zip(db: str | Path, run_id: str) -> bytes:
+    """The kit of run `run_id` in the store at `db` (opened read-only) as zip bytes, under '<run>-paper-kit/'."""
+    from pipeline.store.db import open_store
+
+    with open_store(db, read_only=True) as con:
+        inputs = load_kit_inputs(con, run_id)
+    return zip_kit(create_kit(inputs), f"{inputs.run['run_id']}-paper-kit")
 
 
 def zip_kit(files: dict[str, bytes], folder: str) -> bytes:

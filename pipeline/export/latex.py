@@ -102,7 +102,9 @@ def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = N
                r"\bottomrule", r"\end{tabular}"]
     if not caption_line and not label_line:
         return "\n".join(tabular) + "\n"
+    # A caption above a table needs space below it (LaTeX's article leaves none).
     lines = [r"\begin{table}[htbp]", r"\centering", size, rf"\setlength{{\tabcolsep}}{{{TABCOLSEP}}}",
+             r"\setlength{\belowcaptionskip}{4pt}",
              *([caption_line] if caption_line else []), *([label_line] if label_line else []),
              *tabular, r"\end{table}"]
     return "\n".join(lines) + "\n"

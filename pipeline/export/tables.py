@@ -62,7 +62,9 @@ def format_number(value, digits: int = 3) -> str:
         return "yes" if value else "no"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return f"{float(value):.{digits}f}"
+    text = f"{float(value):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no '-0.00'
+
 
 
 def format_level(alpha: float) -> str:

@@ -44,6 +44,8 @@ def compile_body(folder: Path, body: str, name: str = "doc.tex") -> str:
 
 
 def pdf_text(pdf: Path) -> str:
-    """The text of a PDF (pdftotext), whitespace removed so cells can be searched for."""
+    """The text of a PDF (pdftotext), whitespace removed so cells can be searched for.
+
+    '~' and '^' are typeset as accents over nothing, which pdftotext reads as '˜' and 'ˆ'."""
     out = subprocess.run([PDFTOTEXT, str(pdf), "-"], capture_output=True, text=True, timeout=120, check=True).stdout
-    return "".join(out.split())
+    return "".join(out.split()).replace("˜", "~").replace("ˆ", "^")
