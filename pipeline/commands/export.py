@@ -10,7 +10,8 @@ Tables: audit (metrics per demographic group with CIs and n), gaps
 (best-worst or vs-rest gaps with CIs and corrected p-values), class-metrics,
 confusion, proxy (agreement of inferred with annotated demographics).
 LaTeX output is one captioned, labelled table per attribute or intersection
-(a longtable when long), ready to \\input; CSV and Markdown are one table.
+(a longtable when long), ready to \\input; CSV and Markdown are one table of
+the same cells (--raw: the stored rows, unformatted).
 
 --kit DIR writes every table (LaTeX, CSV, Markdown), the main figures (PDF,
 SVG), settings.json (how every number was made) and a main.tex that inputs

@@ -138,8 +138,8 @@ def create_gaps_forest_figure(gaps: pd.DataFrame, *, level: str = "95%",
     rule = base.mark_rule().encode(x=alt.X("ci_low:Q", title=f"gap (best − worst) [{level} CI]"), x2="ci_high:Q")
     point = base.mark_point(size=45).encode(
         x="value:Q",
-        fill=alt.Fill("sig:N", title=None, sort=["significant", "not significant"],
-                      scale=alt.Scale(range=["black", "white"]), legend=alt.Legend(orient="top")),
+        fill=alt.Fill("sig:N", title=None, legend=alt.Legend(orient="top"),
+                      scale=alt.Scale(domain=["significant", "not significant"], range=["black", "white"])),
         stroke=alt.value("black"))
     zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 3], color="grey").encode(x="x:Q")
     return _style((zero + rule + point).properties(width=WIDTH, height=16 * len(order)))

@@ -178,6 +178,18 @@ def test_export_kit_command_writes_the_kit_of_a_real_run(demo_kit, demo_store, c
     assert list(confusion.columns[1:]) == run["classes"] and confusion.iloc[:, 1:].to_numpy().sum() == run["n_test"]
 
 
+def test_dashboard_kit_zip_is_the_kit_of_the_run(demo_store, demo_kit):
+    data = kit.create_kit_zip(demo_store, "latest")
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = z.namelist()
+        folder = names[0].split("/")[0]
+        assert folder.endswith("-paper-kit") and all(n.startswith(folder + "/") for n in names)
+        on_disk = sorted(str(p.relative_to(demo_kit)) for p in demo_kit.rglob("*")
+                         if p.is_file() and p.suffix not in (".aux", ".log", ".pdf") or p.parent.name == "figures")
+        assert sorted(n[len(folder) + 1:] for n in names) == on_disk
+        assert z.read(f"{folder}/tables/confusion.csv") == (demo_kit / "tables" / "confusion.csv").read_bytes()
+
+
 @requires_pdflatex
 def test_real_kit_main_tex_compiles(demo_kit):
     compile_latex(demo_kit)
