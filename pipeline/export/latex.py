@@ -10,10 +10,12 @@ Pure: frames and strings in, LaTeX source out. The rules a journal expects:
 - `to_latex` writes booktabs rules (needs `\\usepackage{booktabs}`) in a
   `table` float, or a `longtable` (needs `\\usepackage{longtable}`) that breaks
   across pages when the table has more than LONG_ROWS rows, so no table is
-  ever a float taller than the page. Tables are set in `\\small` (wide ones
-  in `\\footnotesize`) with narrow column padding; the table builders keep
-  their columns few enough to fit a one-column article's text width (the
-  export tests compile every table and fail on an overfull box).
+  ever a float taller than the page. Tables are set in `\\small`, or in
+  `\\footnotesize` or `\\scriptsize` when their cells' estimated width needs it
+  (`choose_size`), with narrow column padding; a table too wide even so puts
+  each interval under its estimate. The table builders keep their columns few
+  enough to fit a one-column article's text width (the export tests compile
+  every table and fail on an overfull box).
 - `PREAMBLE` lists the packages the tables and `main.tex` use; `to_document`
   wraps bodies in a complete, compilable document.
 """
@@ -25,7 +27,12 @@ import pandas as pd
 
 LONG_ROWS = 30          # more rows than this: a longtable, which breaks across pages
 TABCOLSEP = "4pt"       # column padding (LaTeX's default is 6pt)
-WIDE_COLUMNS = 7        # tables with this many columns or more are set in \footnotesize, others in \small
+TEXT_WIDTH_PT = 345.0   # a one-column 10pt article's \textwidth
+FIT_MARGIN = 0.97       # room for the estimate's error (about 1% on measured cells)
+# Font sizes a table may be set in, largest first, with the width in pt of one em of
+# estimate_width_em in each: measured with \settowidth on table cells; Computer Modern's
+# smaller optical sizes are wider than a scaled 10pt, so \scriptsize gains little.
+SIZES = ((r"\small", 9.25), (r"\footnotesize", 8.5), (r"\scriptsize", 8.0))
 
 PACKAGES = ("booktabs", "longtable", "graphicx")
 PREAMBLE = "\n".join([r"\documentclass[10pt]{article}", *(rf"\usepackage{{{p}}}" for p in PACKAGES)])
@@ -70,6 +77,53 @@ def _align(series: pd.Series) -> str:
     return "r" if texts and all(_NUMBERISH.match(t) for t in texts) else "l"
 
 
+# Widths of Computer Modern Roman glyphs in em (digits are 0.5 em); letters not listed are 0.5 em
+# lower case and 0.72 em upper case. Close enough to choose a font size; the tests compile and check.
+_GLYPH_EM = {**dict.fromkeys(" ", 0.333), **dict.fromkeys(".,:;![]()|'`", 0.278), **dict.fromkeys("il", 0.278),
+             **dict.fromkeys("fjrt", 0.38), **dict.fromkeys("mw", 0.78), **dict.fromkeys("%&−×–MW@", 0.8),
+             "-": 0.333, "†": 0.3}
+
+
+def estimate_width_em(text: str) -> float:
+    """The typeset width of `text` in em of its font (an estimate, see _GLYPH_EM), as escape_latex sets it."""
+    text = _MINUS.sub("−", _RANGE.sub(r"\1–\2", str(text)))
+    return sum(_GLYPH_EM.get(ch, 0.72 if ch.isupper() else 0.5) for ch in text)
+
+
+def choose_size(header: list[str], rows: list[list[str]]) -> str | None:
+    """The largest of SIZES in which a table of these cells (plain text, one line per '\\n') fits
+    TEXT_WIDTH_PT, or None when none does."""
+    def width(text: str) -> float:
+        return max(estimate_width_em(line) for line in str(text).split("\n"))
+
+    widths = [max([width(h), *(width(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    padding = 2 * float(TABCOLSEP.rstrip("pt")) * len(header)
+    for size, pt in SIZES:
+        if sum(widths) * pt + padding <= FIT_MARGIN * TEXT_WIDTH_PT:
+            return size
+    return None
+
+
+# An estimate cell, '0.87 [0.83, 0.90]' (optionally followed by more): split before its interval.
+_ESTIMATE = re.compile(r"^(\S+) (\[[^]]*\].*)$")
+
+
+def _stack(text: str) -> str:
+    """An estimate cell on two lines, its interval under it (for tables too wide for one line per cell)."""
+    m = _ESTIMATE.match(text)
+    return f"{m.group(1)}\n{m.group(2)}" if m else text
+
+
+def _latex_cell(text: str) -> str:
+    """One cell: escaped, guarded so a leading '[' is not read as the optional argument of the
+    previous row's \\\\, and stacked in a nested tabular when it holds line breaks."""
+    lines = [escape_latex(x) for x in str(text).split("\n")]
+    lines = ["{}" + x if x.startswith("[") else x for x in lines]
+    if len(lines) == 1:
+        return lines[0]
+    return r"\begin{tabular}[t]{@{}r@{}}" + r" \\ ".join(lines) + r"\end{tabular}"
+
+
 def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = None, *,
              cell=str, long: bool | None = None) -> str:
     """A booktabs table of `df`, every header and cell escaped.
@@ -81,11 +135,14 @@ def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = N
     whose header repeats on every page.
     """
     align = "".join(_align(df[c]) for c in df.columns)
-    header = " & ".join(escape_latex(c) for c in df.columns) + r" \\"
-    body = [" & ".join(escape_latex(cell(v)) for v in row) + r" \\"
-            for row in df.itertuples(index=False, name=None)]
+    header = " & ".join(_latex_cell(c) for c in df.columns) + r" \\"
+    cells = [[cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
+    size = choose_size([str(c) for c in df.columns], cells)
+    if size is None:  # too wide on one line per cell: intervals go under their estimates
+        cells = [[_stack(c) for c in row] for row in cells]
+        size = choose_size([str(c) for c in df.columns], cells) or SIZES[-1][0]
+    body = [" & ".join(_latex_cell(c) for c in row) + r" \\" for row in cells]
     long = len(df) > LONG_ROWS if long is None else long
-    size = r"\footnotesize" if len(df.columns) >= WIDE_COLUMNS else r"\small"
     caption_line = rf"\caption{{{escape_latex(caption)}}}" if caption is not None else ""
     label_line = rf"\label{{{_label(label)}}}" if label is not None else ""
     if long:

@@ -15,7 +15,7 @@ import pytest
 from pipeline.constants import AGE_GROUPS, EMOTIONS, GENDERS
 from pipeline.export.kit import Audit, KitInputs
 
-HOSTILE_RACES = ("Caucasian", "50% & co_#1", "$5 {x} back\\slash", "Asian ~^ <3>")
+HOSTILE_RACES = ("Caucasian", "50% & co_#1", "[$5] {x} back\\slash", "Asian ~^ <3>")
 HOSTILE_SOURCE = "guess_2% & #1"
 ATTRIBUTES = {"gender": ("male", "female"), "race": HOSTILE_RACES, "age": tuple(AGE_GROUPS.values())}
 CLASSES = list(EMOTIONS)

@@ -63,7 +63,7 @@ def test_checker_fails_on_unescaped_specials_and_overfull_lines(tmp_path):
         compile_latex(tmp_path / "float")
 
 
-HOSTILE = pd.DataFrame({"group": ["50% & co_#1", "$5 {x}", "back\\slash", "a | b ~^ <3>"],
+HOSTILE = pd.DataFrame({"group": ["50% & co_#1", "[$5] {x}", "back\\slash", "a | b ~^ <3>"],
                         "estimate": ["0.87 [0.83, 0.90]", "-0.05 [-0.10, 0.01]", "0.50 [0.40, 0.60]", "–"]})
 
 
@@ -78,7 +78,29 @@ def test_hostile_values_print_as_written(tmp_path):
     compile_body(tmp_path, latex.to_latex(HOSTILE, "Hostile names: 100% & _#$", "tab:hostile"))
     text = pdf_text(tmp_path / "doc.pdf")
     # pdftotext drops the rule that LaTeX draws for an escaped '_'; every other character is extracted.
-    for value in ("50%&co_#1", "$5{x}", "back\\slash", "a|b", "<3>", "100%&_#$"):
+    for value in ("50%&co_#1", "[$5]{x}", "back\\slash", "a|b", "<3>", "100%&_#$"):
         assert value.replace("_", "") in text, value
     assert "−0.05[−0.10,0.01]" in text  # real minus signs (U+2212), not hyphens
     assert "-0.05" not in text
+
+
+def _wide(n_estimates: int) -> pd.DataFrame:
+    return pd.DataFrame({"gender": ["female"] * 3, "race": ["African-American"] * 3, "n": ["132†"] * 3,
+                         **{f"metric {i}": ["-0.21 [-0.15, 0.29]"] * 3 for i in range(n_estimates)}})
+
+
+def test_wider_tables_get_smaller_fonts_then_stacked_intervals():
+    def layout(k):
+        text = latex.to_latex(_wide(k), "Wide")
+        return next(s for s, _ in latex.SIZES if s in text), r"\begin{tabular}[t]{@{}r@{}}" in text
+
+    assert layout(1) == (r"\small", False)
+    assert layout(6) == (r"\scriptsize", True)
+    stacked = latex.to_latex(_wide(6), "Wide")
+    assert r"\begin{tabular}[t]{@{}r@{}}$-$0.21 \\ {}[$-$0.15, 0.29]\end{tabular}" in stacked
+
+
+@requires_pdflatex
+@pytest.mark.parametrize("n_estimates", [2, 3, 4])
+def test_wider_tables_still_fit_the_text_width(tmp_path, n_estimates):
+    compile_body(tmp_path, latex.to_latex(_wide(n_estimates), "Wide", "tab:wide"))
