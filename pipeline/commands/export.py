@@ -89,7 +89,7 @@ def _audit_alpha(con, run_id: str, source: str, split: str) -> float:
 
 def load_raw_table(con, args: argparse.Namespace):
     """The stored rows behind the requested table, unformatted."""
-    from pipeline.export.tables import TABLES, sort_audit_rows
+    from pipeline.export.tables import TABLES, sort_audit_rows, sort_proxy_rows
     from pipeline.store.db import get_run, load_frame
 
     run = get_run(con, args.run)
@@ -101,7 +101,9 @@ def load_raw_table(con, args: argparse.Namespace):
     if stored in ("audit_cells", "audit_gaps", "proxy_agreement"):
         keys["source"] = _pick_source(con, stored, dict(keys), args.source)
     rows = load_frame(con, stored, **keys)
-    return sort_audit_rows(rows) if stored in ("audit_cells", "audit_gaps") else rows
+    if stored in ("audit_cells", "audit_gaps"):
+        return sort_audit_rows(rows)
+    return sort_proxy_rows(rows) if stored == "proxy_agreement" else rows
 
 
 def load_table(con, args: argparse.Namespace):

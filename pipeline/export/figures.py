@@ -149,8 +149,8 @@ def create_intersection_heatmap_figure(cells: pd.DataFrame, attribute: str = "ge
                                        metric: str = "accuracy") -> alt.TopLevelMixin:
     """A demographic × emotion heatmap of `metric` (rows: the demographic parts, columns: emotions).
 
-    Cells under the audit's minimum support are outlined and their value
-    written in grey; every cell states its value.
+    Cells under the audit's minimum support are outlined in red; every cell
+    states its value.
     """
     parts = split_attribute(attribute)
     if parts[-1] != "emotion" or len(parts) < 2:
@@ -163,9 +163,8 @@ def create_intersection_heatmap_figure(cells: pd.DataFrame, attribute: str = "ge
     part = part.assign(row=[" × ".join(v[:-1]) for v in values], emotion=[v[-1] for v in values],
                        text=[f"{v:.2f}" if pd.notna(v) else "–" for v in part["value"]],
                        low=part["low_support"].astype(bool))
-    # Text ink: grey on low-support cells, else black on light and white on dark colours.
-    part["ink"] = ["#bbbbbb" if low else ("black" if pd.notna(v) and v > 0.6 else "white")
-                   for low, v in zip(part["low"], part["value"])]
+    # Text ink: black on light and white on dark colours (low support is the red outline).
+    part["ink"] = ["black" if pd.notna(v) and v > 0.6 else "white" for v in part["value"]]
     rows = list(dict.fromkeys(part["row"]))
     emotions = sort_values("emotion", set(part["emotion"]))
     base = alt.Chart(part).encode(x=alt.X("emotion:N", sort=emotions, title=None, axis=alt.Axis(labelAngle=-40)),

@@ -254,13 +254,11 @@ def create_proxy_tables(inputs: KitInputs) -> list[KitTable]:
     out = []
     for source, rows in inputs.proxy.groupby("source", sort=True):
         display = tables.compute_proxy_table(rows.drop(columns=["source"]))
-        numbers = rows.assign(_k=[(tables.attribute_rank(a), tables.value_rank(a, v), tables.value_rank(a, w))
-                                  for a, v, w in zip(rows["attribute"], rows["annotated"], rows["inferred"])])
-        numbers = numbers.sort_values("_k").drop(columns=["_k", "dataset_fingerprint"])
+        numbers = tables.sort_proxy_rows(rows).drop(columns=["dataset_fingerprint"])
         caption = (f"Proxy check: how often {source}'s inferred labels agree with the annotations, per annotated "
                    f"group, with 95% CIs and n. Dataset {inputs.run['dataset']} "
                    f"(fingerprint {str(inputs.run['dataset_fingerprint'])[:12]}).")
-        out.append(KitTable(f"proxy-{slug(source)}", caption, display, numbers.reset_index(drop=True)))
+        out.append(KitTable(f"proxy-{slug(source)}", caption, display, numbers))
     return out
 
 

@@ -164,6 +164,13 @@ def sort_audit_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.iloc[order].reset_index(drop=True)
 
 
+def sort_proxy_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Stored proxy_agreement rows in natural order: attribute, annotated value, inferred value."""
+    keys = [(attribute_rank(a), value_rank(a, v), value_rank(a, w))
+            for a, v, w in zip(rows["attribute"], rows["annotated"], rows["inferred"])]
+    return rows.iloc[sorted(range(len(rows)), key=keys.__getitem__)].reset_index(drop=True)
+
+
 def sort_attributes(attributes) -> list[str]:
     """Attribute sets in natural order (gender, race, age, gender×race, ...), duplicates dropped."""
     return sorted(dict.fromkeys(attributes), key=attribute_rank)

@@ -212,3 +212,15 @@ def test_export_needs_a_table_or_a_kit(demo_store, capsys):
     with pytest.raises(SystemExit):
         main(["export", "--db", str(demo_store)])
     assert "--table" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_command_csv_lists_age_groups_in_natural_order(demo_store, raw, capsys):
+    from pipeline.cli import main
+    from pipeline.constants import AGE_GROUPS
+
+    args = ["export", "--db", str(demo_store), "--table", "audit", "--format", "csv"]
+    assert main(args + (["--raw"] if raw else ["--attribute", "age"])) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
+    ages = list(dict.fromkeys(table[table["attribute"] == "age"]["grp"] if raw else table["age"]))
+    assert len(ages) >= 3 and ages == [a for a in AGE_GROUPS.values() if a in ages]
