@@ -28,9 +28,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.constants import ATTRIBUTE_ORDER, EMOTIONS, value_rank
-from pipeline.export.latex import escape_latex, to_latex as _latex_table
-
-__all__ = ["escape_latex"]  # re-exported: the LaTeX rules live in pipeline.export.latex
+from pipeline.export.latex import escape_latex  # noqa: F401  (re-exported; the LaTeX rules live there)
+from pipeline.export.latex import to_latex as _latex_table
 
 FORMATS = ("csv", "latex", "markdown")
 MISSING = "–"
