@@ -2,7 +2,7 @@
 
 The same downloads sit under each table and figure on the other pages; this
 page lists them all for the selected run, building each file only when its
-button is pressed.
+button is pressed, and offers the run's paper kit (pipeline.export.kit) as one zip.
 """
 from __future__ import annotations
 
