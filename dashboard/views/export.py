@@ -2,7 +2,7 @@
 
 The same downloads sit under each table and figure on the other pages; this
 page lists them all for the selected run, building each file only when its
-button is pressed.
+button is pressed, and offers the run's paper kit (pipeline.export.kit) as one zip.
 """
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ import streamlit as st
 
 from dashboard import charts, queries, widgets
 from pipeline.constants import FACE_REGIONS
+from pipeline.export.kit import create_kit_zip
 
 ctx = widgets.render_page_context()
 st.title("Export")
 st.caption(f"Files are named <run>__<view>.<ext>; run {ctx.run_id}. Tables: CSV, LaTeX (booktabs), Markdown. "
            "Figures: SVG, PNG, PDF.")
+st.download_button(
+    "Paper kit (zip)", icon=":material/folder_zip:", mime="application/zip",
+    file_name=widgets.create_file_name(ctx.run_id, "paper-kit", "zip"),
+    data=lambda: create_kit_zip(ctx.ref.path, ctx.run_id),
+    help="Every table (LaTeX, CSV, Markdown), the main figures (PDF, SVG), settings.json and a main.tex that "
+         "compiles with pdflatex; the same as `python -m pipeline export --run RUN --kit DIR`.")
 
 tables: dict[str, tuple] = {}
 figures: dict[str, object] = {}

@@ -1,6 +1,7 @@
-"""`python -m pipeline export`: a run's results as a table for a paper (CSV, LaTeX booktabs, Markdown).
+"""`python -m pipeline export`: a run's results as tables for a paper (CSV, LaTeX booktabs, Markdown), or the paper kit.
 
 Examples:
+  python -m pipeline export --run latest --kit paper/
   python -m pipeline export --run latest --table audit --format latex --attribute race
   python -m pipeline export --run latest --table gaps --format markdown --metric accuracy
   python -m pipeline export --run latest --table confusion --format csv --out confusion.csv
@@ -8,6 +9,13 @@ Examples:
 Tables: audit (metrics per demographic group with CIs and n), gaps
 (best-worst or vs-rest gaps with CIs and corrected p-values), class-metrics,
 confusion, proxy (agreement of inferred with annotated demographics).
+LaTeX output is one captioned, labelled table per attribute or intersection
+(a longtable when long), ready to \\input; CSV and Markdown are one table of
+the same cells (--raw: the stored rows, unformatted).
+
+--kit DIR writes every table (LaTeX, CSV, Markdown), the main figures (PDF,
+SVG), settings.json (how every number was made) and a main.tex that inputs
+them all and compiles with pdflatex as it is.
 """
 from __future__ import annotations
 
@@ -24,7 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--table", choices=TABLE_NAMES, required=True)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--table", choices=TABLE_NAMES, help="the table to export")
+    what.add_argument("--kit", type=Path, default=None, metavar="DIR",
+                      help="write the paper kit of the run into DIR (tables, figures, settings.json, main.tex)")
     parser.add_argument("--format", choices=("csv", "latex", "markdown"), default="markdown")
     parser.add_argument("--split", default="test", help="split (default test)")
     parser.add_argument("--source", default=None,
@@ -78,7 +89,7 @@ def _audit_alpha(con, run_id: str, source: str, split: str) -> float:
 
 def load_raw_table(con, args: argparse.Namespace):
     """The stored rows behind the requested table, unformatted."""
-    from pipeline.export.tables import TABLES
+    from pipeline.export.tables import TABLES, sort_audit_rows, sort_proxy_rows
     from pipeline.store.db import get_run, load_frame
 
     run = get_run(con, args.run)
@@ -89,7 +100,10 @@ def load_raw_table(con, args: argparse.Namespace):
         keys = {"run_id": run["run_id"], "split": args.split}
     if stored in ("audit_cells", "audit_gaps", "proxy_agreement"):
         keys["source"] = _pick_source(con, stored, dict(keys), args.source)
-    return load_frame(con, stored, **keys)
+    rows = load_frame(con, stored, **keys)
+    if stored in ("audit_cells", "audit_gaps"):
+        return sort_audit_rows(rows)
+    return sort_proxy_rows(rows) if stored == "proxy_agreement" else rows
 
 
 def load_table(con, args: argparse.Namespace):
@@ -132,17 +146,80 @@ def load_table(con, args: argparse.Namespace):
     return export.compute_proxy_table(rows), f"{source} vs annotations"
 
 
+def load_latex_tables(con, args: argparse.Namespace) -> list:
+    """The requested table as the paper kit's LaTeX tables (one per attribute or intersection)."""
+    from pipeline.errors import UserError
+    from pipeline.export import kit
+
+    inputs = kit.load_kit_inputs(con, args.run, args.split)
+    if args.table in ("class-metrics", "confusion"):
+        if args.normalize:
+            raise UserError("--normalize is for CSV and Markdown; the LaTeX confusion table holds counts")
+        found = [t for t in kit.create_run_tables(inputs) if t.name == args.table]
+        if not found:
+            raise UserError(f"run {inputs.run['run_id']} has no {args.table} on the {args.split} split")
+        return found
+    if args.table == "proxy":
+        found = [t for t in kit.create_proxy_tables(inputs)
+                 if args.source is None or t.name == f"proxy-{kit.slug(args.source)}"]
+        if not found:
+            raise UserError("no proxy check stored for this run's dataset" + (f" from {args.source!r}"
+                            if args.source else "") + "; store annotations and an inferred source with "
+                            "`python -m pipeline demographics`, then audit")
+        return found
+    stored = "audit_cells" if args.table == "audit" else "audit_gaps"
+    source = _pick_source(con, stored, {"run_id": inputs.run["run_id"], "split": args.split}, args.source)
+    audit = next(a for a in inputs.audits if a.source == source)
+    attributes = [args.attribute] if args.attribute else None
+    if args.table == "audit":
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        found = kit.create_audit_tables(inputs, audit, metrics=metrics, attributes=attributes)
+    else:
+        found = kit.create_gap_tables(inputs, audit, attributes=attributes,
+                                      comparison=None if args.comparison == "all" else args.comparison,
+                                      metric=args.metric, significant_only=args.significant_only)
+    if not found:
+        raise UserError(f"no {args.table} rows match (source {source}"
+                        + (f", attribute {args.attribute!r}" if args.attribute else "") + ")")
+    return found
+
+
+def run_kit(args: argparse.Namespace) -> int:
+    from pipeline.export import kit
+    from pipeline.store.db import open_store
+
+    with open_store(args.db, read_only=True) as con:
+        inputs = kit.load_kit_inputs(con, args.run, args.split)
+    files = kit.create_kit(inputs)
+    out = kit.write_kit(files, args.kit)
+    n_tables = sum(p.endswith(".tex") and p.startswith("tables/") for p in files)
+    n_figures = sum(p.endswith(".pdf") for p in files)
+    print(f"wrote the paper kit of run {inputs.run['run_id']} to {out}: {n_tables} tables (LaTeX, CSV, Markdown), "
+          f"{n_figures} figures (PDF, SVG), settings.json, main.tex (compile: cd {out} && pdflatex main.tex)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.export.tables import render_table
     from pipeline.store.db import open_store
 
+    if args.kit is not None:
+        return run_kit(args)
     with open_store(args.db, read_only=True) as con:
-        table, _ = load_table(con, args)
-    text = render_table(table, args.format, caption=args.caption, label=args.label)
+        if args.format == "latex" and not args.raw:
+            found = load_latex_tables(con, args)
+            labels = [args.label if len(found) == 1 else f"{args.label}-{t.name}" for t in found] \
+                if args.label else [None] * len(found)
+            text = "\n".join(t.render("latex", caption=args.caption, label=label) for t, label in zip(found, labels))
+            rows = sum(len(t.display) for t in found)
+        else:
+            table, _ = load_table(con, args)
+            text = render_table(table, args.format, caption=args.caption, label=args.label)
+            rows = len(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text, encoding="utf-8")
-        print(f"wrote {len(table)} rows to {args.out}")
+        print(f"wrote {rows} rows to {args.out}")
     else:
         print(text, end="")
     return 0

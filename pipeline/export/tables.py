@@ -1,20 +1,23 @@
 """Tables for papers: results frames to CSV, LaTeX (booktabs) and Markdown text.
 
 Pure: data frames in, strings (or data frames) out; no DuckDB, no files, no
-Streamlit, so the dashboard's Export page and `python -m pipeline export` share it.
+Streamlit, so the dashboard's Export page, `python -m pipeline export` and the
+paper kit share it.
 
-- `to_csv`, `to_latex`, `to_markdown` render any frame. LaTeX escapes every
-  cell and header (`_`, `%`, `&`, `#`, `$`, `{`, `}`, `~`, `^`, `\\`; `×` and `–`
-  become `$\\times$` and `--`), uses
-  booktabs rules (`\\toprule`, `\\midrule`, `\\bottomrule`; needs
-  `\\usepackage{booktabs}`), right-aligns numeric columns, and wraps the
-  tabular in a `table` float when a caption or label is given. Markdown
-  escapes `|` in cells.
+- `to_csv`, `to_latex`, `to_markdown` render any frame. LaTeX comes from
+  `pipeline.export.latex` (escaping, real minus signs, `longtable` for long
+  tables); Markdown escapes `|` in cells.
 - `format_estimate(value, lo, hi, n)` is the one way an estimate is written
-  in a cell: "0.823 [0.801, 0.843] (n=1200)".
+  in a cell: "0.823 [0.801, 0.843] (n=1200)"; paper tables use PAPER_DIGITS.
+- Natural order: every table lists attributes, groups, emotions and metrics in
+  `pipeline.constants` order (code order of each attribute, class order of
+  emotions), intersections by each part in turn, never as text
+  (`sort_audit_rows`).
 - `compute_*_table` turn stored rows (audit_cells, audit_gaps, class_metrics,
-  confusion, proxy_agreement) into the frames the tables show. `TABLES`
-  names them for the command line and the dashboard.
+  confusion, proxy_agreement) into the frames the tables show. Given one
+  attribute, audit and gaps tables have one column per part of it (gender,
+  race, emotion), so an intersection never needs a separator in a cell.
+  `TABLES` names them for the command line and the dashboard.
 """
 from __future__ import annotations
 
@@ -24,16 +27,17 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from pipeline.constants import ATTRIBUTE_ORDER, EMOTIONS, value_rank
+from pipeline.export.latex import escape_latex  # noqa: F401  (re-exported; the LaTeX rules live there)
+from pipeline.export.latex import to_latex as _latex_table
+
 FORMATS = ("csv", "latex", "markdown")
 MISSING = "–"
-
-_LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}",
-    # Non-ASCII characters our tables produce, as commands any LaTeX engine knows.
-    "×": r"$\times$", "–": "--", "≥": r"$\geq$", "≤": r"$\leq$",
-}
+PAPER_DIGITS = 2         # decimals of estimates in paper tables: '0.87 [0.83, 0.90]'
+GROUP_SEPARATOR = " | "  # how the audit joins an intersection's values in audit_cells.grp
+LOW_SUPPORT_MARK = "†"   # after n, for groups under the audit's minimum support
+SIGNIFICANT_MARK = "*"   # after the adjusted p-value of a gap significant after the correction
+METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
 
 
 # ---------------------------------------------------------------------------
@@ -57,7 +61,9 @@ def format_number(value, digits: int = 3) -> str:
         return "yes" if value else "no"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    return f"{float(value):.{digits}f}"
+    text = f"{float(value):.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no '-0.00'
+
 
 
 def format_level(alpha: float) -> str:
@@ -85,6 +91,90 @@ def format_p_value(p) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def format_metric(metric: str) -> str:
+    """A stored metric name as a table shows it: 'macro_f1' -> 'macro-F1', 'recall:Anger' -> 'recall (Anger)'."""
+    if metric.startswith("recall:"):
+        return f"recall ({metric.split(':', 1)[1]})"
+    return METRIC_NAMES.get(metric, metric)
+
+
+# ---------------------------------------------------------------------------
+# Natural order
+# ---------------------------------------------------------------------------
+
+def split_attribute(attribute: str) -> list[str]:
+    """The parts of an attribute set: 'gender×race×emotion' -> ['gender', 'race', 'emotion']."""
+    return str(attribute).split("×")
+
+
+def split_group(grp: str) -> list[str]:
+    """The values of an intersection's group: 'female | Asian | Anger' -> ['female', 'Asian', 'Anger']."""
+    return str(grp).split(GROUP_SEPARATOR)
+
+
+_PART_ORDER = tuple(ATTRIBUTE_ORDER)  # gender, race, age, emotion
+
+
+def attribute_rank(attribute: str) -> tuple:
+    """Single attributes first, then pairs, then triples; within each, in the order of their parts."""
+    parts = split_attribute(attribute)
+    return (len(parts), tuple(_PART_ORDER.index(p) if p in _PART_ORDER else len(_PART_ORDER) for p in parts),
+            attribute)
+
+
+def group_rank(attribute: str, grp: str) -> tuple:
+    """Sort key of a group: each part's value in its attribute's natural order, part by part."""
+    parts, values = split_attribute(attribute), split_group(grp)
+    if len(parts) != len(values):  # a value that itself holds the separator: keep it whole
+        return ((len(ATTRIBUTE_ORDER.get(parts[0], ())), str(grp)),)
+    return tuple(value_rank(p, v) for p, v in zip(parts, values))
+
+
+def metric_rank(metric: str) -> tuple:
+    """accuracy, macro-F1, then per-emotion recalls in class order, then anything else by name."""
+    if metric in METRIC_NAMES:
+        return (list(METRIC_NAMES).index(metric), (0, ""))
+    if metric.startswith("recall:"):
+        return (len(METRIC_NAMES), value_rank("emotion", metric.split(":", 1)[1]))
+    return (len(METRIC_NAMES) + 1, (0, metric))
+
+
+def _comparison_rank(comparison: str) -> tuple:
+    return (0, "") if comparison == "best-worst" else (1, comparison)
+
+
+def sort_audit_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Stored audit rows (cells or gaps) in natural order: attribute, then group, metric and comparison.
+
+    Gaps sort by metric before group (one block per metric), cells by group before metric.
+    """
+    if rows.empty:
+        return rows.reset_index(drop=True)
+    keys = []
+    for r in rows.to_dict("records"):
+        attribute = r.get("attribute", "")
+        group = group_rank(attribute, r["grp"]) if "grp" in r else ()
+        metric = metric_rank(r["metric"]) if "metric" in r else ()
+        if "comparison" in r:
+            keys.append((attribute_rank(attribute), metric, _comparison_rank(r["comparison"]), group))
+        else:
+            keys.append((attribute_rank(attribute), group, metric))
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return rows.iloc[order].reset_index(drop=True)
+
+
+def sort_proxy_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """Stored proxy_agreement rows in natural order: attribute, annotated value, inferred value."""
+    keys = [(attribute_rank(a), value_rank(a, v), value_rank(a, w))
+            for a, v, w in zip(rows["attribute"], rows["annotated"], rows["inferred"])]
+    return rows.iloc[sorted(range(len(rows)), key=keys.__getitem__)].reset_index(drop=True)
+
+
+def sort_attributes(attributes) -> list[str]:
+    """Attribute sets in natural order (gender, race, age, gender×race, ...), duplicates dropped."""
+    return sorted(dict.fromkeys(attributes), key=attribute_rank)
+
+
 # ---------------------------------------------------------------------------
 # Renderers
 # ---------------------------------------------------------------------------
@@ -92,11 +182,6 @@ def format_p_value(p) -> str:
 def to_csv(df: pd.DataFrame) -> str:
     """CSV text (header row, no index, '\\n' line ends); missing values are empty."""
     return df.to_csv(index=False, lineterminator="\n")
-
-
-def escape_latex(text) -> str:
-    """`text` with LaTeX's special characters escaped, to typeset as written."""
-    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
 
 
 def _cell_text(value, digits: int) -> str:
@@ -114,25 +199,9 @@ def _is_numeric(series: pd.Series) -> bool:
 
 
 def to_latex(df: pd.DataFrame, caption: str | None = None, label: str | None = None,
-             digits: int = 3) -> str:
-    """A booktabs tabular of `df` (escaped), in a table float when caption or label is given."""
-    align = "".join("r" if _is_numeric(df[c]) else "l" for c in df.columns)
-    header = " & ".join(escape_latex(c) for c in df.columns) + r" \\"
-    body = [" & ".join(escape_latex(_cell_text(v, digits)) for v in row) + r" \\"
-            for row in df.itertuples(index=False, name=None)]
-    tabular = [rf"\begin{{tabular}}{{{align}}}", r"\toprule", header, r"\midrule", *body,
-               r"\bottomrule", r"\end{tabular}"]
-    if caption is None and label is None:
-        return "\n".join(tabular) + "\n"
-    lines = [r"\begin{table}[htbp]", r"\centering"]
-    if caption is not None:
-        lines.append(rf"\caption{{{escape_latex(caption)}}}")
-    if label is not None:
-        # Labels are identifiers, not typeset text: keep only characters LaTeX accepts there.
-        safe = "".join(ch for ch in str(label) if ch.isalnum() or ch in ":-_.")
-        lines.append(rf"\label{{{safe}}}")
-    lines += tabular + [r"\end{table}"]
-    return "\n".join(lines) + "\n"
+             digits: int = 3, *, long: bool | None = None) -> str:
+    """A booktabs table of `df` (escaped): see `pipeline.export.latex.to_latex`."""
+    return _latex_table(df, caption, label, cell=lambda v: _cell_text(v, digits), long=long)
 
 
 def _escape_markdown(text: str) -> str:
@@ -163,62 +232,95 @@ def render_table(df: pd.DataFrame, fmt: str, caption: str | None = None, label: 
 # Tables built from stored rows
 # ---------------------------------------------------------------------------
 
-def compute_audit_table(cells: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "macro_f1"),
-                        attribute: str | None = None, digits: int = 3) -> pd.DataFrame:
-    """Audit cells by attribute: one row per (attribute, group), one column per metric.
+def group_columns(attribute: str | None, grps: Sequence[str],
+                   attributes: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """One column per part of `attribute` (the values of `grps` split), or, without one, a 'group'
+    column with each intersection's values joined by ' × ' (`attributes`: each row's attribute)."""
+    if attribute is not None:
+        parts = split_attribute(attribute)
+        split = [[g] if len(parts) == 1 else split_group(g) for g in grps]
+        if all(len(s) == len(parts) for s in split):
+            return {p: [s[i] for s in split] for i, p in enumerate(parts)}
+        return {"group": list(grps)}
+    joined = []
+    for g, a in zip(grps, attributes or [""] * len(grps)):
+        values = split_group(g)
+        joined.append(" × ".join(values) if len(values) == len(split_attribute(a)) > 1 else g)
+    return {"group": joined}
 
-    Each metric cell reads 'value [lo, hi] (n=..)'; groups under the minimum
-    support are marked with a dagger in a `note` column rather than dropped.
+
+def compute_audit_table(cells: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "macro_f1"),
+                        attribute: str | None = None, digits: int = PAPER_DIGITS) -> pd.DataFrame:
+    """Audit cells in natural order, one column per metric, each cell 'value [lo, hi]'.
+
+    Given `attribute`: one row per group, one column per part of the attribute
+    ('gender', 'race', 'emotion'), then n. Without: an 'attribute' column and
+    the group's values joined with ' × '. Groups under the audit's minimum
+    support are kept, with LOW_SUPPORT_MARK after their n.
     """
     part = cells if attribute is None else cells[cells["attribute"] == attribute]
-    part = part[part["metric"].isin(metrics)]
+    part = sort_audit_rows(part[part["metric"].isin(metrics)])
+    shown = sorted(set(part["metric"]), key=metric_rank)
     rows: dict[tuple[str, str], dict] = {}
     for r in part.itertuples(index=False):
-        row = rows.setdefault((r.attribute, r.grp), {"attribute": r.attribute, "group": r.grp,
-                                                     "n": int(r.n), "note": ""})
-        row[r.metric] = format_estimate(r.value, r.ci_low, r.ci_high, None, digits)
+        row = rows.setdefault((r.attribute, r.grp), {"attribute": r.attribute, "grp": r.grp, "n": int(r.n),
+                                                     "low": False})
+        row[format_metric(r.metric)] = format_estimate(r.value, r.ci_low, r.ci_high, None, digits)
         if r.metric == "accuracy":
             row["n"] = int(r.n)
-        if bool(r.low_support):
-            row["note"] = "low support"
-    columns = ["attribute", "group", "n", *[m for m in metrics if m in set(part["metric"])], "note"]
-    return pd.DataFrame(list(rows.values()), columns=columns).fillna(MISSING)
+        row["low"] = row["low"] or bool(r.low_support)
+    records = list(rows.values())
+    groups = group_columns(attribute, [r["grp"] for r in records], [r["attribute"] for r in records])
+    out = pd.DataFrame({
+        **({} if attribute is not None else {"attribute": [r["attribute"] for r in records]}),
+        **groups,
+        "n": [f"{r['n']}{LOW_SUPPORT_MARK if r['low'] else ''}" for r in records],
+        **{format_metric(m): [r.get(format_metric(m), MISSING) for r in records] for m in shown},
+    })
+    return out
 
 
 def compute_gaps_table(gaps: pd.DataFrame, comparison: str | None = "best-worst",
                        metric: str | None = None, significant_only: bool = False,
-                       digits: int = 3, alpha: float = 0.05) -> pd.DataFrame:
-    """Gaps: attribute, metric, compared group, gap [CI], p, adjusted p, significance; largest first.
+                       digits: int = PAPER_DIGITS, alpha: float = 0.05,
+                       attribute: str | None = None) -> pd.DataFrame:
+    """Gaps in natural order (attribute, metric, comparison, group): gap [CI], p, adjusted p.
 
-    `alpha` is the audit's: the intervals were made at that level, and the header says so."""
-    part = gaps
+    Column 'vs' says what the group is compared with: 'best' (the group is the
+    worst one; gap = best - worst) or 'rest' (gap = rest - group). A significant
+    gap's adjusted p carries SIGNIFICANT_MARK. `alpha` is the audit's: the
+    intervals were made at that level, and the header says so. Given `attribute`, only its gaps, the group in one column per part
+    of it; without, an 'attribute' column and the group joined with ' × '.
+    """
+    part = gaps if attribute is None else gaps[gaps["attribute"] == attribute]
     if comparison:
         part = part[part["comparison"].str.startswith(comparison)]
     if metric:
         part = part[part["metric"] == metric]
     if significant_only:
         part = part[part["significant"].fillna(False).astype(bool)]
-    part = part.sort_values(["attribute", "metric", "gap"], ascending=[True, True, False])
+    part = sort_audit_rows(part)
+    groups = group_columns(attribute, list(part["grp"]), list(part["attribute"]))
     return pd.DataFrame({
-        "attribute": part["attribute"].to_numpy(),
-        "metric": part["metric"].to_numpy(),
-        "comparison": part["comparison"].to_numpy(),
-        "group": part["grp"].to_numpy(),
+        **({} if attribute is not None else {"attribute": part["attribute"].to_list()}),
+        "metric": [format_metric(m) for m in part["metric"]],
+        "vs": ["best" if c == "best-worst" else "rest" for c in part["comparison"]],
+        **groups,
         f"gap [{format_level(alpha)} CI]": [format_estimate(g, lo, hi, None, digits)
-                         for g, lo, hi in zip(part["gap"], part["ci_low"], part["ci_high"])],
+                                            for g, lo, hi in zip(part["gap"], part["ci_low"], part["ci_high"])],
         "p": [format_p_value(p) for p in part["p_value"]],
-        "p adj.": [format_p_value(p) for p in part["p_adjusted"]],
-        "significant": ["yes" if bool(s) else "no" for s in part["significant"].fillna(False)],
+        "p adj.": [format_p_value(p) + (SIGNIFICANT_MARK if bool(s) else "")
+                   for p, s in zip(part["p_adjusted"], part["significant"].fillna(False))],
     })
 
 
 def compute_class_metrics_table(class_metrics: pd.DataFrame, split: str = "test",
                                 classes: Sequence[str] | None = None, digits: int = 3) -> pd.DataFrame:
-    """scikit-learn's classification report as a table: per class, then the averages."""
+    """scikit-learn's classification report as a table: per class in class order, then the averages."""
     part = class_metrics[class_metrics["split"] == split] if "split" in class_metrics else class_metrics
-    order = list(classes or []) + ["accuracy", "macro avg", "weighted avg"]
+    order = list(classes or EMOTIONS) + ["accuracy", "macro avg", "weighted avg"]
     rank = {label: i for i, label in enumerate(order)}
-    part = part.assign(_rank=part["label"].map(lambda x: rank.get(x, len(order)))).sort_values("_rank")
+    part = part.assign(_rank=part["label"].map(lambda x: rank.get(x, len(order)))).sort_values(["_rank", "label"])
     out = part[["label", "precision", "recall", "f1", "support"]].rename(columns={"label": "class"})
     out = out.reset_index(drop=True)
     for col in ("precision", "recall", "f1"):
@@ -228,24 +330,42 @@ def compute_class_metrics_table(class_metrics: pd.DataFrame, split: str = "test"
 
 
 def compute_confusion_table(confusion: pd.DataFrame, classes: Sequence[str], split: str = "test",
-                            normalize: bool = False, digits: int = 3) -> pd.DataFrame:
-    """The confusion matrix: rows true, columns predicted, in class order (row-normalised on request)."""
+                            normalize: bool = False, digits: int = 3,
+                            abbreviate: bool = False) -> pd.DataFrame:
+    """The confusion matrix: rows true, columns predicted, in class order (row-normalised on request).
+
+    `abbreviate` heads the predicted columns with the first three letters of
+    each class ('Sur', 'Fea'), so seven columns fit a page's width.
+    """
     part = confusion[confusion["split"] == split] if "split" in confusion else confusion
     matrix = (part.pivot_table(index="true_label", columns="pred_label", values="n", aggfunc="sum")
               .reindex(index=list(classes), columns=list(classes)).fillna(0).astype(int))
     if normalize:
         sums = matrix.sum(axis=1).replace(0, np.nan)
         matrix = matrix.div(sums, axis=0).round(digits)
+    if abbreviate:
+        matrix.columns = abbreviate_classes(classes)
     out = matrix.reset_index().rename(columns={"true_label": "true / predicted"})
     out.columns.name = None
     return out
 
 
-def compute_proxy_table(agreement: pd.DataFrame, alpha: float = 0.05, digits: int = 3) -> pd.DataFrame:
-    """Per attribute and annotated group: the inferrer's accuracy [CI] (n) and its most frequent error."""
+def abbreviate_classes(classes: Sequence[str]) -> list[str]:
+    """Three-letter heads of the class names (longer when three letters would clash)."""
+    for width in range(3, max(map(len, classes), default=3) + 1):
+        heads = [c[:width] for c in classes]
+        if len(set(heads)) == len(heads):
+            return heads
+    return list(classes)
+
+
+def compute_proxy_table(agreement: pd.DataFrame, alpha: float = 0.05, digits: int = PAPER_DIGITS) -> pd.DataFrame:
+    """Per attribute and annotated group (natural order): the inferrer's accuracy [CI] (n) and its top error."""
     from pipeline.fairness.audit import compute_proxy_accuracy
 
     acc = compute_proxy_accuracy(agreement, alpha)
+    keys = [(attribute_rank(a), value_rank(a, v)) for a, v in zip(acc["attribute"], acc["annotated"])]
+    acc = acc.iloc[sorted(range(len(acc)), key=keys.__getitem__)]
     agreement_col = f"agreement [{format_level(alpha)} CI]"
     rows = []
     for r in acc.itertuples(index=False):
@@ -265,7 +385,7 @@ def compute_proxy_table(agreement: pd.DataFrame, alpha: float = 0.05, digits: in
 # name -> (stored table it reads, one-line description)
 TABLES: dict[str, tuple[str, str]] = {
     "audit": ("audit_cells", "accuracy and macro-F1 per demographic group, with CIs (at the audit's level) and n"),
-    "gaps": ("audit_gaps", "best-worst (or vs-rest) gaps with bootstrap CIs and corrected p-values"),
+    "gaps": ("audit_gaps", "best-worst (or vs-rest) gaps with CIs and corrected p-values"),
     "class-metrics": ("class_metrics", "precision, recall, F1 and support per emotion"),
     "confusion": ("confusion", "confusion matrix, rows true, columns predicted"),
     "proxy": ("proxy_agreement", "agreement of inferred with annotated demographics per group"),

@@ -68,4 +68,4 @@ def test_export_page_lists_every_table_and_figure(make_app, app_store):
     n_tables = int(heads[0].split("(")[1].rstrip(")"))
     n_figures = int(heads[1].split("(")[1].rstrip(")"))
     assert n_tables >= 5 and n_figures >= 5
-    assert len(at.download_button) == 3 * n_tables + 3 * n_figures
+    assert len(at.download_button) == 3 * n_tables + 3 * n_figures + 1  # + the paper kit

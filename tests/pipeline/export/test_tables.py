@@ -35,8 +35,8 @@ def test_latex_booktabs_and_escaping(awkward):
                   r"\caption{Accuracy by group\_1 (95\% CI)}", r"\label{tab:audit}"):
         assert token in text
     assert r"a\_b \& c" in text
-    assert r"50\% | 100\%" in text
-    assert r"x\textasciicircum{}2 \{y\} \textasciitilde{}z \#1 \$" in text
+    assert r"50\% \textbar{} 100\%" in text
+    assert r"x\^{}2 \{y\} \~{}z \#1 $\$$" in text
     assert r"back\textbackslash{}slash" in text
     assert "0.123" in text and " -- " in text  # 3 decimals; missing value as an en dash
     body = text.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
@@ -58,7 +58,7 @@ def test_latex_compiles_structure_is_balanced(awkward):
     assert text.count(r"\begin{") == text.count(r"\end{")
     # Every unescaped special would break compilation: none left in the cells.
     body = text.split(r"\midrule")[1]
-    stripped = body.replace(r"\&", "").replace(r"\%", "").replace(r"\_", "").replace(r"\#", "").replace(r"\$", "")
+    stripped = body.replace(r"\&", "").replace(r"\%", "").replace(r"\_", "").replace(r"\#", "").replace(r"$\$$", "")
     assert " & " in stripped and "%" not in stripped and "_" not in stripped and "#" not in stripped
 
 
@@ -99,22 +99,50 @@ def audit_result():
 
 def test_audit_table(audit_result):
     table = export.compute_audit_table(audit_result.cells, attribute="race")
-    assert list(table.columns) == ["attribute", "group", "n", "accuracy", "macro_f1", "note"]
-    row = table.set_index("group").loc["Asian"]
+    assert list(table.columns) == ["race", "n", "accuracy", "macro-F1"]
+    row = table.set_index("race").loc["Asian"]
     cell = audit_result.cells.set_index(["attribute", "grp", "metric"]).loc[("race", "Asian", "accuracy")]
-    assert row["accuracy"] == export.format_estimate(cell["value"], cell["ci_low"], cell["ci_high"])
-    assert row["n"] == cell["n"]
-    assert table.set_index("group").loc["African-American", "note"] == "low support"
+    assert row["accuracy"] == export.format_estimate(cell["value"], cell["ci_low"], cell["ci_high"], digits=2)
+    assert row["n"] == str(cell["n"])
+    assert table.set_index("race").loc["African-American", "n"] == "5" + export.LOW_SUPPORT_MARK
+    assert list(table["race"]) == ["Caucasian", "African-American", "Asian"]  # code order, not text order
     assert "African-American" in export.to_latex(table)
+    everything = export.compute_audit_table(audit_result.cells)
+    assert list(everything.columns[:3]) == ["attribute", "group", "n"]
+    assert list(dict.fromkeys(everything["attribute"]))[:3] == ["gender", "race", "age"]
 
 
 def test_gaps_table(audit_result):
     table = export.compute_gaps_table(audit_result.gaps, metric="accuracy")
-    assert set(table["comparison"]) == {"best-worst"}
-    assert list(table.columns) == ["attribute", "metric", "comparison", "group", "gap [95% CI]", "p", "p adj.",
-                                   "significant"]
+    assert set(table["vs"]) == {"best"}
+    assert list(table.columns) == ["attribute", "metric", "vs", "group", "gap [95% CI]", "p", "p adj."]
     assert len(export.compute_gaps_table(audit_result.gaps, comparison=None)) == len(audit_result.gaps)
     assert "gap [90% CI]" in export.compute_gaps_table(audit_result.gaps, alpha=0.1).columns
+    race = export.compute_gaps_table(audit_result.gaps, comparison=None, attribute="race")
+    assert list(race.columns) == ["metric", "vs", "race", "gap [95% CI]", "p", "p adj."]
+
+
+def _cells(attribute, groups, metrics=("accuracy",)):
+    return pd.DataFrame([{"attribute": attribute, "grp": g, "metric": m, "n": 40, "value": 0.5, "ci_low": 0.4,
+                          "ci_high": 0.6, "low_support": False} for g in groups for m in metrics])
+
+
+def test_natural_order_of_ages_intersections_emotions_and_metrics():
+    ages = export.compute_audit_table(_cells("age", ["70+", "40-69", "4-19", "20-39", "0-3"]), attribute="age")
+    assert list(ages["age"]) == ["0-3", "4-19", "20-39", "40-69", "70+"]
+    groups = [f"{g} | {a} | {e}" for g in ("female", "male") for a in ("20-39", "0-3") for e in ("Anger", "Fear")]
+    table = export.compute_audit_table(_cells("gender×age×emotion", groups), attribute="gender×age×emotion")
+    assert list(table.columns[:3]) == ["gender", "age", "emotion"]
+    assert [tuple(r) for r in table[["gender", "age", "emotion"]].to_numpy()] == [
+        ("male", "0-3", "Fear"), ("male", "0-3", "Anger"), ("male", "20-39", "Fear"), ("male", "20-39", "Anger"),
+        ("female", "0-3", "Fear"), ("female", "0-3", "Anger"), ("female", "20-39", "Fear"),
+        ("female", "20-39", "Anger")]
+    metrics = ["recall:Anger", "macro_f1", "recall:Surprise", "accuracy"]
+    wide = export.compute_audit_table(_cells("gender", ["male"], metrics), metrics=metrics, attribute="gender")
+    assert list(wide.columns) == ["gender", "n", "accuracy", "macro-F1", "recall (Surprise)", "recall (Anger)"]
+    assert export.sort_attributes(["gender×race", "age", "race×emotion", "gender", "gender×race×emotion",
+                                   "race"]) == ["gender", "race", "age", "gender×race", "race×emotion",
+                                                "gender×race×emotion"]
 
 
 @pytest.mark.parametrize("alpha, level", [(0.05, "95%"), (0.1, "90%"), (0.01, "99%"), (0.025, "97.5%")])
@@ -150,8 +178,10 @@ def test_class_metrics_and_confusion_tables():
 def test_proxy_table():
     agreement = pd.DataFrame({"source": "deepface", "attribute": "gender", "annotated": ["male", "male", "female"],
                               "inferred": ["male", "female", "female"], "n": [8, 2, 5]})
-    table = export.compute_proxy_table(agreement).set_index("annotated")
-    assert table.loc["male", "agreement [95% CI]"].startswith("0.800 [")
+    table = export.compute_proxy_table(agreement)
+    assert list(table["annotated"]) == ["male", "female"]  # code order
+    table = table.set_index("annotated")
+    assert table.loc["male", "agreement [95% CI]"].startswith("0.80 [")
     assert table.loc["male", "most frequent other label"] == "female (2)"
     assert "agreement [99% CI]" in export.compute_proxy_table(agreement, alpha=0.01).columns
     assert table.loc["female", "most frequent other label"] == "–"
