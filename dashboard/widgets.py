@@ -259,7 +259,11 @@ def format_audit_settings(settings: dict | None) -> str:
         return ("Audit settings were not recorded (audited before they were stored); re-run "
                 "`python -m pipeline audit` to record them.")
     c = settings["config"]
-    return (f"Audit settings: alpha {c['alpha']}, {c['correction']} correction across all gaps, minimum support "
+    corrections = (f"{c['correction']} correction of the primary family (each attribute's accuracy"
+                   f"{', ' + ', '.join(c['primary']) if c.get('primary') else ''}), "
+                   f"{c['exploratory_correction']} of the exploratory rest" if "exploratory_correction" in c
+                   else f"{c['correction']} correction across all gaps")
+    return (f"Audit settings: alpha {c['alpha']}, {corrections}, minimum support "
             f"{c['min_support']}, intersections of up to {c['max_order']} attributes, {c['n_boot']} bootstrap "
             f"resamples, {c['n_perm']} permutations, seed {c['seed']}; {settings['n_labelled']} of "
             f"{settings['n_predictions']} predictions labelled by this source.")

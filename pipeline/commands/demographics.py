@@ -48,27 +48,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def render_summary(summary: dict) -> str:
-    kind = "annotated" if summary["source"] == "annotations" else "perceived (inferred)"
-    lines = [f"{summary['source']}: {summary['n_stored']} of {summary['n_images']} {summary['split']} images "
-             f"labelled, {kind}; dataset {summary['fingerprint']}"]
-    if summary["no_face"]:
-        shown = ", ".join(summary["no_face"][:5]) + (" ..." if len(summary["no_face"]) > 5 else "")
-        lines.append(f"  no face detected in {len(summary['no_face'])} images (nothing stored for them): {shown}")
-    for attr, counts in summary["counts"].items():
-        text = ", ".join(f"{'(none)' if k is None or k != k else k} {v}" for k, v in counts.items())
-        lines.append(f"  {attr:<7} {text}")
-    return "\n".join(lines)
-
-
 def run(args: argparse.Namespace) -> int:
     from pipeline.fairness.demographics import DemographicsConfig
     from pipeline.fairness.stage import DemographicsRunConfig, run_demographics
+    from pipeline.fairness.summary import format_demographics_summary
 
     demographics = DemographicsConfig(backend=args.backend, detector=args.detector,
                                       race_mapping=args.race_mapping, download=not args.no_download)
     summary = run_demographics(DemographicsRunConfig(
         db=args.db, demographics=demographics, run=args.run, dataset=args.dataset, root=args.root,
         variant=args.variant, split=args.split, limit=args.limit, quiet=args.quiet))
-    print(render_summary(summary))
+    print(format_demographics_summary(summary))
     return 0

@@ -188,9 +188,12 @@ def compute_audit_table(cells: pd.DataFrame, metrics: Sequence[str] = ("accuracy
 def compute_gaps_table(gaps: pd.DataFrame, comparison: str | None = "best-worst",
                        metric: str | None = None, significant_only: bool = False,
                        digits: int = 3, alpha: float = 0.05) -> pd.DataFrame:
-    """Gaps: attribute, metric, compared group, gap [CI], p, adjusted p, significance; largest first.
+    """Gaps: attribute, metric, compared group, gap [CI], p, adjusted p, significance, and the
+    correction family ('primary' / 'exploratory', 'all' for audits stored before families); largest first.
 
     `alpha` is the audit's: the intervals were made at that level, and the header says so."""
+    from pipeline.fairness.audit import family_of
+
     part = gaps
     if comparison:
         part = part[part["comparison"].str.startswith(comparison)]
@@ -209,6 +212,8 @@ def compute_gaps_table(gaps: pd.DataFrame, comparison: str | None = "best-worst"
         "p": [format_p_value(p) for p in part["p_value"]],
         "p adj.": [format_p_value(p) for p in part["p_adjusted"]],
         "significant": ["yes" if bool(s) else "no" for s in part["significant"].fillna(False)],
+        "family": [family_of(c) for c in part["correction"]],
+        "correction": [str(c).split(" ")[0] for c in part["correction"]],
     })
 
 

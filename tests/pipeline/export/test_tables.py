@@ -112,7 +112,11 @@ def test_gaps_table(audit_result):
     table = export.compute_gaps_table(audit_result.gaps, metric="accuracy")
     assert set(table["comparison"]) == {"best-worst"}
     assert list(table.columns) == ["attribute", "metric", "comparison", "group", "gap [95% CI]", "p", "p adj.",
-                                   "significant"]
+                                   "significant", "family", "correction"]
+    # Each attribute's accuracy is the primary family (Holm); the rest exploratory (BH), labelled so.
+    assert set(zip(table["family"], table["correction"])) == {("primary", "holm")}
+    labels = set(zip(*[export.compute_gaps_table(audit_result.gaps, comparison=None)[c] for c in ("family", "correction")]))
+    assert ("exploratory", "fdr_bh") in labels
     assert len(export.compute_gaps_table(audit_result.gaps, comparison=None)) == len(audit_result.gaps)
     assert "gap [90% CI]" in export.compute_gaps_table(audit_result.gaps, alpha=0.1).columns
 
