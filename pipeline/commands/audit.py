@@ -7,7 +7,10 @@ Examples:
 Reads the run's predictions on one split joined with the demographics stored
 for the run's dataset (by fingerprint) from each source; writes audit_cells
 and audit_gaps (replacing the run's rows for that source and split) and, for
-each inferring source where dataset annotations also exist, proxy_agreement.
+each inferring source where dataset annotations also exist, proxy_agreement; then
+searches for slices (cohorts of up to three conditions with a high error rate:
+slices, slice_images) and measures calibration by group before and after
+temperature scaling fitted on the val split (calibration, calibration_bins).
 The stage is pipeline/fairness/stage.py (`run_audit`); the statistics are described in
 pipeline/fairness/audit.py.
 """
@@ -42,12 +45,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-perm", type=int, default=1000,
                         help="permutations for the homogeneity test of accuracy and recall where a chi-square "
                              "test does not apply (expected counts under 5; default 1000)")
+    slices = parser.add_argument_group("slice discovery and calibration")
+    slices.add_argument("--no-slices", action="store_true", help="skip the slice search")
+    slices.add_argument("--slice-feature", action="append", default=None, metavar="FEATURE",
+                        help="search slices over these features (repeat; default gender, race, age, emotion and "
+                             "the synthetic set's occluder, accessory, hair; also: confidence, tag)")
+    slices.add_argument("--slice-max-conditions", type=int, default=3, help="conditions per slice (default 3)")
+    slices.add_argument("--no-calibration", action="store_true", help="skip calibration by group")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
 
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.fairness.audit import ATTRIBUTE_SEPARATOR, AuditConfig
+    from pipeline.fairness.calibration import CalibrationConfig
+    from pipeline.fairness.slices import DEFAULT_FEATURES, SliceConfig
     from pipeline.fairness.stage import AuditRunConfig, run_audit
     from pipeline.fairness.summary import format_audit_summary
     from pipeline.errors import UserError
@@ -57,9 +69,16 @@ def run(args: argparse.Namespace) -> int:
         audit = AuditConfig(min_support=args.min_support, max_order=args.max_order, correction=args.correction,
                             exploratory_correction=args.exploratory_correction, primary=primary,
                             alpha=args.alpha, n_boot=args.n_boot, n_perm=args.n_perm, seed=args.seed)
+        slices = None if args.no_slices else SliceConfig(
+            features=tuple(args.slice_feature or DEFAULT_FEATURES), max_conditions=args.slice_max_conditions,
+            min_support=args.min_support, alpha=args.alpha, seed=args.seed)
+        calibration = None if args.no_calibration else CalibrationConfig(
+            max_order=args.max_order, n_boot=args.n_boot, min_support=args.min_support, alpha=args.alpha,
+            seed=args.seed)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     summary = run_audit(AuditRunConfig(db=args.db, run=args.run, split=args.split,
-                                       sources=tuple(args.source) if args.source else None, audit=audit))
+                                       sources=tuple(args.source) if args.source else None, audit=audit,
+                                       slices=slices, calibration=calibration))
     print(format_audit_summary(summary, audit.alpha))
     return 0

@@ -375,18 +375,24 @@ def _bootstrap_confusions(groups: np.ndarray, y_true: np.ndarray, y_pred: np.nda
                           n_groups: int, n_classes: int, n_boot: int,
                           rng: np.random.Generator, chunk: int = 50) -> np.ndarray:
     """(B, G, K, K) confusions of stratified resamples: each group resampled within itself."""
+    out = [_confusions_of_indices(idx, g_sorted, y_true, y_pred, n_groups, n_classes)
+           for idx, g_sorted in compute_stratified_resamples(groups, n_groups, n_boot, rng, chunk=chunk)]
+    return np.concatenate(out, axis=0)
+
+
+def compute_stratified_resamples(groups: np.ndarray, n_groups: int, n_boot: int, rng: np.random.Generator,
+                                 *, chunk: int = 50):
+    """Yield (idx, groups_of_slots) per chunk of bootstrap replicates, each group resampled within itself:
+    slot j of replicate b holds image idx[b, j], drawn from group groups_of_slots[j] (slots sorted by group)."""
     order = np.argsort(groups, kind="mergesort")
     sizes = np.bincount(groups, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     g_sorted = groups[order]
-    out = []
     for b0 in range(0, n_boot, chunk):
         b = min(chunk, n_boot - b0)
         u = rng.random((b, len(groups)))
         pos = starts[g_sorted] + (u * sizes[g_sorted]).astype(np.int64)
-        idx = order[pos]
-        out.append(_confusions_of_indices(idx, g_sorted, y_true, y_pred, n_groups, n_classes))
-    return np.concatenate(out, axis=0)
+        yield order[pos], g_sorted
 
 
 def _confusions_of_indices(idx: np.ndarray, groups_of_slots: np.ndarray, y_true: np.ndarray,

@@ -3,8 +3,8 @@ the benches and the tests call.
 
 Each stage is one function over a frozen config, `run_demographics(config)` and
 `run_audit(config)`; it reads its inputs from the results store, calls the pure
-computations of this package (demographics.py, audit.py) and writes the results back
-in one transaction. It returns a summary dict for the caller to print; printing is the
+computations of this package (demographics.py; audit.py, slices.py and
+calibration.py for the audit) and writes the results back in one transaction. It returns a summary dict for the caller to print; printing is the
 commands' job.
 """
 from __future__ import annotations
@@ -14,10 +14,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
 from pipeline.fairness.audit import AuditConfig, compute_audit, compute_proxy_agreement
+from pipeline.fairness.calibration import CalibrationConfig, compute_calibration
+from pipeline.fairness.slices import (SYNTHETIC_FEATURES, SliceConfig, compute_confidence_bins, compute_slices,
+                                      load_slice_conditions, slice_mask)
 from pipeline.fairness.demographics import SOURCES, DemographicsConfig, compute_audit_labels
 from pipeline.paths import DEFAULT_DB
 
@@ -137,6 +141,8 @@ class AuditRunConfig:
     split: str = "test"
     sources: tuple[str, ...] | None = None   # default: every source stored for the run's dataset
     audit: AuditConfig = field(default_factory=AuditConfig)
+    slices: SliceConfig | None = field(default_factory=SliceConfig)                # None: no slice search
+    calibration: CalibrationConfig | None = field(default_factory=CalibrationConfig)  # None: no calibration
 
 
 def load_audit_inputs(con, run_id: str, split: str, sources) -> tuple[dict, pd.DataFrame, dict, pd.DataFrame | None]:
@@ -168,14 +174,62 @@ def load_audit_inputs(con, run_id: str, split: str, sources) -> tuple[dict, pd.D
     return run, preds, demographics, annotations
 
 
+def load_slice_features(con, run: dict, preds: pd.DataFrame, config: SliceConfig) -> pd.DataFrame:
+    """Per-image slice features that do not depend on the demographics source: the true
+    emotion, the synthetic set's occluder/accessory/hair (read from its attributes file when
+    the dataset is still on disk), and on request confidence bins and failure tags."""
+    from pipeline.store.db import load_frame
+
+    features = pd.DataFrame({"image_id": preds["image_id"], "emotion": preds["true_label"],
+                             "error": preds["true_label"] != preds["pred_label"]})
+    wanted = set(config.features)
+    if run["is_synthetic"] and wanted & set(SYNTHETIC_FEATURES):
+        from pathlib import Path
+
+        from pipeline.synth.faces import load_synthetic_attributes
+
+        try:
+            attrs = load_synthetic_attributes(Path(run["dataset_root"]))
+        except (FileNotFoundError, OSError):
+            attrs = None   # the dataset has moved: search the stored features only
+        if attrs is not None:
+            cols = [c for c in SYNTHETIC_FEATURES if c in wanted and c in attrs.columns]
+            features = features.merge(attrs[["image_id", *cols]], on="image_id", how="left")
+    if "confidence" in wanted:
+        features["confidence"] = compute_confidence_bins(preds["confidence"]).to_numpy()
+    if "tag" in wanted:
+        tags = load_frame(con, "failure_tags", ["image_id", "tag"], run_id=run["run_id"])
+        # An image can carry several tags; the slice feature keeps the first, by name.
+        first = tags.sort_values("tag").drop_duplicates("image_id")
+        features = features.merge(first, on="image_id", how="left")
+    return features
+
+
+def compute_stored_slices(frame: pd.DataFrame, config: SliceConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The slices of one source and the images of each (whole split), as stored."""
+    found = compute_slices(frame, config)
+    members = [pd.DataFrame({"rank": rank, "image_id": frame.loc[slice_mask(frame, conds), "image_id"].to_numpy()})
+               for rank, conds in zip(found["rank"], found["conditions"].map(load_slice_conditions))]
+    images = pd.concat(members, ignore_index=True) if members else pd.DataFrame(columns=["rank", "image_id"])
+    return found, images
+
+
 def run_audit(config: AuditRunConfig) -> dict:
-    """Audit a stored run with each demographics source and store the results; returns a summary."""
-    from pipeline.store.db import open_store, replace_rows, transaction
+    """Audit a stored run with each demographics source and store the results; returns a summary.
+
+    Per source: the audit's cells and gaps, the proxy check (inferring sources, where
+    annotations exist), the slice search and calibration by group (unless turned off).
+    """
+    from pipeline.store.db import load_frame, open_store, replace_rows, transaction
 
     audit = config.audit
     with open_store(config.db, read_only=True) as con:
         run, preds, demographics, annotations = load_audit_inputs(con, config.run, config.split, config.sources)
-    results, proxies, coverage = {}, {}, {}
+        features = load_slice_features(con, run, preds, config.slices) if config.slices else None
+        val = (load_frame(con, "predictions", ["true_label", "probs"], run_id=run["run_id"], split="val")
+               if config.calibration and config.split != "val" else None)
+    results, proxies, coverage, found_slices, calibrations = {}, {}, {}, {}, {}
+    probs = np.stack(preds["probs"].to_numpy()) if config.calibration else None
     for source, demo in demographics.items():
         frame = preds.merge(compute_audit_labels(demo), on="image_id", how="left")
         coverage[source] = int(frame[list(audit.attributes)].notna().any(axis=1).sum())
@@ -183,8 +237,19 @@ def run_audit(config: AuditRunConfig) -> dict:
         if source != "annotations" and annotations is not None:
             proxies[source] = compute_proxy_agreement(compute_audit_labels(annotations),
                                                       compute_audit_labels(demo), audit.attributes)
+        if features is not None:
+            labels = frame[["image_id", *audit.attributes]]
+            found_slices[source] = compute_stored_slices(features.merge(labels, on="image_id", how="left"),
+                                                         config.slices)
+        if config.calibration:
+            has_val = val is not None and len(val) > 0
+            calibrations[source] = compute_calibration(
+                frame, probs, run["classes"], config.calibration,
+                val_probs=np.stack(val["probs"].to_numpy()) if has_val else None,
+                val_labels=val["true_label"].to_numpy() if has_val else None)
     created_at = datetime.now(timezone.utc).replace(tzinfo=None)
-    settings = json.dumps(asdict(audit))
+    settings = json.dumps({**asdict(audit), "slices": asdict(config.slices) if config.slices else None,
+                           "calibration": asdict(config.calibration) if config.calibration else None})
     with open_store(config.db) as con, transaction(con):
         for source, result in results.items():
             keys = dict(run_id=run["run_id"], source=source, split=config.split)
@@ -193,8 +258,15 @@ def run_audit(config: AuditRunConfig) -> dict:
             replace_rows(con, "audits", pd.DataFrame([{"config": settings, "n_predictions": len(preds),
                                                        "n_labelled": coverage[source],
                                                        "created_at": created_at}]), **keys)
+            if source in found_slices:
+                replace_rows(con, "slices", found_slices[source][0], **keys)
+                replace_rows(con, "slice_images", found_slices[source][1], **keys)
+            if source in calibrations:
+                replace_rows(con, "calibration", calibrations[source].groups, **keys)
+                replace_rows(con, "calibration_bins", calibrations[source].bins, **keys)
         for source, agreement in proxies.items():
             replace_rows(con, "proxy_agreement", agreement, dataset_fingerprint=run["dataset_fingerprint"],
                          source=source, reference="annotations")
     return {"run_id": run["run_id"], "split": config.split, "n_predictions": len(preds), "coverage": coverage,
-            "results": results, "proxies": proxies}
+            "results": results, "proxies": proxies, "slices": {s: f[0] for s, f in found_slices.items()},
+            "calibration": calibrations}

@@ -57,6 +57,12 @@ def format_audit_summary(summary: dict, alpha: float = 0.05) -> str:
             flag = " *" if r.significant else ""
             lines.append(f"    {r.attribute:<12} worst {r.grp:<28} gap "
                          f"{format_estimate(r.gap, r.ci_low, r.ci_high)}  p_adj {format_p_value(r.p_adjusted)}{flag}")
+        found = summary.get("slices", {}).get(source)
+        if found is not None:
+            lines.extend(_slice_lines(found))
+        calibration = summary.get("calibration", {}).get(source)
+        if calibration is not None:
+            lines.extend(_calibration_lines(calibration))
     for source, agreement in summary["proxies"].items():
         lines.append("")
         lines.append(f"proxy check: {source} against annotations (agreement per annotated group)")
@@ -77,3 +83,28 @@ def format_audit_summary(summary: dict, alpha: float = 0.05) -> str:
                  "and declared intersections; exploratory: Benjamini–Hochberg over the rest). Gaps: how much "
                  "worse the named group does; groups under the minimum support are not ranked.")
     return "\n".join(lines)
+
+
+def _slice_lines(found) -> list[str]:
+    kept = found[found["significant"].fillna(False).astype(bool)]
+    lines = [f"  slices: {len(found)} candidates confirmed on held-out images, {len(kept)} significant (Holm)"]
+    for r in kept.head(5).itertuples(index=False):
+        lines.append(f"    #{r.rank} {r.definition}: error {format_estimate(r.error_rate, r.ci_low, r.ci_high, r.n)} "
+                     f"against {r.rest_error_rate:.3f} for the rest (same emotions), p_adj {format_p_value(r.p_adjusted)}")
+    return lines
+
+
+def _calibration_lines(calibration) -> list[str]:
+    groups = calibration.groups
+    lines = []
+    for scaling in dict.fromkeys(groups["scaling"]):
+        part = groups[groups["scaling"] == scaling]
+        overall = part[part["attribute"] == "all"].iloc[0]
+        label = "before scaling" if scaling == "none" else f"after temperature scaling (T = {overall['temperature']:.2f})"
+        sig = part[part["significant"].fillna(False).astype(bool)]
+        lines.append(f"  calibration {label}: ECE {format_estimate(overall['ece'], overall['ece_low'], overall['ece_high'])}, "
+                     f"confidence − accuracy {overall['gap']:+.3f}; {len(sig)} groups differ from the rest")
+        for r in sig.sort_values("p_adjusted").head(3).itertuples(index=False):
+            lines.append(f"    {r.attribute} {r.grp}: gap {r.gap:+.3f}, vs rest "
+                         f"{format_estimate(r.gap_vs_rest, r.gap_low, r.gap_high)} p_adj {format_p_value(r.p_adjusted)}")
+    return lines
