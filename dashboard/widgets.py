@@ -322,3 +322,14 @@ def render_store_problem(status: queries.StoreStatus, db_path: str) -> None:
 def render_page_context() -> RunContext:
     """Every page starts here: the store checked by the entry script, then the sidebar pickers."""
     return render_run_context(st.session_state["store_ref"])
+
+
+def render_slice_picker(ctx: RunContext, split: str, *, container=None) -> int:
+    """The Error explorer's slice filter (URL key `slice`): a stored slice of the current source, or 0 = any."""
+    found = queries.load_slices(ctx.ref, ctx.run_id, ctx.source, split) if ctx.source else None
+    if found is None or not len(found):
+        return 0
+    names = dict(zip(found["rank"].astype(int), found["definition"]))
+    return int(synced_selectbox("Slice", [0, *names], key="slice", default=0, container=container,
+                                format_func=lambda r: "(any)" if r == 0 else f"#{r} {names[r]}",
+                                help="A cohort found by the audit's slice search (Fairness page)."))
