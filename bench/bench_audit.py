@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str | None, str | None, str | None, tuple[str, ...]]]
     "faint-strong": ("race=1:faint=0.3", "race", "African-American", ("accuracy", "macro_f1")),
     "fewer": ("race=2:fewer=Anger,Disgust@0.1", "race", "Asian", ("recall:Anger", "recall:Disgust")),
     "faint-female": ("gender=1:faint=0.3", "gender", "female", ("accuracy", "macro_f1")),
+    "faint-female-40-69": ("gender=female&age=40-69:faint=0.3", "gender×age", "female | 40-69", ("accuracy",)),
     "none": (None, None, None, ("accuracy",)),
 }
 
