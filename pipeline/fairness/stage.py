@@ -13,6 +13,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,7 @@ from pipeline.paths import DEFAULT_DB
 @dataclass(frozen=True)
 class DemographicsRunConfig:
     """Which images to label (a stored run's dataset, or a dataset on disk) and with what."""
-    db: str = str(DEFAULT_DB)
+    db: str | Path = DEFAULT_DB
     demographics: DemographicsConfig = field(default_factory=DemographicsConfig)
     run: str | None = None                 # take the dataset settings of this run ...
     dataset: str | None = None             # ... or a dataset format and root
@@ -44,7 +45,7 @@ class DemographicsRunConfig:
     quiet: bool = False
 
 
-def load_run_dataset(db: str, run_id: str):
+def load_run_dataset(db: str | Path, run_id: str):
     """The dataset a stored run was trained/evaluated on, with all seven classes' images."""
     from pipeline.data.loaders import load_dataset
     from pipeline.store.db import get_run, open_store
@@ -79,7 +80,7 @@ def select_records(dataset, backend: str, split: str | None, limit: int | None):
     return (records[:limit] if limit else records), split
 
 
-def store_demographics(db: str, frame: pd.DataFrame, fingerprint: str, source: str) -> int:
+def store_demographics(db: str | Path, frame: pd.DataFrame, fingerprint: str, source: str) -> int:
     """Write `frame` for (fingerprint, source), keeping stored rows of images it does not cover."""
     from pipeline.store.db import load_frame, open_store, replace_rows, transaction
 
@@ -136,7 +137,7 @@ def run_demographics(config: DemographicsRunConfig, dataset=None) -> dict:
 @dataclass(frozen=True)
 class AuditRunConfig:
     """Which run, split and demographics sources to audit, and the audit's statistics."""
-    db: str = str(DEFAULT_DB)
+    db: str | Path = DEFAULT_DB
     run: str = "latest"
     split: str = "test"
     sources: tuple[str, ...] | None = None   # default: every source stored for the run's dataset
@@ -184,8 +185,6 @@ def load_slice_features(con, run: dict, preds: pd.DataFrame, config: SliceConfig
                              "error": preds["true_label"] != preds["pred_label"]})
     wanted = set(config.features)
     if run["is_synthetic"] and wanted & set(SYNTHETIC_FEATURES):
-        from pathlib import Path
-
         from pipeline.synth.faces import load_synthetic_attributes
 
         try:
