@@ -37,6 +37,7 @@ SCENARIOS: dict[str, tuple[str | None, str | None, str | None, tuple[str, ...]]]
     "faint-strong": ("race=1:faint=0.3", "race", "African-American", ("accuracy", "macro_f1")),
     "fewer": ("race=2:fewer=Anger,Disgust@0.1", "race", "Asian", ("recall:Anger", "recall:Disgust")),
     "faint-female": ("gender=1:faint=0.3", "gender", "female", ("accuracy", "macro_f1")),
+    "faint-female-40-69": ("gender=female&age=40-69:faint=0.3", "gender×age", "female | 40-69", ("accuracy",)),
     "none": (None, None, None, ("accuracy",)),
 }
 
@@ -96,10 +97,9 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
     from dataclasses import replace
 
     from pipeline.fairness.audit import AuditConfig
-    from pipeline.commands.audit import create_stored_audit
-    from pipeline.commands.demographics import create_stored_demographics
     from pipeline.data.loaders import load_dataset
     from pipeline.fairness.demographics import DemographicsConfig
+    from pipeline.fairness.stage import AuditRunConfig, DemographicsRunConfig, run_audit, run_demographics
     from pipeline.train.recipes import get_recipe
     from pipeline.train.runner import DatasetSpec, TrainRunConfig, run_train
     from pipeline.synth.faces import BALANCED, SynthConfig, generate_dataset
@@ -125,9 +125,10 @@ def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int,
 
     t0 = time.perf_counter()
     dataset = load_dataset("synthetic", data, num_classes=7)
-    create_stored_demographics(str(db), dataset, DemographicsConfig(backend="annotations"), quiet=True)
-    summary = create_stored_audit(str(db), outcome.run_id, AuditConfig(n_boot=n_boot, n_perm=n_perm, seed=seed),
-                                  sources=["annotations"])
+    run_demographics(DemographicsRunConfig(db=str(db), demographics=DemographicsConfig(backend="annotations"),
+                                           quiet=True), dataset)
+    summary = run_audit(AuditRunConfig(db=str(db), run=outcome.run_id, sources=("annotations",),
+                                       audit=AuditConfig(n_boot=n_boot, n_perm=n_perm, seed=seed)))
     times["audit"] = time.perf_counter() - t0
     twins = None
     if counterfactual:

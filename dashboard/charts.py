@@ -276,3 +276,34 @@ def export_chart(chart: alt.TopLevelMixin, fmt: str, scale: float = 2.0) -> byte
     if fmt == "pdf":
         return vlc.vegalite_to_pdf(spec)
     raise ValueError(f"unknown figure format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+
+
+def create_reliability_chart(bins: pd.DataFrame, title: str) -> alt.Chart:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per group, with
+    the diagonal of perfect calibration; point size is the bin's image count."""
+    df = bins.copy()
+    diagonal = alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(
+        strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    lines = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("confidence:Q", title="mean confidence", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("grp:N", title=None),
+        tooltip=["grp", "bin", "n", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f")])
+    sizes = alt.Chart(df).mark_circle(opacity=0.35).encode(x="confidence:Q", y="accuracy:Q", color="grp:N",
+                                                             size=alt.Size("n:Q", legend=None))
+    return (diagonal + lines + sizes).properties(width=360, height=300, title=title)
+
+
+def create_slice_chart(found: pd.DataFrame, title: str, level: str = "95%") -> alt.Chart:
+    """Error rate + CI per slice against its rest's error rate (tick), significant slices filled."""
+    df = found.copy()
+    df["label"] = "#" + df["rank"].astype(str) + " " + df["definition"] + " (n=" + df["n"].astype(str) + ")"
+    df["status"] = np.where(df["significant"].fillna(False).astype(bool), "significant", "not significant")
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=360)))
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title=f"error rate ({level} CI)"), x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=70).encode(
+        x="error_rate:Q", color=alt.Color("status:N", title=None),
+        tooltip=["definition", "n", "n_all", alt.Tooltip("error_rate:Q", format=".3f"),
+                 alt.Tooltip("rest_error_rate:Q", format=".3f"), alt.Tooltip("p_adjusted:Q", format=".4f")])
+    rest = base.mark_tick(color="gray", thickness=2).encode(x="rest_error_rate:Q")
+    return (bars + points + rest).properties(width=360, height=alt.Step(24), title=title)

@@ -82,6 +82,7 @@ class ErrorFilters:
     source: str = ""                        # demographic source the subgroup filters use
     fingerprint: str = ""                   # the run's dataset fingerprint (demographics key)
     order: str = "confidence"               # 'confidence' (most confident first) | 'image'
+    slice_rank: int = 0                     # 0 = any; else the images of this stored slice of `source`
 
 
 # ---------------------------------------------------------------- store location
@@ -368,6 +369,10 @@ def _filter_sql(run_id: str, f: ErrorFilters) -> tuple[str, str, list]:
         where.append("p.image_id IN (SELECT image_id FROM heatmaps WHERE run_id = ? AND method = ? "
                      "AND target = 'pred')")
         params += [run_id, f.method]
+    if f.slice_rank:
+        where.append("p.image_id IN (SELECT image_id FROM slice_images WHERE run_id = ? AND source = ? "
+                     "AND split = ? AND rank = ?)")
+        params += [run_id, f.source, f.split, int(f.slice_rank)]
     return f"predictions p{joins}", " AND ".join(where), params
 
 
@@ -570,3 +575,42 @@ def load_compare_groups(ref: StoreRef, run_ids: tuple[str, ...], source: str, sp
         SELECT run_id, attribute, grp, n, value, ci_low, ci_high, low_support FROM audit_cells
         WHERE source = ? AND split = ? AND metric = ? AND attribute IN ('gender', 'race', 'age')
           AND run_id IN ({marks}) ORDER BY attribute, grp, run_id""", [source, split, metric, *run_ids])
+
+
+# ---------------------------------------------------------------- slices and calibration
+
+
+@st.cache_data(show_spinner=False)
+def load_slices(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
+    """The run's discovered slices for one source and split, rank 1 first (empty on an older store)."""
+    if "slices" in load_missing_tables(ref):
+        return pd.DataFrame(columns=["rank", "definition", "n", "n_all", "error_rate", "rest_error_rate",
+                                     "ci_low", "ci_high", "p_value", "p_adjusted", "significant"])
+    return _read(ref, """
+        SELECT rank, definition, n, n_all, error_rate, rest_error_rate, ci_low, ci_high, p_value, p_adjusted,
+               significant
+        FROM slices WHERE run_id = ? AND source = ? AND split = ? ORDER BY rank""", [run_id, source, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_calibration(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
+    """Calibration per group, before and after temperature scaling (empty on an older store)."""
+    columns = ["scaling", "temperature", "attribute", "grp", "n", "accuracy", "confidence", "gap", "ece",
+               "ece_low", "ece_high", "gap_vs_rest", "gap_low", "gap_high", "p_value", "p_adjusted", "correction",
+               "significant", "low_support"]
+    if "calibration" in load_missing_tables(ref):
+        return pd.DataFrame(columns=columns)
+    return _read(ref, f"""
+        SELECT {', '.join(columns)} FROM calibration WHERE run_id = ? AND source = ? AND split = ?
+        ORDER BY scaling, attribute, grp""", [run_id, source, split])
+
+
+@st.cache_data(show_spinner=False)
+def load_calibration_bins(ref: StoreRef, run_id: str, source: str, split: str, attribute: str) -> pd.DataFrame:
+    """Reliability-diagram bins of one attribute set's groups, both scalings."""
+    if "calibration_bins" in load_missing_tables(ref):
+        return pd.DataFrame(columns=["scaling", "grp", "bin", "bin_low", "bin_high", "n", "confidence", "accuracy"])
+    return _read(ref, """
+        SELECT scaling, grp, bin, bin_low, bin_high, n, confidence, accuracy FROM calibration_bins
+        WHERE run_id = ? AND source = ? AND split = ? AND attribute = ? ORDER BY scaling, grp, bin""",
+                 [run_id, source, split, attribute])

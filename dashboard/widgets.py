@@ -277,7 +277,11 @@ def format_audit_settings(settings: dict | None) -> str:
         return ("Audit settings were not recorded (audited before they were stored); re-run "
                 "`python -m pipeline audit` to record them.")
     c = settings["config"]
-    return (f"Audit settings: alpha {c['alpha']}, {c['correction']} correction across all gaps, minimum support "
+    corrections = (f"{c['correction']} correction of the primary family (each attribute's accuracy"
+                   f"{', ' + ', '.join(c['primary']) if c.get('primary') else ''}), "
+                   f"{c['exploratory_correction']} of the exploratory rest" if "exploratory_correction" in c
+                   else f"{c['correction']} correction across all gaps")
+    return (f"Audit settings: alpha {c['alpha']}, {corrections}, minimum support "
             f"{c['min_support']}, intersections of up to {c['max_order']} attributes, {c['n_boot']} bootstrap "
             f"resamples, {c['n_perm']} permutations, seed {c['seed']}; {settings['n_labelled']} of "
             f"{settings['n_predictions']} predictions labelled by this source.")
@@ -340,3 +344,14 @@ def render_store_problem(status: queries.StoreStatus, db_path: str) -> None:
 def render_page_context() -> RunContext:
     """Every page starts here: the store checked by the entry script, then the sidebar pickers."""
     return render_run_context(st.session_state["store_ref"])
+
+
+def render_slice_picker(ctx: RunContext, split: str, *, container=None) -> int:
+    """The Error explorer's slice filter (URL key `slice`): a stored slice of the current source, or 0 = any."""
+    found = queries.load_slices(ctx.ref, ctx.run_id, ctx.source, split) if ctx.source else None
+    if found is None or not len(found):
+        return 0
+    names = dict(zip(found["rank"].astype(int), found["definition"]))
+    return int(synced_selectbox("Slice", [0, *names], key="slice", default=0, container=container,
+                                format_func=lambda r: "(any)" if r == 0 else f"#{r} {names[r]}",
+                                help="A cohort found by the audit's slice search (Fairness page)."))

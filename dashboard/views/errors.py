@@ -48,13 +48,14 @@ with st.container(border=True):
     per_page = widgets.synced_selectbox("Per page", [12, 24, 48], key="per_page", default=24, container=c12)
     if demo_disabled and (genders or races or ages):
         st.warning("No demographics stored for this dataset: the gender, race and age filters are ignored.")
+    slice_rank = widgets.render_slice_picker(ctx, split)
 
 filters = queries.ErrorFilters(
     split=split, true_labels=tuple(true_labels), pred_labels=tuple(pred_labels), correct=outcome,
     genders=tuple(genders) if ctx.source else (), races=tuple(races) if ctx.source else (),
     ages=tuple(ages) if ctx.source else (), conf_min=float(conf[0]), conf_max=float(conf[1]),
     tag="" if tag == ANY else tag, method="" if method == ANY else method,
-    source=ctx.source, fingerprint=ctx.fingerprint)
+    source=ctx.source, fingerprint=ctx.fingerprint, slice_rank=slice_rank)
 overlay_method = filters.method or (methods[0] if methods else "")
 
 total = queries.count_predictions(ctx.ref, ctx.run_id, filters)

@@ -1,9 +1,72 @@
-"""Fairness audit: metrics by group with CIs and n, intersectional heatmaps, gaps, proxy agreement."""
+"""Fairness audit: metrics by group with CIs and n, intersectional heatmaps, gaps, discovered slices
+(each one click from the Error explorer filtered to it), calibration by group, proxy agreement."""
 from __future__ import annotations
 
 import streamlit as st
 
 from dashboard import charts, queries, widgets
+
+ERRORS_PAGE = "views/errors.py"
+
+
+def render_slices_section(ctx: widgets.RunContext, source: str, split: str, level: str) -> None:
+    """Slices the audit's search found, with links to the Error explorer filtered to each."""
+    st.subheader("Discovered slices")
+    found = queries.load_slices(ctx.ref, ctx.run_id, source, split)
+    if not len(found):
+        st.write("No slices stored: re-run `python -m pipeline audit` (the search needs groups above the "
+                 "minimum support on half of the split).")
+        return
+    n_sig = int(found["significant"].fillna(False).astype(bool).sum())
+    st.caption(f"Cohorts of up to three conditions whose error rate is above the rest of the same emotions' "
+               f"images (grey tick). Found on one half of the {split} images, tested once on the other half, "
+               f"Holm-corrected over the {len(found)} candidates: {n_sig} significant. n and rates are the "
+               f"held-out half's; the link opens all of the slice's images.")
+    widgets.render_figure(charts.create_slice_chart(found, f"Slices ({source}, {split})", level),
+                          f"slices-{source}-{split}", ctx.run_id)
+    for r in found[found["significant"].fillna(False).astype(bool)].head(10).itertuples(index=False):
+        st.page_link(ERRORS_PAGE, label=f"#{r.rank} {r.definition}: error {r.error_rate:.1%} against "
+                                        f"{r.rest_error_rate:.1%} ({r.n_all} images): open in the Error explorer",
+                     query_params={"run": ctx.run_id, "source": source, "split": split, "slice": str(r.rank),
+                                   "outcome": "all"})
+    widgets.render_table(found, f"slices-{source}-{split}-table", ctx.run_id,
+                         caption=f"Discovered slices ({source}, {split}), error rate with {level} CI")
+
+
+def render_calibration_section(ctx: widgets.RunContext, source: str, split: str, level: str) -> None:
+    """ECE and over-/under-confidence per group before and after temperature scaling, reliability diagrams."""
+    st.subheader("Calibration by group")
+    cal = queries.load_calibration(ctx.ref, ctx.run_id, source, split)
+    if not len(cal):
+        st.write("No calibration stored: re-run `python -m pipeline audit`.")
+        return
+    overall = cal[cal["attribute"] == "all"].set_index("scaling")
+    parts = [f"before scaling ECE {overall.loc['none', 'ece']:.3f}"]
+    if "temperature" in overall.index:
+        parts.append(f"after temperature scaling (T = {overall.loc['temperature', 'temperature']:.2f}, fitted on "
+                     f"the val split) {overall.loc['temperature', 'ece']:.3f}")
+    st.caption("Expected calibration error, " + "; ".join(parts) + ". gap = mean confidence − accuracy "
+               "(> 0 over-confident); gap_vs_rest is tested against the rest of the attribute's images "
+               "(Holm over single attributes, Benjamini–Hochberg over intersections).")
+    attrs = [a for a in dict.fromkeys(cal["attribute"]) if a != "all"]
+    if not attrs:
+        return
+    attribute = widgets.synced_selectbox("Calibration by", attrs, key="cal_attr", default=attrs[0])
+    scalings = list(dict.fromkeys(cal["scaling"]))
+    bins = queries.load_calibration_bins(ctx.ref, ctx.run_id, source, split, attribute)
+    for col, scaling in zip(st.columns(len(scalings)), scalings):
+        with col:
+            title = "before scaling" if scaling == "none" else "after temperature scaling"
+            widgets.render_figure(charts.create_reliability_chart(bins[bins["scaling"] == scaling],
+                                                                  f"Reliability by {attribute}, {title}"),
+                                  f"reliability-{attribute}-{scaling}-{source}", ctx.run_id)
+    part = cal[cal["attribute"] == attribute]
+    widgets.render_table(part, f"calibration-{attribute}-{source}-{split}", ctx.run_id,
+                         caption=f"Calibration by {attribute} ({source}, {split}) with {level} bootstrap CIs",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                        for c in ("accuracy", "confidence", "gap", "ece", "ece_low", "ece_high",
+                                                  "gap_vs_rest", "gap_low", "gap_high")})
+
 
 ctx = widgets.render_page_context()
 st.title("Fairness audit")
@@ -67,11 +130,16 @@ if len(gaps):
     gsel = gaps[gaps["metric"] == metric] if (gaps["metric"] == metric).any() else gaps
     widgets.render_figure(charts.create_gap_chart(gsel, level=level), f"audit-gaps-{metric}-{source}", ctx.run_id)
     corr = ", ".join(sorted(gaps["correction"].dropna().unique())) or "none"
-    st.caption(f"p-values corrected for multiple comparisons ({corr}); 'significant' uses the corrected value.")
+    st.caption(f"p-values corrected for multiple comparisons ({corr}): the primary family (each attribute's "
+               "accuracy, and declared intersections) with Holm, the exploratory rest with Benjamini–Hochberg; "
+               "'significant' uses the corrected value within its family.")
     widgets.render_table(gsel, f"audit-gaps-{metric}-{source}-{split}", ctx.run_id,
                          caption=f"Gaps in {metric} with {level} CI and corrected p-values ({source}, {split})")
 else:
     st.write("No gaps stored.")
+
+render_slices_section(ctx, source, split, level)
+render_calibration_section(ctx, source, split, level)
 
 st.subheader("Inferred versus annotated labels")
 agreement = queries.load_proxy_agreement(ctx.ref, ctx.fingerprint)

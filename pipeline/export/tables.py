@@ -284,14 +284,18 @@ def compute_gaps_table(gaps: pd.DataFrame, comparison: str | None = "best-worst"
                        metric: str | None = None, significant_only: bool = False,
                        digits: int = PAPER_DIGITS, alpha: float = 0.05,
                        attribute: str | None = None) -> pd.DataFrame:
-    """Gaps in natural order (attribute, metric, comparison, group): gap [CI], p, adjusted p.
+    """Gaps in natural order (attribute, metric, comparison, group): gap [CI], p, adjusted p, family.
 
     Column 'vs' says what the group is compared with: 'best' (the group is the
     worst one; gap = best - worst) or 'rest' (gap = rest - group). A significant
-    gap's adjusted p carries SIGNIFICANT_MARK. `alpha` is the audit's: the
-    intervals were made at that level, and the header says so. Given `attribute`, only its gaps, the group in one column per part
-    of it; without, an 'attribute' column and the group joined with ' × '.
+    gap's adjusted p carries SIGNIFICANT_MARK; 'family' says which correction
+    family it belongs to ('primary': Holm, 'exploratory': BH). `alpha` is the
+    audit's: the intervals were made at that level, and the header says so. Given
+    `attribute`, only its gaps, the group in one column per part of it; without,
+    an 'attribute' column and the group joined with ' × '.
     """
+    from pipeline.fairness.audit import family_of
+
     part = gaps if attribute is None else gaps[gaps["attribute"] == attribute]
     if comparison:
         part = part[part["comparison"].str.startswith(comparison)]
@@ -311,6 +315,7 @@ def compute_gaps_table(gaps: pd.DataFrame, comparison: str | None = "best-worst"
         "p": [format_p_value(p) for p in part["p_value"]],
         "p adj.": [format_p_value(p) + (SIGNIFICANT_MARK if bool(s) else "")
                    for p, s in zip(part["p_adjusted"], part["significant"].fillna(False))],
+        "family": [family_of(c) for c in part["correction"]],
     })
 
 

@@ -10,9 +10,10 @@ Cells (one per attribute set, group and metric)
     'gender×race×emotion', ...). Plain sets get `accuracy`, `macro_f1` and
     `recall:<emotion>` (equal opportunity); sets crossed with the emotion get
     `accuracy`, which there *is* that emotion's recall for the group. Point
-    estimates come from fairlearn's `MetricFrame`; 95% intervals are Wilson
-    score intervals for proportions and percentile bootstrap intervals
-    (resampling within each group) for macro-F1. Macro-F1 of a group averages
+    estimates come from one confusion tensor per attribute set (the tests hold
+    fairlearn's `MetricFrame` and scikit-learn as references); 95% intervals
+    are Wilson score intervals for proportions (statsmodels) and percentile
+    bootstrap intervals (resampling within each group) for macro-F1. Macro-F1 of a group averages
     the emotions present among that group's true labels (scikit-learn's
     `f1_score(average="macro", labels=<present>, zero_division=0)`), so a
     group without any Fear image gets no Fear term.
@@ -26,9 +27,8 @@ Gaps (one per attribute set, metric and comparison), plain sets only
     gaps of the 'gender×race×emotion' cells, compared within one emotion, so
     emotion difficulty never masquerades as a demographic gap.
     Intervals: for proportions (accuracy, recall), Newcombe's hybrid score
-    interval of a difference, built from the groups' Wilson intervals; for
-    macro-F1, a bootstrap resampling within each group (percentile interval
-    for vs-rest). A bootstrap of proportions collapses where a group's
+    interval of a difference (statsmodels); for macro-F1, a bootstrap
+    resampling within each group (percentile interval for vs-rest). A bootstrap of proportions collapses where a group's
     proportion is 0 or 1 (per-emotion recall of an easy class often is), and
     its intervals then exclude zero while the test finds nothing; Newcombe's
     does not. best-worst: the pair is picked from the data, so a plain
@@ -45,12 +45,25 @@ Gaps (one per attribute set, metric and comparison), plain sets only
         picked from the data.
       - proportions, vs-rest: pooled two-proportion z-test (Fisher's exact
         test when an expected count is under 5).
-      - macro-F1: permutation tests (group labels shuffled), of max − min for
-        best-worst and of |rest − group| for vs-rest.
-    p-values are corrected across every gap of one audit (Holm by default,
-    Benjamini–Hochberg on request); `significant` means adjusted p < alpha.
+      - macro-F1: the test each interval inverts, from the same bootstrap
+        resamples (vs-rest: twice the share of resampled gaps beyond 0;
+        best-worst: the Bonferroni normal test), so an interval that
+        excludes 0 never stands beside p >= alpha.
+    Families: the primary family (every single attribute's accuracy gaps,
+    plus the accuracy of the intersections declared in `config.primary`) is
+    corrected with Holm; every other gap is exploratory and corrected with
+    Benjamini–Hochberg. The stored `correction` names both ('holm
+    (primary)'); `significant` means adjusted p < alpha within the family.
     Groups under `min_support` images are flagged in the cells
-    (`low_support`) and never ranked: no best/worst, no vs-rest row.
+    (`low_support`) and never ranked: no best/worst, no vs-rest row, and
+    best-worst picks both ends among the groups with enough support.
+
+Why hand-written resampling: the stratified bootstrap and the permutation
+fallback are vectorised over replicates (one bincount per chunk of 50 resamples
+over the confusion tensor); fairlearn's bootstrap builds one MetricFrame per
+resample. Measured on 1,400 images, 3 groups, 6 classes (2-core CPU): a MetricFrame
+with accuracy and macro-F1 took 95 ms per resample (95 s for 1,000), the vectorised
+1,000 resamples 40 ms; an audit has about 30 attribute sets. Everything else (intervals, tests, corrections) calls statsmodels/scipy.
 
 Proxy check
     Where inferred labels and annotated labels exist for the same images,
@@ -74,6 +87,7 @@ GROUP_SEPARATOR = " | "
 ATTRIBUTE_SEPARATOR = "×"
 EMOTION = "emotion"
 CORRECTIONS = ("holm", "fdr_bh")
+FAMILIES = ("primary", "exploratory")
 
 # Value order of each attribute in tables (values not listed sort after, alphabetically).
 VALUE_ORDER: dict[str, tuple[str, ...]] = {
@@ -96,12 +110,21 @@ class AuditConfig:
     n_boot: int = 1000            # bootstrap resamples for intervals
     n_perm: int = 1000            # permutations for permutation tests
     alpha: float = 0.05           # 1 - confidence level, and the significance level
-    correction: str = "holm"      # 'holm' | 'fdr_bh'
+    correction: str = "holm"      # of the primary family: 'holm' | 'fdr_bh'
+    exploratory_correction: str = "fdr_bh"   # of every other gap
+    primary: tuple[str, ...] = () # intersections declared primary, e.g. ('gender×age',)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.correction not in CORRECTIONS:
-            raise ValueError(f"correction must be one of {CORRECTIONS}, got {self.correction!r}")
+        for name, value in (("correction", self.correction), ("exploratory_correction", self.exploratory_correction)):
+            if value not in CORRECTIONS:
+                raise ValueError(f"{name} must be one of {CORRECTIONS}, got {value!r}")
+        plain = {attribute_name(c) for c in compute_attribute_sets(self.attributes, self.max_order,
+                                                                   with_emotion=False)}
+        unknown = [p for p in self.primary if p not in plain]
+        if unknown:
+            raise ValueError(f"primary intersections {unknown} are not among the audited attribute sets "
+                             f"{sorted(plain)} (write them like 'gender×age', within --max-order)")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
         if self.max_order < 1:
@@ -119,7 +142,9 @@ class AuditResult:
 
 
 # ---------------------------------------------------------------------------
-# Elementary statistics (each checked against statsmodels / scikit-learn in tests)
+# Elementary statistics: thin wrappers over statsmodels / scipy that fix the conventions
+# the audit relies on (NaN where a group is empty, no evidence when every outcome is the same,
+# NaN kept out of a correction's family)
 # ---------------------------------------------------------------------------
 
 def _z(alpha: float) -> float:
@@ -129,49 +154,45 @@ def _z(alpha: float) -> float:
 
 def compute_wilson_interval(successes, n, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for k successes out of n (arrays or scalars); NaN where n == 0."""
-    k = np.asarray(successes, dtype=float)
-    n = np.asarray(n, dtype=float)
-    z = _z(alpha)
+    from statsmodels.stats.proportion import proportion_confint
+
+    k, n = np.broadcast_arrays(np.asarray(successes, dtype=float), np.asarray(n, dtype=float))
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = k / n
-        denom = 1 + z**2 / n
-        centre = (p + z**2 / (2 * n)) / denom
-        half = z / denom * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-        lo, hi = centre - half, centre + half
-    lo = np.where(n > 0, np.clip(lo, 0.0, 1.0), np.nan)
-    hi = np.where(n > 0, np.clip(hi, 0.0, 1.0), np.nan)
-    return lo, hi
+        lo, hi = proportion_confint(k, np.where(n > 0, n, 1), alpha=alpha, method="wilson")
+    return np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
 
 
 def compute_newcombe_interval(k1, n1, k2, n2, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Newcombe's hybrid score interval for p1 - p2 (his method 10), from the two Wilson intervals.
+    """Newcombe's hybrid score interval for p1 - p2 (his method 10): statsmodels'
+    `confint_proportions_2indep(method="newcomb")`, NaN where a group is empty.
 
-    Like statsmodels' `confint_proportions_2indep(method="newcomb")`. Unlike a bootstrap or
-    Wald interval it does not collapse when a proportion is 0 or 1 (a group of 60 images all
-    recognised has no bootstrap variance, yet its true recall is not known to be 1).
+    Unlike a bootstrap or Wald interval it does not collapse when a proportion is 0 or 1 (a
+    group of 60 images all recognised has no bootstrap variance, yet its true recall is not
+    known to be 1).
     """
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
     k1, n1, k2, n2 = (np.asarray(v, dtype=float) for v in (k1, n1, k2, n2))
-    l1, u1 = compute_wilson_interval(k1, n1, alpha)
-    l2, u2 = compute_wilson_interval(k2, n2, alpha)
+    empty = (n1 <= 0) | (n2 <= 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p1, p2 = k1 / n1, k2 / n2
-    d = p1 - p2
-    lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-    return lo, hi
+        lo, hi = confint_proportions_2indep(k1, np.where(empty, 1, n1), k2, np.where(empty, 1, n2),
+                                            method="newcomb", compare="diff", alpha=alpha)
+    return np.where(empty, np.nan, lo), np.where(empty, np.nan, hi)
 
 
 def compute_two_proportion_ztest(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
-    """Pooled two-sided z-test of p1 == p2; returns (z, p-value). Like statsmodels' proportions_ztest."""
-    from scipy.stats import norm
-    p1, p2 = k1 / n1, k2 / n2
+    """Pooled two-sided z-test of p1 == p2 (statsmodels' proportions_ztest); returns (z, p-value).
+
+    Every outcome the same in both groups (zero pooled variance) is no evidence of a
+    difference: (0, 1), where statsmodels gives NaN.
+    """
+    from statsmodels.stats.proportion import proportions_ztest
+
     pooled = (k1 + k2) / (n1 + n2)
-    var = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
-    if var == 0:
-        # Every outcome the same in both groups: no evidence of a difference.
+    if pooled in (0.0, 1.0):
         return 0.0, 1.0
-    z = (p1 - p2) / math.sqrt(var)
-    return z, float(2 * norm.sf(abs(z)))
+    z, p = proportions_ztest([k1, k2], [n1, n2])
+    return float(z), float(p)
 
 
 def compute_fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
@@ -180,11 +201,15 @@ def compute_fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
     return float(fisher_exact([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
 
 
+def _expected_counts(successes, n) -> np.ndarray:
+    k, n = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
+    pooled = k.sum() / n.sum()
+    return np.concatenate([n * pooled, n * (1 - pooled)])
+
+
 def compute_proportion_difference_pvalue(k1: int, n1: int, k2: int, n2: int) -> tuple[float, str]:
     """p-value of p1 != p2: z-test, or Fisher's exact test when an expected count is under 5."""
-    pooled = (k1 + k2) / (n1 + n2)
-    expected = np.array([n1 * pooled, n1 * (1 - pooled), n2 * pooled, n2 * (1 - pooled)])
-    if (expected < 5).any():
+    if (_expected_counts([k1, k2], [n1, n2]) < 5).any():
         return compute_fisher_exact(k1, n1, k2, n2), "fisher"
     return compute_two_proportion_ztest(k1, n1, k2, n2)[1], "z"
 
@@ -192,44 +217,32 @@ def compute_proportion_difference_pvalue(k1: int, n1: int, k2: int, n2: int) -> 
 def compute_homogeneity_pvalue(successes: Sequence[int], n: Sequence[int]) -> tuple[float | None, str]:
     """p-value that every group has the same proportion; None when a permutation test is needed.
 
-    Two groups: z-test or Fisher. More: chi-square test of homogeneity, or None
-    (the caller permutes) when an expected count is under 5.
+    Two groups: z-test or Fisher. More: scipy's chi-square test of homogeneity (no continuity
+    correction), or None (the caller permutes) when an expected count is under 5.
     """
-    k = np.asarray(successes, dtype=float)
-    n = np.asarray(n, dtype=float)
+    from scipy.stats import chi2_contingency
+
+    k = np.asarray(successes, dtype=int)
+    n = np.asarray(n, dtype=int)
     if len(k) == 2:
         return compute_proportion_difference_pvalue(int(k[0]), int(n[0]), int(k[1]), int(n[1]))
-    pooled = k.sum() / n.sum()
-    expected = np.concatenate([n * pooled, n * (1 - pooled)])
-    if (expected < 5).any():
+    if (_expected_counts(k, n) < 5).any():
         return None, "permutation"
-    from scipy.stats import chi2
-    observed = np.concatenate([k, n - k])
-    stat = float(((observed - expected) ** 2 / expected).sum())
-    return float(chi2.sf(stat, df=len(k) - 1)), "chi2"
+    return float(chi2_contingency(np.stack([k, n - k], axis=1), correction=False).pvalue), "chi2"
 
 
 def compute_adjusted_pvalues(p_values, method: str = "holm") -> np.ndarray:
-    """Holm or Benjamini–Hochberg adjusted p-values (NaN stays NaN), like statsmodels' multipletests."""
+    """Holm or Benjamini–Hochberg adjusted p-values (statsmodels' multipletests); NaN stays NaN
+    and is left out of the family."""
+    from statsmodels.stats.multitest import multipletests
+
+    if method not in CORRECTIONS:
+        raise ValueError(f"method must be one of {CORRECTIONS}, got {method!r}")
     p = np.asarray(p_values, dtype=float)
     out = np.full(p.shape, np.nan)
     ok = ~np.isnan(p)
-    q = p[ok]
-    m = len(q)
-    if m == 0:
-        return out
-    order = np.argsort(q, kind="mergesort")
-    ranked = q[order]
-    if method == "holm":
-        adj = np.maximum.accumulate((m - np.arange(m)) * ranked)
-    elif method == "fdr_bh":
-        adj = np.minimum.accumulate((m / np.arange(m, 0, -1) * ranked[::-1]))[::-1]
-    else:
-        raise ValueError(f"method must be one of {CORRECTIONS}, got {method!r}")
-    adj = np.minimum(adj, 1.0)
-    back = np.empty(m)
-    back[order] = adj
-    out[ok] = back
+    if ok.any():
+        out[ok] = multipletests(p[ok], method=method)[1]
     return out
 
 
@@ -266,21 +279,11 @@ def compute_macro_f1_from_confusion(conf: np.ndarray) -> np.ndarray:
         return f1.sum(axis=-1) / present.sum(axis=-1)
 
 
-def compute_macro_f1(y_true, y_pred) -> float:
-    """Macro-F1 over the labels present in y_true (the convention of every audit cell)."""
-    from sklearn.metrics import f1_score
-    y_true = np.asarray(y_true)
-    if len(y_true) == 0:
-        return float("nan")
-    labels = np.unique(y_true)
-    return float(f1_score(y_true, np.asarray(y_pred), labels=labels, average="macro", zero_division=0))
-
-
 # ---------------------------------------------------------------------------
 # Attribute sets and groups
 # ---------------------------------------------------------------------------
 
-def compute_attribute_sets(attributes: Sequence[str], max_order: int,
+def compute_attribute_sets(attributes: Sequence[str], max_order: int, *,
                            with_emotion: bool = True) -> list[tuple[str, ...]]:
     """Every non-empty combination of up to max_order attributes, then each crossed with emotion."""
     plain = [combo for r in range(1, min(max_order, len(attributes)) + 1)
@@ -320,48 +323,76 @@ def _encode_groups(frame: pd.DataFrame, columns: Sequence[str], classes: Sequenc
 
 
 def _percentile_interval(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval along axis 0 (NaN replicates ignored)."""
-    with np.errstate(invalid="ignore"):
-        import warnings
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo = np.nanquantile(reps, alpha / 2, axis=0)
-            hi = np.nanquantile(reps, 1 - alpha / 2, axis=0)
+    """Percentile interval along axis 0 (NaN replicates ignored), defined so that it excludes 0
+    exactly when `_bootstrap_pvalue` of the same replicates is under alpha: the lower end is the
+    alpha/2 quantile (inverted CDF), the upper end minus the alpha/2 quantile of the negated
+    replicates."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN columns give NaN
+        lo = np.nanquantile(reps, alpha / 2, axis=0, method="inverted_cdf")
+        hi = -np.nanquantile(-reps, alpha / 2, axis=0, method="inverted_cdf")
     return lo, hi
 
 
-def _pair_interval(gap: float, reps: np.ndarray, n_groups: int, alpha: float) -> tuple[float, float]:
-    """Interval for best − worst that stays valid although the pair was picked from the data.
+def _bootstrap_pvalue(reps: np.ndarray) -> float:
+    """Two-sided p-value of a zero difference from its bootstrap replicates: twice the smaller
+    share of replicates on either side of 0 (the test the percentile interval inverts), floored
+    at 1/(B+1). With B >= 1/alpha - 1 resamples, p < alpha exactly when the interval excludes 0."""
+    reps = reps[~np.isnan(reps)]
+    if len(reps) == 0:
+        return float("nan")
+    share = min(np.mean(reps <= 0), np.mean(reps >= 0))
+    return float(min(1.0, max(2 * share, 1 / (len(reps) + 1))))
+
+
+def _pair_interval(gap: float, reps: np.ndarray, n_groups: int, alpha: float) -> tuple[float, float, float]:
+    """Interval and p-value for best − worst that stay valid although the pair was picked from the data.
 
     A normal interval with the bootstrap standard error, simultaneous over all
     n_groups·(n_groups−1)/2 pairs (Bonferroni): every pair's interval covers
     its true difference with probability ≥ 1 − alpha, so the selected pair's does.
     (A plain percentile interval of the selected pair excludes zero far more
-    often than alpha when all groups are equal: the winner's curse.)
+    often than alpha when all groups are equal: the winner's curse.) The p-value is
+    the test this interval inverts (normal, Bonferroni-multiplied), so p < alpha exactly
+    when the interval excludes 0.
     """
+    from scipy.stats import norm
+
     n_pairs = max(1, n_groups * (n_groups - 1) // 2)
     sd = float(np.nanstd(reps, ddof=1))
     half = _z(alpha / n_pairs) * sd
+    if sd > 0:
+        p = min(1.0, n_pairs * 2 * float(norm.sf(abs(gap) / sd)))
+    else:
+        p = 1.0 if gap == 0 else 0.0
     # A difference of proportions or F1 scores lies in [-1, 1].
-    return max(gap - half, -1.0), min(gap + half, 1.0)
+    return max(gap - half, -1.0), min(gap + half, 1.0), p
 
 
 def _bootstrap_confusions(groups: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
                           n_groups: int, n_classes: int, n_boot: int,
                           rng: np.random.Generator, chunk: int = 50) -> np.ndarray:
     """(B, G, K, K) confusions of stratified resamples: each group resampled within itself."""
+    out = [_confusions_of_indices(idx, g_sorted, y_true, y_pred, n_groups, n_classes)
+           for idx, g_sorted in compute_stratified_resamples(groups, n_groups, n_boot, rng, chunk=chunk)]
+    return np.concatenate(out, axis=0)
+
+
+def compute_stratified_resamples(groups: np.ndarray, n_groups: int, n_boot: int, rng: np.random.Generator,
+                                 *, chunk: int = 50):
+    """Yield (idx, groups_of_slots) per chunk of bootstrap replicates, each group resampled within itself:
+    slot j of replicate b holds image idx[b, j], drawn from group groups_of_slots[j] (slots sorted by group)."""
     order = np.argsort(groups, kind="mergesort")
     sizes = np.bincount(groups, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     g_sorted = groups[order]
-    out = []
     for b0 in range(0, n_boot, chunk):
         b = min(chunk, n_boot - b0)
         u = rng.random((b, len(groups)))
         pos = starts[g_sorted] + (u * sizes[g_sorted]).astype(np.int64)
-        idx = order[pos]
-        out.append(_confusions_of_indices(idx, g_sorted, y_true, y_pred, n_groups, n_classes))
-    return np.concatenate(out, axis=0)
+        yield order[pos], g_sorted
 
 
 def _confusions_of_indices(idx: np.ndarray, groups_of_slots: np.ndarray, y_true: np.ndarray,
@@ -374,18 +405,6 @@ def _confusions_of_indices(idx: np.ndarray, groups_of_slots: np.ndarray, y_true:
     return np.bincount(flat.ravel(), minlength=b * n_groups * k2).reshape(b, n_groups, n_classes, n_classes)
 
 
-def _permutation_confusions(groups: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
-                            n_groups: int, n_classes: int, n_perm: int,
-                            rng: np.random.Generator, chunk: int = 50) -> np.ndarray:
-    """(P, G, K, K) confusions with the group labels shuffled among the images."""
-    out = []
-    for p0 in range(0, n_perm, chunk):
-        p = min(chunk, n_perm - p0)
-        shuffled = rng.permuted(np.broadcast_to(groups, (p, len(groups))), axis=1)
-        out.append(compute_confusions(shuffled, y_true, y_pred, n_groups, n_classes))
-    return np.concatenate(out, axis=0)
-
-
 def _permutation_pvalue(null_stats: np.ndarray, observed: float) -> float:
     # (1 + #extreme) / (1 + P): never zero, valid at any number of permutations.
     return float((1 + np.sum(null_stats >= observed - 1e-12)) / (1 + len(null_stats)))
@@ -395,51 +414,28 @@ def _permutation_pvalue(null_stats: np.ndarray, observed: float) -> float:
 # Cells
 # ---------------------------------------------------------------------------
 
-def _metric_frame_values(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray,
-                         group_names: list[str], classes: Sequence[str], plain: bool) -> pd.DataFrame:
-    """Point estimates per group through fairlearn's MetricFrame (rows in group-code order)."""
-    from fairlearn.metrics import MetricFrame
-    from sklearn.metrics import accuracy_score
-
-    metrics = {"accuracy": accuracy_score}
-    if plain:
-        metrics["macro_f1"] = compute_macro_f1
-        for k, emotion in enumerate(classes):
-            metrics[f"recall:{emotion}"] = _recall_of(k)
-    frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred,
-                        sensitive_features=pd.Series(groups, name="group"))
-    by_group = frame.by_group.reindex(np.arange(len(group_names)))
-    by_group.index = group_names
-    return by_group
-
-
-def _recall_of(k: int):
-    def recall(y_true, y_pred) -> float:
-        mask = np.asarray(y_true) == k
-        return float(np.mean(np.asarray(y_pred)[mask] == k)) if mask.any() else float("nan")
-    recall.__name__ = f"recall_{k}"
-    return recall
-
-
 def compute_group_cells(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray,
-                        group_names: list[str], classes: Sequence[str], plain: bool,
+                        group_names: list[str], classes: Sequence[str], *, plain: bool,
                         config: AuditConfig, boot_conf: np.ndarray | None) -> pd.DataFrame:
-    """Cells of one attribute set: n, value, CI and low_support per group and metric."""
+    """Cells of one attribute set: n, value, CI and low_support per group and metric.
+
+    Point estimates come from the confusion tensor, the one path every number of the audit
+    takes (the tests check them against fairlearn's MetricFrame and scikit-learn)."""
     n_classes = len(classes)
     conf = compute_confusions(groups, y_true, y_pred, len(group_names), n_classes)
-    values = _metric_frame_values(y_true, y_pred, groups, group_names, classes, plain)
     rows = []
     n = conf.sum(axis=(1, 2))
     correct = np.trace(conf, axis1=1, axis2=2)
     lo, hi = compute_wilson_interval(correct, n, config.alpha)
     for g, name in enumerate(group_names):
-        rows.append((name, "accuracy", int(n[g]), values.loc[name, "accuracy"], lo[g], hi[g]))
+        rows.append((name, "accuracy", int(n[g]), correct[g] / n[g], lo[g], hi[g]))
     if plain:
         f1_lo, f1_hi = (np.full(len(group_names), np.nan),) * 2
         if boot_conf is not None:
             f1_lo, f1_hi = _percentile_interval(compute_macro_f1_from_confusion(boot_conf), config.alpha)
+        f1 = compute_macro_f1_from_confusion(conf)
         for g, name in enumerate(group_names):
-            rows.append((name, "macro_f1", int(n[g]), values.loc[name, "macro_f1"], f1_lo[g], f1_hi[g]))
+            rows.append((name, "macro_f1", int(n[g]), f1[g], f1_lo[g], f1_hi[g]))
         support = conf.sum(axis=2)        # (G, K)
         hits = np.diagonal(conf, axis1=1, axis2=2)
         for k, emotion in enumerate(classes):
@@ -448,7 +444,7 @@ def compute_group_cells(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarr
                 if support[g, k] == 0:
                     continue
                 rows.append((name, f"recall:{emotion}", int(support[g, k]),
-                             values.loc[name, f"recall:{emotion}"], r_lo[g], r_hi[g]))
+                             hits[g, k] / support[g, k], r_lo[g], r_hi[g]))
     cells = pd.DataFrame(rows, columns=["grp", "metric", "n", "value", "ci_low", "ci_high"])
     cells["value"] = cells["value"].astype(float)
     cells["low_support"] = cells["n"] < config.min_support
@@ -515,9 +511,8 @@ def _proportion_permutation_pvalue(outcomes: np.ndarray, groups: np.ndarray, eli
     return _permutation_pvalue(stats, observed)
 
 
-def _f1_gaps(conf: np.ndarray, boot_conf: np.ndarray, perm_conf: np.ndarray, names: list[str],
-             config: AuditConfig) -> list[tuple]:
-    """Gap rows of macro-F1 across groups, with bootstrap intervals and permutation p-values."""
+def _f1_gaps(conf: np.ndarray, boot_conf: np.ndarray, names: list[str], config: AuditConfig) -> list[tuple]:
+    """Gap rows of macro-F1 across groups: interval and p-value from the same bootstrap resamples."""
     rows: list[tuple] = []
     n = conf.sum(axis=(1, 2))
     eligible = np.flatnonzero(n >= max(config.min_support, 1))
@@ -525,23 +520,19 @@ def _f1_gaps(conf: np.ndarray, boot_conf: np.ndarray, perm_conf: np.ndarray, nam
         return rows
     f1 = compute_macro_f1_from_confusion(conf)
     boot_f1 = compute_macro_f1_from_confusion(boot_conf)        # (B, G)
-    perm_f1 = compute_macro_f1_from_confusion(perm_conf)        # (P, G)
     ef = f1[eligible]
     best, worst = eligible[int(np.nanargmax(ef))], eligible[int(np.nanargmin(ef))]
     gap = f1[best] - f1[worst]
-    lo, hi = _pair_interval(gap, boot_f1[:, best] - boot_f1[:, worst], len(eligible), config.alpha)
-    null = np.nanmax(perm_f1[:, eligible], axis=1) - np.nanmin(perm_f1[:, eligible], axis=1)
-    rows.append(("best-worst", names[worst], gap, float(lo), float(hi), _permutation_pvalue(null, gap)))
-    total, boot_total, perm_total = conf.sum(axis=0), boot_conf.sum(axis=1), perm_conf.sum(axis=1)
+    lo, hi, p = _pair_interval(gap, boot_f1[:, best] - boot_f1[:, worst], len(eligible), config.alpha)
+    rows.append(("best-worst", names[worst], gap, float(lo), float(hi), p))
+    total, boot_total = conf.sum(axis=0), boot_conf.sum(axis=1)
     for g in eligible:
         if n.sum() - n[g] == 0:
             continue
         gap_g = float(compute_macro_f1_from_confusion(total - conf[g]) - f1[g])
         reps = compute_macro_f1_from_confusion(boot_total - boot_conf[:, g]) - boot_f1[:, g]
         lo, hi = _percentile_interval(reps, config.alpha)
-        null = np.abs(compute_macro_f1_from_confusion(perm_total - perm_conf[:, g]) - perm_f1[:, g])
-        rows.append((f"vs-rest:{names[g]}", names[g], gap_g, float(lo), float(hi),
-                     _permutation_pvalue(null, abs(gap_g))))
+        rows.append((f"vs-rest:{names[g]}", names[g], gap_g, float(lo), float(hi), _bootstrap_pvalue(reps)))
     return rows
 
 
@@ -583,7 +574,8 @@ def compute_audit(frame: pd.DataFrame, classes: Sequence[str], config: AuditConf
         plain = EMOTION not in columns
         boot_conf = (_bootstrap_confusions(groups, y_true, y_pred, len(names), n_classes,
                                            config.n_boot, rng) if plain else None)
-        cells = compute_group_cells(y_true, y_pred, groups, names, classes, plain, config, boot_conf)
+        cells = compute_group_cells(y_true, y_pred, groups, names, classes, plain=plain, config=config,
+                                    boot_conf=boot_conf)
         cells.insert(0, "attribute", attr)
         cell_parts.append(cells)
         if not plain:
@@ -594,9 +586,7 @@ def compute_audit(frame: pd.DataFrame, classes: Sequence[str], config: AuditConf
         k = np.trace(conf, axis1=1, axis2=2).astype(float)
         for row in _proportion_gaps(k, n, names, config, rng, correct, groups):
             gap_rows.append((attr, "accuracy", *row))
-        perm_conf = _permutation_confusions(groups, y_true, y_pred, len(names), n_classes,
-                                            config.n_perm, rng)
-        for row in _f1_gaps(conf, boot_conf, perm_conf, names, config):
+        for row in _f1_gaps(conf, boot_conf, names, config):
             gap_rows.append((attr, "macro_f1", *row))
         for c, emotion in enumerate(classes):
             sel = y_true == c
@@ -609,11 +599,56 @@ def compute_audit(frame: pd.DataFrame, classes: Sequence[str], config: AuditConf
              else pd.DataFrame(columns=CELL_COLUMNS))[CELL_COLUMNS]
     gaps = pd.DataFrame(gap_rows, columns=["attribute", "metric", "comparison", "grp", "gap",
                                            "ci_low", "ci_high", "p_value"])
-    gaps["p_adjusted"] = compute_adjusted_pvalues(gaps["p_value"].to_numpy(float), config.correction)
-    gaps["correction"] = config.correction
-    gaps["significant"] = gaps["p_adjusted"] < config.alpha
+    gaps = compute_corrected_gaps(gaps, config)
     n_labelled = {a: int(frame[a].notna().sum()) for a in config.attributes}
     return AuditResult(cells=cells, gaps=gaps[GAP_COLUMNS], n_images=len(frame), n_labelled=n_labelled)
+
+
+def compute_primary_mask(gaps: pd.DataFrame, config: AuditConfig) -> np.ndarray:
+    """Which gaps form the primary family: each single attribute's accuracy, plus the accuracy
+    of the intersections the user declared (`config.primary`); every comparison of those."""
+    primary_sets = set(config.attributes) | set(config.primary)
+    return ((gaps["metric"] == "accuracy") & gaps["attribute"].isin(primary_sets)).to_numpy()
+
+
+def correction_label(method: str, family: str) -> str:
+    """The stored `correction` of a gap: its method and family, e.g. 'holm (primary)'."""
+    return f"{method} ({family})"
+
+
+def family_of(correction: str) -> str:
+    """'primary' or 'exploratory' from a stored correction label ('all' for audits stored before
+    families, whose label is the bare method corrected across every gap)."""
+    text = str(correction)
+    return text[text.index("(") + 1:text.rindex(")")] if "(" in text else "all"
+
+
+def compute_corrected_gaps(gaps: pd.DataFrame, config: AuditConfig) -> pd.DataFrame:
+    """Adjusted p-values per family: the primary family with `config.correction` (Holm: strong
+    control of the family-wise error), every other gap exploratory with
+    `config.exploratory_correction` (Benjamini–Hochberg: the false discovery rate).
+    `significant` means adjusted p < alpha within the gap's own family."""
+    gaps = gaps.copy()
+    primary = compute_primary_mask(gaps, config)
+    gaps["p_adjusted"] = np.nan
+    gaps["correction"] = ""
+    for mask, method, family in ((primary, config.correction, FAMILIES[0]),
+                                 (~primary, config.exploratory_correction, FAMILIES[1])):
+        gaps.loc[mask, "p_adjusted"] = compute_adjusted_pvalues(gaps.loc[mask, "p_value"].to_numpy(float), method)
+        gaps.loc[mask, "correction"] = correction_label(method, family)
+    gaps["significant"] = gaps["p_adjusted"] < config.alpha
+    return gaps
+
+
+def compute_strongest_findings(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Per attribute set, the strongest significant gap: the smallest adjusted p (primary
+    family first, then the largest gap), whatever its metric or comparison."""
+    sig = gaps[gaps["significant"].fillna(False).astype(bool)].copy()
+    if sig.empty:
+        return sig
+    sig["_exploratory"] = [family_of(c) == FAMILIES[1] for c in sig["correction"]]
+    sig = sig.sort_values(["attribute", "_exploratory", "p_adjusted", "gap"], ascending=[True, True, True, False])
+    return sig.groupby("attribute", sort=False).head(1).drop(columns="_exploratory").reset_index(drop=True)
 
 
 def compute_worst_groups(gaps: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:

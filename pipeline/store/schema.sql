@@ -239,3 +239,84 @@ CREATE TABLE IF NOT EXISTS proxy_agreement (
     n             INTEGER NOT NULL,
     PRIMARY KEY (dataset_fingerprint, source, reference, attribute, annotated, inferred)
 );
+
+-- Slice discovery (pipeline/fairness/slices.py): cohorts of up to three conditions whose error
+-- rate is above the rest's within the same true emotions, found on one part of the split and
+-- confirmed on the held-out part. n, error_rate, rest_error_rate, the Wilson interval of the
+-- error rate and the p-values are the held-out part's; n_all counts the whole split's images.
+-- One row per confirmed candidate, rank 1 first; replaced with the run's audit (per source, split).
+CREATE TABLE IF NOT EXISTS slices (
+    run_id          VARCHAR NOT NULL,
+    source          VARCHAR NOT NULL,       -- the demographics source of the gender/race/age conditions
+    split           VARCHAR NOT NULL,
+    rank            INTEGER NOT NULL,
+    definition      VARCHAR NOT NULL,       -- readable: 'gender = female and age = 40-69'
+    conditions      JSON NOT NULL,          -- [{"feature": "gender", "value": "female"}, ...]
+    n               INTEGER NOT NULL,
+    n_all           INTEGER NOT NULL,
+    error_rate      DOUBLE,
+    rest_error_rate DOUBLE,                 -- the rest's error rate weighted to the slice's emotion mix
+    ci_low          DOUBLE,
+    ci_high         DOUBLE,
+    p_value         DOUBLE,                 -- one-sided Mantel-Haenszel test over emotion strata
+    p_adjusted      DOUBLE,                 -- Holm over the confirmed candidates
+    significant     BOOLEAN,
+    PRIMARY KEY (run_id, source, split, rank)
+);
+
+-- The images of each stored slice (whole split), so the Error explorer can filter to a slice.
+CREATE TABLE IF NOT EXISTS slice_images (
+    run_id   VARCHAR NOT NULL,
+    source   VARCHAR NOT NULL,
+    split    VARCHAR NOT NULL,
+    rank     INTEGER NOT NULL,
+    image_id VARCHAR NOT NULL,
+    PRIMARY KEY (run_id, source, split, rank, image_id)
+);
+
+-- Calibration by group (pipeline/fairness/calibration.py), before (scaling 'none') and after
+-- temperature scaling fitted on the run's val split ('temperature'). gap = mean confidence -
+-- accuracy (> 0 over-confident); gap_vs_rest = the group's gap - the rest's, with a bootstrap
+-- interval and p-value from the same resamples; attribute 'all' / grp 'all' is the whole split.
+CREATE TABLE IF NOT EXISTS calibration (
+    run_id      VARCHAR NOT NULL,
+    source      VARCHAR NOT NULL,
+    split       VARCHAR NOT NULL,
+    scaling     VARCHAR NOT NULL,           -- 'none' | 'temperature'
+    temperature DOUBLE,                     -- 1 for 'none'
+    attribute   VARCHAR NOT NULL,
+    grp         VARCHAR NOT NULL,
+    n           INTEGER NOT NULL,
+    accuracy    DOUBLE,
+    confidence  DOUBLE,
+    gap         DOUBLE,
+    ece         DOUBLE,
+    ece_low     DOUBLE,
+    ece_high    DOUBLE,
+    gap_vs_rest DOUBLE,
+    gap_low     DOUBLE,
+    gap_high    DOUBLE,
+    p_value     DOUBLE,
+    p_adjusted  DOUBLE,
+    correction  VARCHAR,                    -- 'holm (primary)' single attributes, 'fdr_bh (exploratory)' intersections
+    significant BOOLEAN,
+    low_support BOOLEAN NOT NULL,
+    PRIMARY KEY (run_id, source, split, scaling, attribute, grp)
+);
+
+-- Reliability diagram bins of each calibration row: equal-width confidence bins with images.
+CREATE TABLE IF NOT EXISTS calibration_bins (
+    run_id     VARCHAR NOT NULL,
+    source     VARCHAR NOT NULL,
+    split      VARCHAR NOT NULL,
+    scaling    VARCHAR NOT NULL,
+    attribute  VARCHAR NOT NULL,
+    grp        VARCHAR NOT NULL,
+    bin        SMALLINT NOT NULL,
+    bin_low    DOUBLE NOT NULL,
+    bin_high   DOUBLE NOT NULL,
+    n          INTEGER NOT NULL,
+    confidence DOUBLE,                      -- mean confidence of the bin's images
+    accuracy   DOUBLE,
+    PRIMARY KEY (run_id, source, split, scaling, attribute, grp, bin)
+);

@@ -1,6 +1,10 @@
 """Fairness page: group metrics with CI and n, intersections, gaps, proxy agreement."""
 from __future__ import annotations
 
+import shutil
+
+import pytest
+
 from tests.dashboard.conftest import open_page
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
@@ -51,3 +55,48 @@ def test_audit_settings_shown_when_recorded(make_app, pipeline_store, fake_store
     assert "minimum support 30" in recorded[0]
     at = _open(make_app, fake_store, run=RUN)
     assert any("settings were not recorded" in c.value for c in at.caption)
+
+
+@pytest.fixture(scope="module")
+def sliced_store(pipeline_store, tmp_path_factory):
+    """The pipeline's store re-audited with settings small enough for its ~60 test images to
+    yield slices (the demo's minimum support of 30 needs larger sets)."""
+    from pipeline.fairness.audit import AuditConfig
+    from pipeline.fairness.calibration import CalibrationConfig
+    from pipeline.fairness.slices import SliceConfig
+    from pipeline.fairness.stage import AuditRunConfig, run_audit
+
+    db = tmp_path_factory.mktemp("sliced") / "results.duckdb"
+    shutil.copy(pipeline_store, db)
+    run_audit(AuditRunConfig(db=str(db), sources=("annotations",), audit=AuditConfig(n_boot=50, n_perm=50),
+                             slices=SliceConfig(min_support=5, max_conditions=2, n_candidates=6),
+                             calibration=CalibrationConfig(n_boot=50, n_bins=5, min_support=5)))
+    return db
+
+
+def test_slices_and_calibration_sections(make_app, sliced_store):
+    at = _open(make_app, sliced_store, source="annotations")
+    headers = [h.value for h in at.subheader]
+    assert "Discovered slices" in headers and "Calibration by group" in headers
+    tables = [d.value for d in at.dataframe]
+    found = next(t for t in tables if {"definition", "rest_error_rate", "p_adjusted"} <= set(t.columns))
+    assert len(found) > 0 and list(found["rank"]) == list(range(1, len(found) + 1))
+    cal = next(t for t in tables if {"ece", "gap_vs_rest", "scaling"} <= set(t.columns))
+    assert set(cal["scaling"]) == {"none", "temperature"} and cal["attribute"].nunique() == 1
+    assert any("after temperature scaling" in c.value for c in at.caption)
+    at.selectbox(key="cal_attr").set_value("race").run()
+    assert not at.exception
+    assert set(next(d.value for d in at.dataframe if "ece" in d.value.columns)["attribute"]) == {"race"}
+
+
+def test_error_explorer_filtered_to_a_slice(make_app, sliced_store):
+    # The page link of a slice opens the Error explorer with these URL parameters.
+    from pipeline.store.db import get_run, load_frame, open_store
+
+    with open_store(sliced_store, read_only=True) as con:
+        run_id = get_run(con, "latest")["run_id"]
+        first = load_frame(con, "slices", run_id=run_id, source="annotations", split="test").sort_values("rank").iloc[0]
+    at = open_page(make_app, sliced_store, "views/errors.py", run=run_id, source="annotations", split="test",
+                   slice=str(int(first["rank"])), outcome="all")
+    assert at.selectbox(key="slice").value == int(first["rank"])
+    assert any(f"{int(first['n_all']):,} images match" in s.value for s in at.subheader)

@@ -115,11 +115,14 @@ def test_audit_table(audit_result):
 def test_gaps_table(audit_result):
     table = export.compute_gaps_table(audit_result.gaps, metric="accuracy")
     assert set(table["vs"]) == {"best"}
-    assert list(table.columns) == ["attribute", "metric", "vs", "group", "gap [95% CI]", "p", "p adj."]
+    assert list(table.columns) == ["attribute", "metric", "vs", "group", "gap [95% CI]", "p", "p adj.", "family"]
+    # Each attribute's accuracy is the primary family (Holm); the rest exploratory (BH), labelled so.
+    assert set(table["family"]) == {"primary"}
+    assert "exploratory" in set(export.compute_gaps_table(audit_result.gaps, comparison=None)["family"])
     assert len(export.compute_gaps_table(audit_result.gaps, comparison=None)) == len(audit_result.gaps)
     assert "gap [90% CI]" in export.compute_gaps_table(audit_result.gaps, alpha=0.1).columns
     race = export.compute_gaps_table(audit_result.gaps, comparison=None, attribute="race")
-    assert list(race.columns) == ["metric", "vs", "race", "gap [95% CI]", "p", "p adj."]
+    assert list(race.columns) == ["metric", "vs", "race", "gap [95% CI]", "p", "p adj.", "family"]
 
 
 def _cells(attribute, groups, metrics=("accuracy",)):
