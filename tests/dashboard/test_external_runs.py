@@ -1,0 +1,56 @@
+"""Pages on runs that came from outside: imported predictions (no heatmaps, and the pages say why)
+and carded models whose weights cannot be re-initialised (no randomisation check, and why)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import duckdb
+import pytest
+
+from tests.dashboard.conftest import open_page
+
+RUN = "20260101-000000-lightcnn-softlabel-aaaa"
+
+
+@pytest.fixture
+def predictions_store(fake_store, tmp_path):
+    db = tmp_path / "predictions.duckdb"
+    shutil.copy(fake_store, db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE runs SET kind = 'predictions', config = ? WHERE run_id = ?",
+                [json.dumps({"source_file": "/data/their_predictions.csv"}), RUN])
+    for table in ("heatmaps", "heatmap_summary", "explanation_metrics", "failure_tags"):
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [RUN])
+    con.close()
+    return db
+
+
+@pytest.fixture
+def onnx_store(fake_store, tmp_path):
+    db = tmp_path / "onnx.duckdb"
+    shutil.copy(fake_store, db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE runs SET kind = 'external', config = ? WHERE run_id = ?",
+                [json.dumps({"card": {"format": "onnx", "name": "fer"}}), RUN])
+    con.execute("DELETE FROM explanation_metrics WHERE run_id = ? AND metric LIKE 'sanity%'", [RUN])
+    con.close()
+    return db
+
+
+@pytest.mark.parametrize("page", ["views/explanations.py", "views/errors.py"])
+def test_predictions_runs_say_why_there_are_no_heatmaps(make_app, predictions_store, page):
+    at = open_page(make_app, predictions_store, page, run=RUN)
+    texts = [i.value for i in at.info] + [c.value for c in at.caption]
+    assert any("imported from /data/their_predictions.csv: there is no model to explain" in t for t in texts), texts
+
+
+def test_external_runs_say_which_checks_do_not_apply(make_app, onnx_store):
+    at = open_page(make_app, onnx_store, "views/explanations.py", run=RUN)
+    captions = [c.value for c in at.caption]
+    assert any("No randomisation sanity check for" in c and "onnx file" in c for c in captions), captions
+
+
+def test_performance_and_fairness_work_on_predictions_runs(make_app, predictions_store):
+    for page in ("views/performance.py", "views/fairness.py", "views/compare.py", "views/export.py"):
+        open_page(make_app, predictions_store, page, run=RUN)
