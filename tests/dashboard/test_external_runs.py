@@ -54,3 +54,22 @@ def test_external_runs_say_which_checks_do_not_apply(make_app, onnx_store):
 def test_performance_and_fairness_work_on_predictions_runs(make_app, predictions_store):
     for page in ("views/performance.py", "views/fairness.py", "views/compare.py", "views/export.py"):
         open_page(make_app, predictions_store, page, run=RUN)
+
+
+def test_compare_counts_the_images_runs_share(make_app, predictions_store):
+    from dashboard import queries
+
+    ref = queries.create_store_ref(predictions_store)
+    runs = queries.load_runs(ref)
+    complete = tuple(runs["run_id"][:2])
+    shared = queries.load_compare_shared_images(ref, complete, "test")
+    con = duckdb.connect(str(predictions_store), read_only=True)
+    expected = con.execute("""
+        SELECT count(*) FROM (SELECT r.dataset_fingerprint, p.image_id FROM predictions p JOIN runs r USING (run_id)
+        WHERE p.split = 'test' AND p.run_id IN (?, ?) GROUP BY 1, 2 HAVING count(*) = 2)""", list(complete)).fetchone()[0]
+    con.close()
+    assert set(shared["n_shared"]) == {expected}
+    assert (shared["n_shared"] <= shared["n"]).all()
+    at = open_page(make_app, predictions_store, "views/compare.py", run=complete[0])
+    tables = [d.value for d in at.dataframe if "n_shared" in d.value.columns]
+    assert tables and list(tables[0]["n_shared"]) == list(shared["n_shared"])
