@@ -166,6 +166,26 @@ def compute_perturbation_maps(predict: PredictFn, images: torch.Tensor, target_s
     return out
 
 
+def compute_energy_agreement(energies: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per image, the Spearman rank correlation of two methods' region energies (N, R) each, e.g.
+    occlusion against Grad-CAM over the facial regions: 1 = the same ranking of regions. NaN where a
+    row is constant or unknown (no ranking to compare)."""
+    from scipy.stats import rankdata
+
+    a, b = np.asarray(energies, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"energy arrays differ in shape: {a.shape} vs {b.shape}")
+    out = np.full(len(a), np.nan)
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    if ok.any():
+        ra, rb = rankdata(a[ok], axis=1), rankdata(b[ok], axis=1)
+        ra -= ra.mean(1, keepdims=True)
+        rb -= rb.mean(1, keepdims=True)
+        denom = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+        out[ok] = np.divide((ra * rb).sum(1), denom, out=np.full(len(ra), np.nan), where=denom > 0)
+    return out
+
+
 def create_predict_fn(model: torch.nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                       device: str | torch.device = "cpu") -> PredictFn:
     """A predict function over RGB [0, 1] batches: softmax(model(transform(x))), no gradients, eval mode.

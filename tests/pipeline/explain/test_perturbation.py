@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.explain.perturbation import (OcclusionConfig, RiseConfig, compute_occlusion_maps,
+from pipeline.explain.perturbation import (OcclusionConfig, RiseConfig, compute_energy_agreement,
+                                           compute_occlusion_maps,
                                            compute_perturbation_maps, compute_rise_maps, create_predict_fn,
                                            create_rise_masks)
 
@@ -68,3 +69,19 @@ def test_predict_fn_of_a_module_restores_its_mode():
     x = torch.rand(2, 3, 4, 4)
     np.testing.assert_allclose(predict(x), predict(x))  # eval mode inside: dropout off
     assert model.training
+
+
+def test_energy_agreement_is_spearman_per_image():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((6, 7)), rng.random((6, 7))
+    b[0] = a[0] * 2 + 1                     # same ranking
+    b[1] = -a[1]                            # reversed
+    a[2] = 0.5                              # constant: no ranking
+    a[3, 0] = np.nan                        # unknown
+    got = compute_energy_agreement(a, b)
+    assert got[0] == pytest.approx(1) and got[1] == pytest.approx(-1)
+    assert np.isnan(got[2]) and np.isnan(got[3])
+    for i in (4, 5):
+        assert got[i] == pytest.approx(spearmanr(a[i], b[i]).statistic)
