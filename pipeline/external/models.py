@@ -71,19 +71,12 @@ def _load_pytorch(card: ModelCard) -> nn.Module:
         raise UserError(f"model card {card.path}: {card.factory} returned {type(module).__name__}, not a "
                         "torch.nn.Module")
     state = load_state_dict_file(card.file)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-             for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        detail = "; ".join(p for p in (
-            f"missing {len(missing)} (e.g. {', '.join(missing[:3])})" if missing else "",
-            f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
-            f"shape mismatches: {', '.join(wrong[:3])}" if wrong else "") if p)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:  # torch lists the missing, unexpected and mis-shaped keys
+        detail = " ".join(str(exc).split())
         raise UserError(f"model card {card.path}: the state dict in {card.file} does not fit {card.factory}: "
-                        f"{detail}; check factory and factory_kwargs (e.g. num_classes)")
-    module.load_state_dict(state)
+                        f"{detail[:600]}; check factory and factory_kwargs (e.g. num_classes)") from None
     return module
 
 

@@ -13,29 +13,29 @@ from tests.dashboard.conftest import open_page
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 
 
-@pytest.fixture
-def predictions_store(fake_store, tmp_path):
-    db = tmp_path / "predictions.duckdb"
+def _copy_as(fake_store, db, *, kind: str, config: dict, delete: tuple[tuple[str, str], ...]):
+    """The fake store with run RUN turned into `kind` (config replaced) and some of its rows deleted."""
     shutil.copy(fake_store, db)
     con = duckdb.connect(str(db))
-    con.execute("UPDATE runs SET kind = 'predictions', config = ? WHERE run_id = ?",
-                [json.dumps({"source_file": "/data/their_predictions.csv"}), RUN])
-    for table in ("heatmaps", "heatmap_summary", "explanation_metrics", "failure_tags"):
-        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [RUN])
+    con.execute("UPDATE runs SET kind = ?, config = ? WHERE run_id = ?", [kind, json.dumps(config), RUN])
+    for table, where in delete:
+        con.execute(f"DELETE FROM {table} WHERE run_id = ? {where}", [RUN])
     con.close()
     return db
+
+
+@pytest.fixture
+def predictions_store(fake_store, tmp_path):
+    return _copy_as(fake_store, tmp_path / "predictions.duckdb", kind="predictions",
+                    config={"source_file": "/data/their_predictions.csv"},
+                    delete=tuple((t, "") for t in ("heatmaps", "heatmap_summary", "explanation_metrics",
+                                                   "failure_tags")))
 
 
 @pytest.fixture
 def onnx_store(fake_store, tmp_path):
-    db = tmp_path / "onnx.duckdb"
-    shutil.copy(fake_store, db)
-    con = duckdb.connect(str(db))
-    con.execute("UPDATE runs SET kind = 'external', config = ? WHERE run_id = ?",
-                [json.dumps({"card": {"format": "onnx", "name": "fer"}}), RUN])
-    con.execute("DELETE FROM explanation_metrics WHERE run_id = ? AND metric LIKE 'sanity%'", [RUN])
-    con.close()
-    return db
+    return _copy_as(fake_store, tmp_path / "onnx.duckdb", kind="external", config={"card": {"format": "onnx"}},
+                    delete=(("explanation_metrics", "AND metric LIKE 'sanity%'"),))
 
 
 @pytest.mark.parametrize("page", ["views/explanations.py", "views/errors.py"])
