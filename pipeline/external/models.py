@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -416,3 +417,101 @@ def describe(model: CardModel) -> str:
     card = model.card
     return (f"{card.name} ({card.format}, {Path(card.file).name}, {len(card.classes)} classes, "
             f"{card.input.size}x{card.input.size} {card.input.channels})")
+
+
+# --------------------------------------------------------------------------- a run's model, for explain
+
+@dataclass
+class RunModel:
+    """The model behind a stored run, whatever made it, as the explain stage uses it.
+
+    module: what `prepare(images)` is fed to (a trained run's network on normalised input, or a
+      CardModel on RGB [0, 1]); CAM methods, ROAD and the confidence change run on it.
+    prepare: uint8 NHWC images -> module input at `image_size`.
+    to_unit: uint8 NHWC images -> RGB [0, 1] N,3,H,W, what the gradient-free methods perturb;
+    predict: RGB [0, 1] batches -> probabilities (the perturbation methods' predict function).
+    source: 'checkpoint' (trained here) or the card's format.
+    """
+    module: nn.Module
+    classes: list[str]
+    image_size: int
+    prepare: Any
+    to_unit: Any
+    predict: Any
+    source: str
+    card: ModelCard | None = None
+
+    @property
+    def has_gradients(self) -> bool:
+        return self.source != "onnx"
+
+    @property
+    def can_randomise(self) -> bool:
+        """The randomisation sanity check re-initialises weights: torch modules only."""
+        return self.source in ("checkpoint", "pytorch")
+
+    def resolve_layer(self, name: str | None, module: nn.Module | None = None) -> tuple[nn.Module | None, str]:
+        """(layer module inside `module` (default self.module), its name as stored in heatmaps.target_layer)."""
+        from pipeline.explain.cams import find_layer, resolve_target_layer
+
+        module = module or self.module
+        if self.card is None:
+            try:
+                return resolve_target_layer(module, name)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        _, layer_name = self.module.resolve_layer(name)
+        if self.source != "pytorch":
+            return None, layer_name
+        return find_layer(module.inner, layer_name)[0], layer_name
+
+    def compute_cams(self, inputs: torch.Tensor, target_sets, methods, layer_name: str | None = None,
+                     out_size: tuple[int, int] | None = None, module: nn.Module | None = None):
+        """CAM-family maps of `module` (default self.module; e.g. its randomised copy) on prepared inputs."""
+        from pipeline.explain.cams import compute_cams
+
+        module = module or self.module
+        if self.source == "torchscript":
+            return compute_card_cams(module, inputs, target_sets, methods, layer_name, out_size)
+        layer, _ = self.resolve_layer(layer_name, module)
+        return compute_cams(module, inputs, target_sets, methods, layer, out_size)[0]
+
+
+def load_run_model(run: dict, device: str = "cpu") -> RunModel:
+    """The model of a stored run: a trained run's checkpoint, or the model card an external run
+    recorded. UserError for runs without a model (imported predictions) or with a missing file."""
+    from pipeline.explain.perturbation import create_predict_fn
+    from pipeline.train.augment import preprocess_batch
+
+    run_id = run["run_id"]
+    if run.get("kind") == "predictions":
+        raise UserError(f"run {run_id} holds imported predictions: there is no model to explain")
+    card_config = (run.get("config") or {}).get("card")
+    if card_config:
+        from pipeline.external.card import file_sha256, load_card
+
+        card = load_card(card_config["path"])
+        if card_config.get("file_sha256") and file_sha256(card.file) != card_config["file_sha256"]:
+            raise UserError(f"the model file {card.file} of run {run_id} changed since the run was evaluated "
+                            "(its SHA-256 differs); evaluate it again with `evaluate --model` for a new run")
+        model = load_external_model(card, probe=False)
+        size = card.input.size
+        unit = lambda images: load_unit_batch(images, size, "cpu")  # noqa: E731
+        return RunModel(module=model, classes=list(card.classes), image_size=size, prepare=unit, to_unit=unit,
+                        predict=create_predict_fn(model), source=card.format, card=card)
+    from pathlib import Path
+
+    from pipeline.train.models import load_model_from_checkpoint
+
+    ckpt = run.get("checkpoint_path")
+    if not ckpt or not Path(ckpt).is_file():
+        raise UserError(f"checkpoint of run {run_id} not found ({ckpt or 'none recorded'}); "
+                        "restore the run folder or re-train the run")
+    model, meta = load_model_from_checkpoint(ckpt, device)
+    size = int(meta["image_size"])
+    mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return RunModel(module=model, classes=list(meta["classes"]), image_size=size,
+                    prepare=lambda images: preprocess_batch(images, meta, device),
+                    to_unit=lambda images: load_unit_batch(images, size, device),
+                    predict=create_predict_fn(model, lambda x: (x - mean) / std, device), source="checkpoint")

@@ -19,6 +19,8 @@ from pipeline.store import db as store
 
 @pytest.fixture(scope="module")
 def byom(demo_store, tmp_path_factory):
+    """The demo's trained run exported both ways and each export evaluated (runs of kind 'external'),
+    and the run's own test predictions imported from a CSV with two rows of unknown images."""
     folder = tmp_path_factory.mktemp("byom")
     db = folder / "results.duckdb"
     shutil.copy(demo_store, db)
@@ -26,12 +28,20 @@ def byom(demo_store, tmp_path_factory):
         runs = store.list_runs(con)
         train = store.get_run(con, runs[runs["kind"] == "train"]["run_id"].iloc[0])
         preds = store.load_frame(con, "predictions", run_id=train["run_id"], split="test")
-    cards = {}
+    cards, external = {}, {}
     for fmt in ("torchscript", "onnx"):
         assert main(["export-model", "--run", train["run_id"], "--format", fmt, "--out", str(folder / "out"),
                      "--db", str(db)]) == 0
         cards[fmt] = folder / "out" / f"{train['run_id']}-{fmt}.toml"
-    return {"db": db, "folder": folder, "train": train, "preds": preds, "cards": cards}
+        assert main(["evaluate", "--model", str(cards[fmt]), *dataset_args(train), "--db", str(db), "--quiet"]) == 0
+        external[fmt] = latest_run(db, "external")
+    classes = train["classes"]
+    probs = pd.DataFrame(np.stack(preds["probs"]), columns=[c.lower() for c in classes])
+    table = pd.concat([preds[["image_id"]].reset_index(drop=True), probs], axis=1)
+    table = pd.concat([table, pd.DataFrame({"image_id": ["not_in_the_set_1", "not_in_the_set_2"]})
+                       .assign(**{c.lower(): 1.0 / len(classes) for c in classes})], ignore_index=True)
+    table.to_csv(folder / "preds.csv", index=False)
+    return {"db": db, "folder": folder, "train": train, "preds": preds, "cards": cards, "external": external}
 
 
 def dataset_args(run) -> list[str]:
@@ -51,10 +61,8 @@ def stored_predictions(db, run_id: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_exports_evaluate_to_the_same_predictions(byom, fmt, capsys):
-    assert main(["evaluate", "--model", str(byom["cards"][fmt]), *dataset_args(byom["train"]),
-                 "--db", str(byom["db"]), "--quiet"]) == 0
-    run = latest_run(byom["db"], "external")
+def test_exports_evaluate_to_the_same_predictions(byom, fmt):
+    run = byom["external"][fmt]
     assert run["config"]["card"]["format"] == fmt and run["config"]["card"]["file_sha256"]
     assert run["classes"] == byom["train"]["classes"]
     got = stored_predictions(byom["db"], run["run_id"]).set_index("image_id")
@@ -90,14 +98,7 @@ def test_torchscript_export_gives_the_same_gradcam_maps(byom):
 
 def test_import_predictions_reproduces_the_run(byom, capsys):
     folder, ref = byom["folder"], byom["preds"]
-    classes = byom["train"]["classes"]
-    probs = pd.DataFrame(np.stack(ref["probs"]), columns=[c.lower() for c in classes])
-    table = pd.concat([ref[["image_id"]].reset_index(drop=True), probs], axis=1)
-    table = pd.concat([table, pd.DataFrame({"image_id": ["not_in_the_set_1", "not_in_the_set_2"]})
-                       .assign(**{c.lower(): 1.0 / len(classes) for c in classes})], ignore_index=True)
-    csv = folder / "preds.csv"
-    table.to_csv(csv, index=False)
-    assert main(["import-predictions", str(csv), *dataset_args(byom["train"]), "--db", str(byom["db"])]) == 0
+    assert main(["import-predictions", str(folder / "preds.csv"), *dataset_args(byom["train"]), "--db", str(byom["db"])]) == 0
     out = capsys.readouterr().out
     assert "2 rows name images that are not in the dataset (e.g. not_in_the_set_1, not_in_the_set_2)" in out
     run = latest_run(byom["db"], "predictions")
@@ -116,7 +117,9 @@ def test_import_predictions_reproduces_the_run(byom, capsys):
     assert run["test_accuracy"] == pytest.approx(byom["train"]["test_accuracy"])
 
 
-def test_audit_and_export_work_on_external_and_predictions_runs(byom, capsys, tmp_path):
+def test_audit_and_export_work_on_external_and_predictions_runs(byom, capsys):
+    assert main(["import-predictions", str(byom["folder"] / "preds.csv"), *dataset_args(byom["train"]),
+                 "--db", str(byom["db"]), "--name", "for-audit"]) == 0
     for kind in ("external", "predictions"):
         run = latest_run(byom["db"], kind)
         assert main(["audit", "--run", run["run_id"], "--n-boot", "50", "--n-perm", "50",
@@ -127,7 +130,7 @@ def test_audit_and_export_work_on_external_and_predictions_runs(byom, capsys, tm
 
 
 def test_export_model_refuses_runs_without_a_checkpoint(byom, capsys):
-    run = latest_run(byom["db"], "predictions")
+    run = byom["external"]["onnx"]
     assert main(["export-model", "--run", run["run_id"], "--format", "onnx", "--out", str(byom["folder"]),
                  "--db", str(byom["db"])]) == 2
     assert "without a checkpoint of its own" in capsys.readouterr().err
