@@ -21,6 +21,11 @@ NHWC arrays. Three back ends:
 wrong into UserErrors naming the card: an input the model rejects, an output
 width that differs from the class list, NaN outputs, "probabilities" that do not
 sum to 1, and an unknown target layer (listing the candidate layers).
+
+`load_run_model(run)` is how the explain stage gets any stored run's model: a
+`RunModel` over a trained run's checkpoint or the card an external run
+recorded (checked against the model file's SHA-256), with one way to prepare
+inputs, compute CAMs and predict for the gradient-free methods.
 """
 from __future__ import annotations
 
