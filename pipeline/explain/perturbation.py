@@ -50,6 +50,8 @@ class RiseConfig:
 
 # Method name (as stored in heatmaps.method) -> its settings class.
 PERTURBATION_METHODS: dict[str, type] = {"occlusion": OcclusionConfig, "rise": RiseConfig}
+# What heatmaps.target_layer says for maps computed by perturbing the input.
+INPUT_LAYER = "input"
 
 
 def _as_targets(target_sets: Sequence[Sequence[int]] | np.ndarray, n: int) -> np.ndarray:
@@ -184,6 +186,21 @@ def compute_energy_agreement(energies: np.ndarray, reference: np.ndarray) -> np.
         denom = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
         out[ok] = np.divide((ra * rb).sum(1), denom, out=np.full(len(ra), np.nan), where=denom > 0)
     return out
+
+
+def summarise_agreement(energies: dict[str, np.ndarray], emotions: Sequence[str], reference: str, *,
+                        n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """explanation_metrics rows 'agree_<reference>_spearman' for every other method: the mean per-image
+    Spearman correlation of its region energies with the reference method's (same images, same order),
+    overall and per emotion, with bootstrap CIs."""
+    from pipeline.explain.faithfulness import summarise
+
+    rows: list[dict] = []
+    for method, e in energies.items():
+        if method != reference:
+            rows += summarise(compute_energy_agreement(e, energies[reference]), emotions, method,
+                              f"agree_{reference}_spearman", n_boot=n_boot, seed=seed)
+    return rows
 
 
 def create_predict_fn(model: torch.nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,

@@ -481,6 +481,31 @@ class RunModel:
         layer, _ = self.resolve_layer(layer_name, module)
         return compute_cams(module, inputs, target_sets, methods, layer, out_size)[0]
 
+    def explain(self, images: np.ndarray, target_sets, methods, *, layer_name: str | None = None,
+                out_size: tuple[int, int] | None = None, occlusion=None, rise=None) -> dict[str, np.ndarray]:
+        """Maps of every method (CAM family and gradient-free: occlusion, rise) for uint8 NHWC images:
+        {method: float32 (n_sets, N, H, W) in [0, 1]}, at out_size (width, height; default the input's)."""
+        import cv2
+
+        from pipeline.explain.perturbation import (PERTURBATION_METHODS, OcclusionConfig, RiseConfig,
+                                                   compute_perturbation_maps)
+
+        cam_methods = [m for m in methods if m not in PERTURBATION_METHODS]
+        free = [m for m in methods if m in PERTURBATION_METHODS]
+        out: dict[str, np.ndarray] = {}
+        if cam_methods:
+            out.update(self.compute_cams(self.prepare(images), target_sets, cam_methods, layer_name, out_size))
+        if free:
+            maps = compute_perturbation_maps(self.predict, self.to_unit(images), target_sets, free,
+                                             occlusion=occlusion or OcclusionConfig(), rise=rise or RiseConfig())
+            for m, arr in maps.items():
+                if out_size is not None and arr.shape[-1:-3:-1] != tuple(out_size):
+                    flat = arr.reshape(-1, *arr.shape[-2:])
+                    arr = np.stack([cv2.resize(a, tuple(out_size), interpolation=cv2.INTER_LINEAR) for a in flat])
+                    arr = np.clip(arr, 0.0, 1.0).reshape(*maps[m].shape[:2], out_size[1], out_size[0])
+                out[m] = arr.astype(np.float32)
+        return {m: out[m] for m in methods}
+
 
 def load_run_model(run: dict, device: str = "cpu") -> RunModel:
     """The model of a stored run: a trained run's checkpoint, or the model card an external run

@@ -85,3 +85,16 @@ def test_energy_agreement_is_spearman_per_image():
     assert np.isnan(got[2]) and np.isnan(got[3])
     for i in (4, 5):
         assert got[i] == pytest.approx(spearmanr(a[i], b[i]).statistic)
+
+
+def test_agreement_rows_name_the_reference():
+    from pipeline.explain.perturbation import summarise_agreement
+
+    rng = np.random.default_rng(1)
+    ref = rng.random((10, 7))
+    rows = summarise_agreement({"gradcam": ref, "occlusion": ref * 3, "rise": -ref}, ["Fear"] * 5 + ["Anger"] * 5,
+                               "gradcam", n_boot=50)
+    by = {(r["method"], r["emotion"]): r for r in rows}
+    assert {r["metric"] for r in rows} == {"agree_gradcam_spearman"}
+    assert by[("occlusion", "all")]["value"] == pytest.approx(1) and by[("rise", "Fear")]["value"] == pytest.approx(-1)
+    assert by[("occlusion", "all")]["n"] == 10 and ("gradcam", "all") not in by
