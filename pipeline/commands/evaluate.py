@@ -17,15 +17,17 @@ import argparse
 DATASETS = ("rafdb", "fer2013", "folder", "synthetic")
 
 
+SHARED_OPTIONS = ('db', 'run', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {'run': "trained run: id, unique prefix or 'latest' (default {default})", 'seed': "seed of the dataset's val hold-out (default {default})"}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--run", default=None, help="trained run: id, unique prefix or 'latest' (the default)")
-    which.add_argument("--model", default=None, metavar="CARD",
-                       help="a model card (.toml) describing a TorchScript, PyTorch or ONNX model (see README)")
+    parser.add_argument("--model", default=None, metavar="CARD",
+                        help="instead of --run: a model card (.toml) describing a TorchScript, PyTorch or ONNX "
+                             "model (see README, 'Bring your own model')")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--classes", type=int, choices=(6, 7), default=7,
@@ -34,11 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
                         help="which split(s) to evaluate (default test)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset's val hold-out")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
-    parser.add_argument("--quiet", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,14 +46,17 @@ def run(args: argparse.Namespace) -> int:
                        val_fraction=args.val_fraction, seed=args.seed)
     splits = ("train", "val", "test") if args.split == "all" else (args.split,)
     if args.model:
+        from pipeline.errors import UserError
         from pipeline.external.evaluate import ExternalEvaluateConfig, run_evaluate_model
 
+        if args.run != "latest":
+            raise UserError(f"give --run {args.run} (a trained run) or --model {args.model} (a model card), not both")
         outcome = run_evaluate_model(ExternalEvaluateConfig(card=args.model, dataset=spec, splits=splits,
                                                             db=args.db, batch_size=args.batch_size, quiet=args.quiet))
         s = outcome.summary
         what = f"model {s['model']} ({s['format']})"
     else:
-        outcome = run_evaluate(EvaluateRunConfig(run=args.run or "latest", dataset=spec, splits=splits,
+        outcome = run_evaluate(EvaluateRunConfig(run=args.run, dataset=spec, splits=splits,
                                                  device=args.device, db=args.db, batch_size=args.batch_size,
                                                  quiet=args.quiet))
         s = outcome.summary

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 
+SHARED_OPTIONS = ("db", "run")  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {"run": "trained run: id, unique prefix or 'latest' (default {default})"}
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from pipeline.external.export import EXPORT_FORMATS
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--run", default="latest", help="trained run: id, unique prefix or 'latest' (default)")
     parser.add_argument("--format", choices=tuple(EXPORT_FORMATS), required=True)
     parser.add_argument("--out", required=True, help="folder for the model file and its card")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
 
 
 def run(args: argparse.Namespace) -> int:

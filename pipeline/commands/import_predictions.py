@@ -16,10 +16,11 @@ import argparse
 
 from pipeline.commands.evaluate import DATASETS
 
+SHARED_OPTIONS = ("db", "seed")  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {"seed": "seed of the dataset's val hold-out (default {default})"}
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
-
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("file", help="predictions file: .csv or .parquet")
@@ -29,9 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="load the dataset with 7 emotions or 6 without Neutral (default 7)")
     parser.add_argument("--variant", choices=("aligned", "original"), default="aligned")
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset's val hold-out")
     parser.add_argument("--name", default=None, help="the run's model name (default: the file's stem)")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.constants import EMOTION_SYNONYMS, EMOTIONS, rafdb_code_to_emotion
+from pipeline.constants import EMOTION_SYNONYMS, EMOTIONS
 from pipeline.errors import UserError
 
 FORMATS: tuple[str, ...] = ("torchscript", "pytorch", "onnx")
@@ -122,7 +122,7 @@ def _parse_classes(card: Path, data: dict) -> tuple[str, ...]:
         if not isinstance(codes, list) or not codes or not all(isinstance(c, int) and 1 <= c <= 7 for c in codes):
             raise _fail(card, f"rafdb_codes = {codes!r} must be a list of RAF-DB label codes 1..7 "
                               f"({', '.join(f'{i + 1} {e}' for i, e in enumerate(EMOTIONS))})")
-        classes = [rafdb_code_to_emotion(c) for c in codes]
+        classes = [EMOTIONS[c - 1] for c in codes]  # RAF-DB code = emotion index + 1
     else:
         names = data["classes"]
         if not isinstance(names, list) or not names or not all(isinstance(c, str) and c.strip() for c in names):
