@@ -566,6 +566,28 @@ def load_compare_class_metrics(ref: StoreRef, run_ids: tuple[str, ...], split: s
 
 
 @st.cache_data(show_spinner=False)
+def load_compare_shared_images(ref: StoreRef, run_ids: tuple[str, ...], split: str) -> pd.DataFrame:
+    """Per run: its predictions on the split, how many are on images every chosen run predicted (same
+    dataset fingerprint and image id), and its accuracy on those shared images: the like-for-like
+    comparison of runs from different sources (trained, external models, imported predictions)."""
+    if not run_ids:
+        return pd.DataFrame(columns=["run_id", "kind", "n", "n_shared", "accuracy_shared"])
+    marks = ", ".join("?" for _ in run_ids)
+    return _read(ref, f"""
+        WITH p AS (
+            SELECT p.run_id, r.kind, r.dataset_fingerprint, p.image_id, p.correct
+            FROM predictions p JOIN runs r ON r.run_id = p.run_id
+            WHERE p.split = ? AND p.run_id IN ({marks})),
+        shared AS (
+            SELECT dataset_fingerprint, image_id FROM p
+            GROUP BY dataset_fingerprint, image_id HAVING count(DISTINCT run_id) = ?)
+        SELECT p.run_id, any_value(p.kind) AS kind, count(*) AS n, count(s.image_id) AS n_shared,
+               avg(CASE WHEN s.image_id IS NOT NULL THEN CAST(p.correct AS DOUBLE) END) AS accuracy_shared
+        FROM p LEFT JOIN shared s ON s.dataset_fingerprint = p.dataset_fingerprint AND s.image_id = p.image_id
+        GROUP BY p.run_id ORDER BY p.run_id""", [split, *run_ids, len(run_ids)])
+
+
+@st.cache_data(show_spinner=False)
 def load_compare_groups(ref: StoreRef, run_ids: tuple[str, ...], source: str, split: str,
                         metric: str = "accuracy") -> pd.DataFrame:
     if not run_ids:

@@ -188,6 +188,47 @@ def describe_run(run: dict) -> str:
     return f"{run['run_id']} · {run['dataset']} · {run['recipe']}{acc_text}"
 
 
+def _run_config(run: dict) -> dict:
+    import json
+
+    config = run.get("config")
+    if isinstance(config, str):
+        try:
+            return json.loads(config)
+        except ValueError:
+            return {}
+    return config or {}
+
+
+def describe_missing_heatmaps(run: dict) -> str:
+    """Why a run has no heatmaps and what to do: imported predictions have no model to explain."""
+    if run.get("kind") == "predictions":
+        source = _run_config(run).get("source_file", "a predictions file")
+        return (f"This run holds predictions imported from {source}: there is no model to explain, so it has "
+                "no heatmaps. Performance, the error explorer (without overlays) and the fairness audit work as "
+                "for any run.")
+    card = _run_config(run).get("card") or {}
+    methods = " --methods occlusion,rise" if card.get("format") == "onnx" else ""
+    return f"This run stores no explanations. Run `python -m pipeline explain --run {run['run_id']}{methods}` on it."
+
+
+def describe_checks_not_run(run: dict, methods: Sequence[str], metrics: pd.DataFrame) -> str | None:
+    """Which methods have no randomisation sanity check, and why (it re-initialises the weights)."""
+    checked = set(metrics.loc[metrics["metric"] == "sanity_spearman", "method"]) if len(metrics) else set()
+    missing = [m for m in methods if m not in checked]
+    if not missing:
+        return None
+    card = _run_config(run).get("card") or {}
+    if card and card.get("format") != "pytorch":
+        why = (f"it re-initialises the model's weights, which needs a PyTorch module; this run's model is a "
+               f"{card.get('format')} file")
+    else:
+        why = ("it re-initialises the model's weights and re-computes the maps: run for the CAM methods only "
+               "(for occlusion and RISE it would cost a perturbation sweep per image again), or not requested "
+               "(--sanity-samples 0)")
+    return f"No randomisation sanity check for {', '.join(missing)}: {why}."
+
+
 def describe_source(row: dict) -> str:
     return f"{row['source']} ({'inferred' if row['inferred'] else 'annotated'}, n={row['n']})"
 

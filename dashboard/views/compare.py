@@ -28,6 +28,14 @@ c1, c2 = st.columns(2)
 split = widgets.synced_selectbox("Split", ["test", "val"], key="split", container=c1)
 metric = widgets.synced_selectbox("Per-class metric", ["f1", "recall", "precision"], key="cmetric", container=c2)
 
+shared = queries.load_compare_shared_images(ctx.ref, run_ids, split)
+if len(shared) > 1:
+    widgets.render_table(shared, f"compare-shared-{view_id}", ctx.run_id,
+                         caption=f"Accuracy on the {split} images every chosen run predicted (n_shared)")
+    if (shared["n_shared"] == 0).all():
+        st.caption("These runs share no image (different datasets): the per-class figures below are on "
+                   "different images.")
+
 st.subheader(f"Per class: {metric}")
 cm = queries.load_compare_class_metrics(ctx.ref, run_ids, split)
 per_class = cm[~cm["label"].isin(["macro avg", "weighted avg", "accuracy"])]

@@ -57,6 +57,8 @@ filters = queries.ErrorFilters(
     tag="" if tag == ANY else tag, method="" if method == ANY else method,
     source=ctx.source, fingerprint=ctx.fingerprint, slice_rank=slice_rank)
 overlay_method = filters.method or (methods[0] if methods else "")
+if not methods:
+    st.caption(widgets.describe_missing_heatmaps(ctx.run))
 
 total = queries.count_predictions(ctx.ref, ctx.run_id, filters)
 n_pages = max(1, math.ceil(total / per_page))

@@ -14,7 +14,7 @@ st.title("Explanations")
 
 methods = queries.load_explainer_methods(ctx.ref, ctx.run_id)
 if not methods:
-    st.info("This run stores no explanations. Run `python -m pipeline explain` on it.")
+    st.info(widgets.describe_missing_heatmaps(ctx.run))
     st.stop()
 splits = queries.load_run_splits(ctx.ref, ctx.run_id) or ["test"]
 c1, c2, c3, c4 = st.columns(4)
@@ -93,6 +93,9 @@ if len(em):
     table = em if show_all else em[em["emotion"] == "all"]
     widgets.render_table(table, "explanation-metrics-table", ctx.run_id,
                          caption="Faithfulness, sanity checks and localisation per method")
+    not_run = widgets.describe_checks_not_run(ctx.run, methods, em)
+    if not_run:
+        st.caption(not_run)
     checks = em[em["passed"].notna()]
     for r in checks.to_dict("records"):
         (st.success if r["passed"] else st.error)(

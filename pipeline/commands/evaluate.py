@@ -1,12 +1,14 @@
-"""`python -m pipeline evaluate`: evaluate a trained run on (another) dataset.
+"""`python -m pipeline evaluate`: evaluate a trained run, or any model with a model card, on a dataset.
 
 Cross-dataset validation: the model's classes are matched with the dataset's.
 Probabilities are restricted to the shared classes and renormalised; images of
 a class the model lacks are reported as unmappable and excluded. The result is
-stored as its own run (kind 'evaluate', parent_run_id = the trained run).
+stored as its own run: kind 'evaluate' (parent_run_id = the trained run) for
+--run, kind 'external' (the card recorded in its config) for --model.
 
-Example:
+Examples:
   python -m pipeline evaluate --run latest --dataset fer2013 --root ~/data/fer2013
+  python -m pipeline evaluate --model models/resnet18.toml --dataset rafdb --root data/rafdb
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", default=None, metavar="CARD",
+                        help="instead of --run: a model card (.toml) describing a TorchScript, PyTorch or ONNX "
+                             "model (see README, 'Bring your own model')")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--classes", type=int, choices=(6, 7), default=7,
@@ -43,12 +48,27 @@ def run(args: argparse.Namespace) -> int:
     spec = DatasetSpec(name=args.dataset, root=args.root, num_classes=args.classes, variant=args.variant,
                        val_fraction=args.val_fraction, seed=args.seed)
     splits = ("train", "val", "test") if args.split == "all" else (args.split,)
-    outcome = run_evaluate(EvaluateRunConfig(run=args.run, dataset=spec, splits=splits, device=args.device,
-                                             db=args.db, batch_size=args.batch_size, quiet=args.quiet,
-                                             checkpoint=args.checkpoint))
-    s = outcome.summary
-    print(f"evaluated run {s['parent_run_id']} on {args.dataset} ({s['split']}, classes {', '.join(s['classes'])}): "
+    if args.model:
+        from pipeline.errors import UserError
+        from pipeline.external.evaluate import ExternalEvaluateConfig, run_evaluate_model
+
+        if args.run != "latest":
+            raise UserError(f"give --run {args.run} (a trained run) or --model {args.model} (a model card), not both")
+        outcome = run_evaluate_model(ExternalEvaluateConfig(card=args.model, dataset=spec, splits=splits,
+                                                            db=args.db, batch_size=args.batch_size, quiet=args.quiet))
+        s = outcome.summary
+        what = f"model {s['model']} ({s['format']})"
+    else:
+        outcome = run_evaluate(EvaluateRunConfig(run=args.run, dataset=spec, splits=splits,
+                                                 device=args.device, db=args.db, batch_size=args.batch_size,
+                                                 quiet=args.quiet, checkpoint=args.checkpoint))
+        s = outcome.summary
+        what = f"run {s['parent_run_id']}"
+    print(f"evaluated {what} on {args.dataset} ({s['split']}, classes {', '.join(s['classes'])}): "
           f"accuracy {s['accuracy']:.4f}, macro-F1 {s['macro_f1']:.4f} (n={s['n']})")
+    if s.get("model_only_classes"):
+        print(f"the model's classes {', '.join(s['model_only_classes'])} are not in the dataset: their "
+              "probabilities are dropped and the rest renormalised")
     if s["unmappable"]:
         detail = ", ".join(f"{k} {v}" for k, v in s["unmappable_by_class"].items())
         print(f"{s['unmappable']} images excluded as unmappable (classes the model lacks: {detail})")

@@ -263,6 +263,19 @@ def compute_cams(model: nn.Module, inputs: torch.Tensor, target_sets: Sequence[S
     finally:
         model.train(was_training)
 
+    return compute_cams_from_activations(inputs, acts, grads, targets, methods, out_size,
+                                         scorecam_weights=scorecam_w), logits_np
+
+
+def compute_cams_from_activations(inputs: torch.Tensor, acts: np.ndarray, grads: Sequence[np.ndarray],
+                                  target_sets: np.ndarray, methods: Sequence[str], out_size: tuple[int, int], *,
+                                  scorecam_weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The maps of each method from a target layer's activations (B, C, h, w) and, for the
+    gradient methods, the gradient of each target set's scores with respect to them
+    (one (B, C, h, w) array per set). Used by compute_cams, and by models whose layer
+    cannot be hooked (TorchScript: pipeline.external.models). Returns
+    {method: float32 (n_sets, B, H, W) in [0, 1]}."""
+    targets = np.asarray(target_sets, dtype=np.int64)
     out: dict[str, np.ndarray] = {}
     for method in methods:
         per_set = []
@@ -270,17 +283,20 @@ def compute_cams(model: nn.Module, inputs: torch.Tensor, target_sets: Sequence[S
             cam = _scale(_eigen_projection(acts), out_size)
             per_set = [cam] * len(targets)
         elif method == "scorecam":
+            if scorecam_weights is None:
+                raise ValueError("scorecam needs its channel weights (compute_cams computes them)")
             for s in range(len(targets)):
-                raw = (scorecam_w[s][:, :, None, None] * acts).sum(axis=1)
+                raw = (scorecam_weights[s][:, :, None, None] * acts).sum(axis=1)
                 per_set.append(_scale(raw, out_size))
         else:
             inst = _method_instance(method)
             for s in range(len(targets)):
                 cls_targets = [ClassifierOutputTarget(int(t)) for t in targets[s]]
-                raw = inst.get_cam_image(inputs, layer, cls_targets, acts, grads[s], False)
+                # the formulas ignore the layer argument: they only read activations and gradients
+                raw = inst.get_cam_image(inputs, None, cls_targets, acts, grads[s], False)
                 per_set.append(_scale(raw, out_size))
         out[method] = np.stack(per_set).astype(np.float32)
-    return out, logits_np
+    return out
 
 
 def compute_heatmap_summary(heatmaps, outcomes, split: str):

@@ -456,7 +456,7 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
 
     from pipeline.store import db as store
     from pipeline.data.loaders import load_dataset
-    from pipeline.train.evaluation import compute_class_mapping, compute_mapped_probabilities
+    from pipeline.train.evaluation import compute_class_mapping
     from pipeline.train.models import hash_checkpoint, load_run_model, resolve_run_checkpoint
     from pipeline.train.loop import predict_probabilities
 
@@ -494,47 +494,60 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
         t0 = time.perf_counter()
         arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
                                    not config.quiet and sys.stderr.isatty())
-        images_rows, preds, metrics, confusion = [], [], [], []
-        unmappable: dict[str, int] = {}
-        for split in config.splits:
-            records, images = arrays[split]
-            keep = np.array([mapping.dataset_to_eval[r.label] >= 0 for r in records], dtype=bool)
-            for r, k in zip(records, keep):
-                if not k:
-                    name = dataset.classes[r.label]
-                    unmappable[name] = unmappable.get(name, 0) + 1
-            kept = [r for r, k in zip(records, keep) if k]
-            if not kept:
-                continue
-            probs = compute_mapped_probabilities(
-                predict_probabilities(model, images[keep], meta, device, config.batch_size), mapping)
-            y_true = np.array([mapping.dataset_to_eval[r.label] for r in kept], dtype=np.int64)
-            p, m, c = compute_split_results(split, [r.image_id for r in kept], y_true, probs, mapping.classes)
-            preds.append(p), metrics.append(m), confusion.append(c)
-            images_rows.append(create_images_frame(
-                [_remap_record(r, mapping) for r in kept], list(mapping.classes)))
-        if not preds:
+        result = evaluate_mapped_splits(
+            lambda images: predict_probabilities(model, images, meta, device, config.batch_size),
+            arrays, mapping, dataset.classes, config.splits)
+        if result is None:
             raise UserError(f"no image of {spec.name} at {spec.root} (splits {', '.join(config.splits)}) "
                             f"has a class the model knows ({', '.join(meta['classes'])})")
-        eval_seconds = time.perf_counter() - t0
-        class_metrics = pd.concat(metrics, ignore_index=True)
-        headline_split = "test" if "test" in config.splits else config.splits[0]
-        acc, f1, n = _headline(class_metrics, headline_split)
+        tables, headline_split, unmappable = result
+        acc, f1, n = _headline(tables["class_metrics"], headline_split)
         n_unmappable = sum(unmappable.values())
         run_row["config"].update(unmappable={"count": n_unmappable, "by_class": unmappable},
                                  headline_split=headline_split)
-        run_row.update(finished_at=_utcnow(), eval_seconds=eval_seconds, test_accuracy=acc, test_macro_f1=f1,
-                       n_test=n)
-        store.save_run(db, run_row, {
-            "images": pd.concat(images_rows, ignore_index=True),
-            "predictions": pd.concat(preds, ignore_index=True),
-            "class_metrics": class_metrics,
-            "confusion": pd.concat(confusion, ignore_index=True),
-        })
+        run_row.update(finished_at=_utcnow(), eval_seconds=time.perf_counter() - t0, test_accuracy=acc,
+                       test_macro_f1=f1, n_test=n)
+        store.save_run(db, run_row, tables)
     return RunOutcome(run_id, "complete", {
         "parent_run_id": parent["run_id"], "accuracy": acc, "macro_f1": f1, "n": n, "split": headline_split,
         "classes": list(mapping.classes), "unmappable": n_unmappable, "unmappable_by_class": unmappable,
     })
+
+
+def evaluate_mapped_splits(predict: Callable[[np.ndarray], np.ndarray], arrays, mapping, dataset_classes,
+                           splits: tuple[str, ...]):
+    """Predict each split's images whose class the model knows and build the run's tables.
+
+    predict: uint8 NHWC images -> probabilities over the model's classes; arrays: as from
+    load_split_arrays; mapping: compute_class_mapping(model classes, dataset classes).
+    Returns ({images, predictions, class_metrics, confusion}, headline split, images excluded
+    per unmappable class), or None when no image has a class the model knows.
+    """
+    from pipeline.train.evaluation import compute_mapped_probabilities
+
+    images_rows, preds, metrics, confusion = [], [], [], []
+    unmappable: dict[str, int] = {}
+    for split in splits:
+        records, images = arrays[split]
+        keep = np.array([mapping.dataset_to_eval[r.label] >= 0 for r in records], dtype=bool)
+        for r, k in zip(records, keep):
+            if not k:
+                name = dataset_classes[r.label]
+                unmappable[name] = unmappable.get(name, 0) + 1
+        kept = [r for r, k in zip(records, keep) if k]
+        if not kept:
+            continue
+        probs = compute_mapped_probabilities(predict(images[keep]), mapping)
+        y_true = np.array([mapping.dataset_to_eval[r.label] for r in kept], dtype=np.int64)
+        p, m, c = compute_split_results(split, [r.image_id for r in kept], y_true, probs, mapping.classes)
+        preds.append(p), metrics.append(m), confusion.append(c)
+        images_rows.append(create_images_frame([_remap_record(r, mapping) for r in kept], list(mapping.classes)))
+    if not preds:
+        return None
+    tables = {"images": pd.concat(images_rows, ignore_index=True), "predictions": pd.concat(preds, ignore_index=True),
+              "class_metrics": pd.concat(metrics, ignore_index=True),
+              "confusion": pd.concat(confusion, ignore_index=True)}
+    return tables, ("test" if "test" in splits else splits[0]), unmappable
 
 
 def _remap_record(record, mapping):

@@ -1,0 +1,1 @@
+"""Models and predictions made elsewhere: model cards, loaders, imported predictions, exported models."""
