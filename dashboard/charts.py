@@ -273,3 +273,19 @@ def export_chart(chart: alt.TopLevelMixin, fmt: str, scale: float = 2.0) -> byte
     if fmt == "pdf":
         return vlc.vegalite_to_pdf(spec)
     raise ValueError(f"unknown figure format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+
+
+def create_gap_change_chart(changes: pd.DataFrame, title: str) -> alt.Chart:
+    """Change of each gap (run B - run A) with its paired-bootstrap interval; < 0 = narrowed."""
+    df = changes.copy()
+    df["label"] = df["attribute"] + " · " + df["comparison"] + " · " + df["grp"].astype(str)
+    df["interval"] = np.where(df["resolved"], "excludes 0", "includes 0")
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=260)))
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="change of the gap (B - A)"), x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=60).encode(
+        x="change:Q", color=alt.Color("interval:N"),
+        tooltip=["attribute", "comparison", "grp", "n", alt.Tooltip("gap_a:Q", format=".3f"),
+                 alt.Tooltip("gap_b:Q", format=".3f"), alt.Tooltip("change:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+    rule = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q")
+    return (bars + points + rule).properties(width=420, height=alt.Step(20), title=title)

@@ -562,3 +562,31 @@ def load_compare_groups(ref: StoreRef, run_ids: tuple[str, ...], source: str, sp
         SELECT run_id, attribute, grp, n, value, ci_low, ci_high, low_support FROM audit_cells
         WHERE source = ? AND split = ? AND metric = ? AND attribute IN ('gender', 'race', 'age')
           AND run_id IN ({marks}) ORDER BY attribute, grp, run_id""", [source, split, metric, *run_ids])
+
+
+@st.cache_data(show_spinner=False)
+def load_paired_predictions(ref: StoreRef, run_a: str, run_b: str, split: str, source: str,
+                            fingerprint: str) -> pd.DataFrame:
+    """One row per image both runs predicted on `split` with the same true label: each run's
+    correctness and the image's demographics from `source` (NULL where it has none)."""
+    return _read(ref, """
+        SELECT a.image_id, a.true_label, a.correct AS correct_a, b.correct AS correct_b,
+               d.gender, d.race, d.age_group
+        FROM predictions a
+        JOIN predictions b ON b.run_id = ? AND b.image_id = a.image_id AND b.split = a.split
+                          AND b.true_label = a.true_label
+        LEFT JOIN demographics d ON d.dataset_fingerprint = ? AND d.source = ? AND d.image_id = a.image_id
+        WHERE a.run_id = ? AND a.split = ?
+        ORDER BY a.image_id""", [run_b, fingerprint, source, run_a, split])
+
+
+@st.cache_data(show_spinner=False)
+def compute_paired_comparison(ref: StoreRef, run_a: str, run_b: str, split: str, source: str,
+                              fingerprint: str) -> tuple[dict, pd.DataFrame]:
+    """McNemar's test and the paired bootstrap of every gap's change (pipeline.fairness.paired)."""
+    from pipeline.fairness.paired import compute_gap_changes, compute_mcnemar
+
+    frame = load_paired_predictions(ref, run_a, run_b, split, source, fingerprint)
+    if frame.empty:
+        return {"n": 0}, pd.DataFrame()
+    return compute_mcnemar(frame["correct_a"], frame["correct_b"]), compute_gap_changes(frame)
