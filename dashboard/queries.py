@@ -590,3 +590,16 @@ def compute_paired_comparison(ref: StoreRef, run_a: str, run_b: str, split: str,
     if frame.empty:
         return {"n": 0}, pd.DataFrame()
     return compute_mcnemar(frame["correct_a"], frame["correct_b"]), compute_gap_changes(frame)
+
+
+# ---------------------------------------------------------------- counterfactual twins
+
+
+@st.cache_data(show_spinner=False)
+def load_twin_predictions(ref: StoreRef, run_id: str, kind: str) -> pd.DataFrame:
+    """The run's predictions on counterfactual twins of one kind ('skin' | 'cue')."""
+    if "twin_predictions" in load_missing_tables(ref):
+        return pd.DataFrame(columns=["image_id", "variant", "drawn_as", "true_label", "pred_label", "correct", "probs"])
+    return _read(ref, """
+        SELECT image_id, variant, drawn_as, true_label, pred_label, correct, probs FROM twin_predictions
+        WHERE run_id = ? AND kind = ? ORDER BY image_id, variant""", [run_id, kind])

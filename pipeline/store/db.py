@@ -42,11 +42,11 @@ from pipeline.paths import DEFAULT_DB
 if TYPE_CHECKING:  # duckdb is imported lazily so `--help` stays fast
     import duckdb
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Tables added after version 1, with the version that added them. Every other table and
 # column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
 # as it is and upgraded in place (the added tables created empty) when opened writable.
-ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3}
+ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3, "twin_predictions": 4}
 UPGRADABLE_FROM = 1
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 SCHEMA_SQL = SCHEMA_FILE.read_text(encoding="utf-8")

@@ -94,7 +94,7 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 3
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 4
         assert store.missing_added_tables(con) == []
         store.check_schema(con)
     with store.open_store(db) as con:  # reopening changes nothing
