@@ -44,13 +44,14 @@ MITIGATIONS = {
 }
 
 
-def train_run(data: Path, db: Path, seed: int, epochs: int | None, changes: dict) -> dict:
+def train_run(data: Path, db: Path, seed: int, epochs: int | None, changes: dict, image_size: int | None) -> dict:
     from pipeline.train.recipes import get_recipe
     from pipeline.train.runner import DatasetSpec, TrainRunConfig, run_train
 
     recipe = get_recipe("lightcnn-softlabel", "demo")
     recipe = replace(recipe, train=replace(recipe.train, seed=seed, group_attributes=("race",), **changes,
-                                           **({"epochs": epochs} if epochs else {})))
+                                           **({"epochs": epochs} if epochs else {})),
+                     **({"image_size": image_size} if image_size else {}))
     spec = DatasetSpec(name="synthetic", root=str(data), num_classes=recipe.num_classes, seed=seed)
     t0 = time.perf_counter()
     outcome = run_train(TrainRunConfig(dataset=spec, recipe=recipe, weights="none", db=str(db), quiet=True),
@@ -67,6 +68,7 @@ def load_test_correctness(db: Path, run_id: str) -> pd.Series:
 
 
 def compare(name: str, data: Path, db: Path, runs: dict[str, dict], seed: int) -> list[str]:
+    """One line per mitigated run in `runs` against runs['baseline'] on the same test images."""
     from pipeline.constants import RACES
     from pipeline.fairness.paired import PairedConfig, compute_gap_changes, compute_mcnemar
     from pipeline.synth.faces import load_synthetic_attributes
@@ -110,6 +112,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=6000, help="images per dataset (default 6000)")
     parser.add_argument("--test-fraction", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the demo preset (default 8; its own 12)")
+    parser.add_argument("--image-size", type=int, default=None, help="model input size (default: the preset's 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = parser.parse_args()
@@ -122,16 +125,19 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         for name in args.scenario or list(SCENARIOS):
             bias = SCENARIOS[name][0]
-            data, db = work / f"{name}-seed{args.seed}", work / f"{name}-seed{args.seed}.duckdb"
+            tag = f"{name}-n{args.n}-test{args.test_fraction}-seed{args.seed}"
+            data, db = work / tag, work / f"{tag}.duckdb"
             if not (data / "Synthetic" / "manifest.json").is_file():
                 generate_dataset(data, SynthConfig(n=args.n, seed=args.seed, bias=bias,
                                                    test_fraction=args.test_fraction, **BALANCED), progress=False)
-            runs = {m: train_run(data, db, args.seed, args.epochs, MITIGATIONS[m]) for m in mitigations}
-            print(f"== {name} (bias {bias}, {args.n} images, test {args.test_fraction:.0%}, seed {args.seed}): "
-                  f"each mitigation against the baseline ({runs['baseline']['run_id']}) on the same test images",
-                  flush=True)
-            for line in compare(name, data, db, runs, args.seed):
-                print(line, flush=True)
+            base = train_run(data, db, args.seed, args.epochs, {}, args.image_size)
+            print(f"== {name} (bias {bias}, {args.n} images, test {args.test_fraction:.0%}, seed {args.seed}, "
+                  f"{args.epochs or 12} epochs, input {args.image_size or 64} px): each mitigation against the "
+                  f"baseline ({base['run_id']}, train {base['seconds']:.0f}s) on the same test images", flush=True)
+            for m in mitigations[1:]:
+                run = train_run(data, db, args.seed, args.epochs, MITIGATIONS[m], args.image_size)
+                for line in compare(name, data, db, {"baseline": base, m: run}, args.seed):
+                    print(line, flush=True)
     return 0
 
 

@@ -571,7 +571,7 @@ def load_paired_predictions(ref: StoreRef, run_a: str, run_b: str, split: str, s
     correctness and the image's demographics from `source` (NULL where it has none)."""
     return _read(ref, """
         SELECT a.image_id, a.true_label, a.correct AS correct_a, b.correct AS correct_b,
-               d.gender, d.race, d.age_group
+               d.gender, d.race, d.age_group AS age
         FROM predictions a
         JOIN predictions b ON b.run_id = ? AND b.image_id = a.image_id AND b.split = a.split
                           AND b.true_label = a.true_label

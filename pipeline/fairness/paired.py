@@ -2,7 +2,7 @@
 recipe) move overall accuracy, and did it close the gaps between groups?
 
 Pure computation over one frame with a row per image both runs predicted: `correct_a`,
-`correct_b` (booleans) and the demographic columns (e.g. gender, race, age_group), with
+`correct_b` (booleans) and the demographic columns (e.g. gender, race, age), with
 None/NaN for an image the source did not label. Because both runs saw the same images,
 the comparison is paired:
 
@@ -29,7 +29,7 @@ EXACT_BELOW = 25      # discordant pairs under which McNemar's exact binomial te
 
 @dataclass(frozen=True)
 class PairedConfig:
-    attributes: tuple[str, ...] = ("gender", "race", "age_group")
+    attributes: tuple[str, ...] = ("gender", "race", "age")
     intersections: bool = True             # also every pair of attributes
     min_support: int = 30                  # images a group needs to be compared
     n_boot: int = 2000

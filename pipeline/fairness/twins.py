@@ -25,7 +25,7 @@ class TwinsConfig:
     kinds: tuple[str, ...] = TWIN_KINDS
     n_images: int | None = None            # test faces per kind (a seeded random subset); None = all
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"                    # or "auto" (CUDA when present), "cuda", ...
     batch_size: int = 256
 
 
@@ -62,7 +62,10 @@ def create_stored_twins(db: str | Path, run: str, config: TwinsConfig = TwinsCon
                         "missing); regenerate it there with the same `synth` arguments")
     if not row.get("checkpoint_path") or not Path(row["checkpoint_path"]).is_file():
         raise UserError(f"run {run_id} has no checkpoint at {row.get('checkpoint_path')}; twins need the model")
-    model, meta = load_model_from_checkpoint(row["checkpoint_path"], config.device)
+    from pipeline.train.runner import resolve_device
+
+    device = resolve_device(config.device)
+    model, meta = load_model_from_checkpoint(row["checkpoint_path"], device)
     classes = [str(c) for c in meta["classes"]]
     synth = load_synth_config(root)
     size = min(int(meta["image_size"]), 100)
@@ -70,7 +73,7 @@ def create_stored_twins(db: str | Path, run: str, config: TwinsConfig = TwinsCon
     for kind in config.kinds:
         faces = select_test_faces(synth, classes=classes, kind=kind, n_images=config.n_images, seed=config.seed)
         twins, images = create_twin_images(faces, kind, size=size)
-        probs = predict_probabilities(model, images, meta, config.device, config.batch_size)
+        probs = predict_probabilities(model, images, meta, device, config.batch_size)
         frames[kind] = create_twin_frame(twins, probs, classes)
         log(f"{kind} twins: {len(faces)} faces, {len(twins)} images predicted")
     with store.open_store(db) as con, store.transaction(con):

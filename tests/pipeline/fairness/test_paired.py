@@ -20,7 +20,7 @@ def _frame(n=600, seed=0, closed=True):
     correct_a = rng.random(n) < np.where(race == "B", 0.6, 0.9)
     correct_b = rng.random(n) < 0.88 if closed else correct_a.copy()
     return pd.DataFrame({"correct_a": correct_a, "correct_b": correct_b, "race": race, "gender": gender,
-                         "age_group": None})
+                         "age": None})
 
 
 @pytest.mark.parametrize("n,seed", [(1000, 0), (40, 1)])    # chi-square and exact branches
@@ -58,7 +58,7 @@ def test_gap_changes_point_estimates_and_a_closed_gap():
     spread = out.xs("best-worst", level="comparison").loc["race"]
     assert spread.index[0].endswith("/ B") and spread["gap_a"].iloc[0] > 0
     assert ("gender×race", "vs-rest", "female | B") in out.index             # intersections
-    assert "age_group" not in set(out.index.get_level_values("attribute"))   # unlabelled attribute skipped
+    assert "age" not in set(out.index.get_level_values("attribute"))         # unlabelled attribute skipped
 
 
 def test_gap_changes_are_paired():

@@ -73,3 +73,14 @@ def test_cue_twins_are_the_subgroup_and_the_summaries():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind"):
         select_test_faces(CUE, classes=["Happiness"], kind="hair")
+
+
+def test_cue_lies_in_the_background_region():
+    """So that a CAM drawn to the cue counts as background energy (the `background` failure tag)."""
+    from pipeline.explain.regions import REGION_INDEX, compute_region_map
+
+    for index in range(6):
+        params, _ = sample_face_params(CUE, index)
+        regions = compute_region_map(render_face(params).landmarks)
+        for x0, y0, x1, y1 in compute_cue_boxes():
+            assert (regions[y0:y1, x0:x1] == REGION_INDEX["background"]).mean() > 0.95
