@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipeline.constants import ENERGY_COLUMNS, FACE_REGIONS
+from pipeline.constants import ENERGY_COLUMNS
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "pipeline" / "store" / "schema.sql"
 LOCK_RETRIES = 6
