@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp folder)")
     args = parser.parse_args()
 
-    from pipeline.commands.explain import ExplainConfig, run_explain
+    from pipeline.explain.stage import ExplainConfig, run_explain
     from pipeline.fairness.twins import TwinsConfig, create_stored_twins
     from pipeline.store import db as store
     from pipeline.synth.faces import SynthConfig, _in_subgroup, generate_dataset, load_synthetic_attributes, parse_bias
