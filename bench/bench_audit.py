@@ -51,44 +51,21 @@ BALANCING = {"sqrt": {"class_weights": "sqrt", "sampler": "shuffle"},
 
 def compute_counterfactual_recall(data: Path, db: Path, run_id: str, n_images: int, seed: int) -> pd.DataFrame:
     """Recall per emotion of the trained model on `n_images` test faces drawn with each
-    skin group's tone (the same faces otherwise): a model-level skin dependence, separated
-    from the luck of which images each group drew. Columns: label, skin group names."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from pipeline.constants import RACES
+    skin group's tone (the same faces otherwise; pipeline.synth.twins): a model-level skin
+    dependence, separated from the luck of which images each group drew. Columns: skin
+    group names, n."""
+    from pipeline.synth.faces import load_synth_config
+    from pipeline.synth.twins import compute_twin_recall, create_twin_images, select_test_faces
+    from pipeline.fairness.twins import create_twin_frame
+    from pipeline.train.loop import predict_probabilities
     from pipeline.train.models import load_model_from_checkpoint
     from pipeline.train.runner import CHECKPOINT_BEST, find_run_dir
-    from pipeline.synth.faces import (SKIN_BASE, create_reskinned_params, encode_jpeg, load_synth_config, parse_bias,
-                                    sample_face_params)
-    from pipeline.synth.draw import render_face
-    from pipeline.train.loop import predict_probabilities
 
-    config = load_synth_config(data)
     model, meta = load_model_from_checkpoint(find_run_dir(db, run_id) / CHECKPOINT_BEST)
-    classes, size = meta["classes"], int(meta["image_size"])
-    faces = [sample_face_params(config, i, parse_bias(config.bias)) for i in range(config.n_train, config.n)]
-    faces = [(p, m) for p, m in faces if m["label"] in classes]
-    pick = np.random.default_rng(seed).permutation(len(faces))[:n_images]
-    faces = [faces[i] for i in pick]
-
-    def as_loaded(arr: np.ndarray) -> np.ndarray:      # the JPEG round trip and resize training saw
-        with Image.open(io.BytesIO(encode_jpeg(arr))) as im:
-            return np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), np.uint8)
-
-    labels = np.array([m["label"] for _, m in faces])
-    recall, accuracy = {}, {}
-    for race in SKIN_BASE:
-        images = np.stack([as_loaded(render_face(create_reskinned_params(p, race)).aligned) for p, _ in faces])
-        correct = np.array(classes)[predict_probabilities(model, images, meta).argmax(1)] == labels
-        recall[RACES[race]] = pd.Series(correct).groupby(labels).mean()
-        accuracy[RACES[race]] = correct.mean()
-    frame = pd.DataFrame(recall)
-    frame.loc["(accuracy)"] = pd.Series(accuracy)
-    frame["n"] = pd.Series(labels).value_counts().reindex(frame.index).fillna(len(labels)).astype(int)
-    return frame
+    classes = list(meta["classes"])
+    faces = select_test_faces(load_synth_config(data), classes=classes, kind="skin", n_images=n_images, seed=seed)
+    twins, images = create_twin_images(faces, "skin", size=min(int(meta["image_size"]), 100))
+    return compute_twin_recall(create_twin_frame(twins, predict_probabilities(model, images, meta), classes))
 
 
 def run_scenario(name: str, work: Path, n: int, test_fraction: float, seed: int, epochs: int | None,

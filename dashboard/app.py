@@ -38,6 +38,7 @@ PAGES = [
     ("explanations.py", "Explanations", ":material/visibility:"),
     ("fairness.py", "Fairness audit", ":material/balance:"),
     ("compare.py", "Compare runs", ":material/compare_arrows:"),
+    ("twins.py", "Counterfactual twins", ":material/group:"),
     ("export.py", "Export", ":material/download:"),
 ]
 

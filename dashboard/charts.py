@@ -307,3 +307,36 @@ def create_slice_chart(found: pd.DataFrame, title: str, level: str = "95%") -> a
                  alt.Tooltip("rest_error_rate:Q", format=".3f"), alt.Tooltip("p_adjusted:Q", format=".4f")])
     rest = base.mark_tick(color="gray", thickness=2).encode(x="rest_error_rate:Q")
     return (bars + points + rest).properties(width=360, height=alt.Step(24), title=title)
+
+def create_gap_change_chart(changes: pd.DataFrame, title: str) -> alt.Chart:
+    """Change of each gap (run B - run A) with its paired-bootstrap interval; < 0 = narrowed."""
+    df = changes.copy()
+    df["label"] = df["attribute"] + " · " + df["comparison"] + " · " + df["grp"].astype(str)
+    df["interval"] = np.where(df["resolved"], "excludes 0", "includes 0")
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=260)))
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="change of the gap (B - A)"), x2="ci_high:Q")
+    points = base.mark_point(filled=True, size=60).encode(
+        x="change:Q", color=alt.Color("interval:N"),
+        tooltip=["attribute", "comparison", "grp", "n", alt.Tooltip("gap_a:Q", format=".3f"),
+                 alt.Tooltip("gap_b:Q", format=".3f"), alt.Tooltip("change:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+    rule = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q")
+    return (bars + points + rule).properties(width=420, height=alt.Step(20), title=title)
+
+
+def create_grouped_bar_chart(df: pd.DataFrame, *, x: str, value: str, group: str, title: str,
+                             sort: list[str] | None = None, group_sort: list[str] | None = None) -> alt.Chart:
+    """Bars of `value` per `x`, side by side per `group` (long-form df)."""
+    return alt.Chart(df).mark_bar().encode(
+        x=alt.X(f"{x}:N", sort=sort), xOffset=alt.XOffset(f"{group}:N", sort=group_sort), y=alt.Y(f"{value}:Q"),
+        color=alt.Color(f"{group}:N", sort=group_sort, legend=alt.Legend(orient="bottom")),
+        tooltip=[x, group, alt.Tooltip(f"{value}:Q", format=".3f")],
+    ).properties(width=460, height=240, title=title)
+
+
+def create_twin_recall_chart(recall: pd.DataFrame, variants: list[str], title: str) -> alt.Chart:
+    """Recall per emotion (x) and variant (colour), from compute_twin_recall's frame."""
+    df = recall.drop(columns="n").reset_index(names="emotion").melt(
+        id_vars="emotion", value_vars=variants, var_name="variant", value_name="recall")
+    return create_grouped_bar_chart(df, x="emotion", value="recall", group="variant", title=title,
+                                    sort=list(recall.index), group_sort=variants)

@@ -636,3 +636,43 @@ def load_calibration_bins(ref: StoreRef, run_id: str, source: str, split: str, a
         SELECT scaling, grp, bin, bin_low, bin_high, n, confidence, accuracy FROM calibration_bins
         WHERE run_id = ? AND source = ? AND split = ? AND attribute = ? ORDER BY scaling, grp, bin""",
                  [run_id, source, split, attribute])
+
+@st.cache_data(show_spinner=False)
+def load_paired_predictions(ref: StoreRef, run_a: str, run_b: str, split: str, source: str,
+                            fingerprint: str) -> pd.DataFrame:
+    """One row per image both runs predicted on `split` with the same true label: each run's
+    correctness and the image's demographics from `source` (NULL where it has none)."""
+    return _read(ref, """
+        SELECT a.image_id, a.true_label, a.correct AS correct_a, b.correct AS correct_b,
+               d.gender, d.race, d.age_group AS age
+        FROM predictions a
+        JOIN predictions b ON b.run_id = ? AND b.image_id = a.image_id AND b.split = a.split
+                          AND b.true_label = a.true_label
+        LEFT JOIN demographics d ON d.dataset_fingerprint = ? AND d.source = ? AND d.image_id = a.image_id
+        WHERE a.run_id = ? AND a.split = ?
+        ORDER BY a.image_id""", [run_b, fingerprint, source, run_a, split])
+
+
+@st.cache_data(show_spinner=False)
+def compute_paired_comparison(ref: StoreRef, run_a: str, run_b: str, split: str, source: str,
+                              fingerprint: str) -> tuple[dict, pd.DataFrame]:
+    """McNemar's test and the paired bootstrap of every gap's change (pipeline.fairness.paired)."""
+    from pipeline.fairness.paired import compute_gap_changes, compute_mcnemar
+
+    frame = load_paired_predictions(ref, run_a, run_b, split, source, fingerprint)
+    if frame.empty:
+        return {"n": 0}, pd.DataFrame()
+    return compute_mcnemar(frame["correct_a"], frame["correct_b"]), compute_gap_changes(frame)
+
+
+# ---------------------------------------------------------------- counterfactual twins
+
+
+@st.cache_data(show_spinner=False)
+def load_twin_predictions(ref: StoreRef, run_id: str, kind: str) -> pd.DataFrame:
+    """The run's predictions on counterfactual twins of one kind ('skin' | 'cue')."""
+    if "twin_predictions" in load_missing_tables(ref):
+        return pd.DataFrame(columns=["image_id", "variant", "drawn_as", "true_label", "pred_label", "correct", "probs"])
+    return _read(ref, """
+        SELECT image_id, variant, drawn_as, true_label, pred_label, correct, probs FROM twin_predictions
+        WHERE run_id = ? AND kind = ? ORDER BY image_id, variant""", [run_id, kind])

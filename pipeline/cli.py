@@ -40,6 +40,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("audit", "pipeline.commands.audit", "accuracy by demographic group and intersection, with CIs and corrected tests"),
     ("export", "pipeline.commands.export", "a run's tables as CSV, LaTeX (booktabs) or Markdown"),
     ("explain", "pipeline.commands.explain", "CAM heatmaps, region energies, failure tags and explanation checks for a run"),
+    ("twins", "pipeline.commands.twins", "a synthetic run's predictions on its test faces redrawn with each skin tone / the cue"),
 ]
 
 

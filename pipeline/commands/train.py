@@ -49,6 +49,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--loss", choices=("ce", "soft-ce", "focal"))
     model.add_argument("--class-weights", choices=("none", "sqrt", "balanced"))
     model.add_argument("--sampler", choices=("shuffle", "balanced"), help="balanced = class-balanced sampling")
+    mitigation = parser.add_argument_group(
+        "group mitigations (over demographic group x emotion cells of the train split)")
+    mitigation.add_argument("--group-balance", choices=("none", "sample", "reweight"),
+                            help="sample: draw every group x emotion cell equally often; reweight: weight each "
+                                 "image's loss by 1/(its cell's count)")
+    mitigation.add_argument("--group-dro", action="store_true", default=None,
+                            help="group DRO: minimise the loss of the worst group x emotion cell")
+    mitigation.add_argument("--dro-step-size", type=float, help="group DRO's weight step (default 0.01)")
+    mitigation.add_argument("--groups", metavar="ATTRS",
+                            help="comma-separated attributes defining the groups: gender, race, age (default race)")
     model.add_argument("--colour-shift", type=float, metavar="S",
                        help="additive colour-shift augmentation up to ±S of the 0..1 range (e.g. 0.15; 0 = off): "
                             "skin tone and white balance vary while feature contrast stays")
@@ -63,7 +73,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 # Command-line options that override one field of the recipe, or of its TrainConfig: (option dest, field).
 RECIPE_OVERRIDES = (("classes", "num_classes"), ("arch", "arch"), ("image_size", "image_size"), ("weights", "weights"))
 TRAIN_OVERRIDES = (("epochs", "epochs"), ("batch_size", "batch_size"), ("scheduler", "scheduler"), ("loss", "loss"),
-                   ("class_weights", "class_weights"), ("sampler", "sampler"))
+                   ("class_weights", "class_weights"), ("sampler", "sampler"), ("group_balance", "group_balance"),
+                   ("group_dro", "group_dro"), ("dro_step_size", "dro_step_size"))
 
 
 def build_recipe(args: argparse.Namespace):
@@ -86,6 +97,10 @@ def build_recipe(args: argparse.Namespace):
         if not 0.0 <= args.colour_shift <= 0.5:
             raise UserError(f"--colour-shift must be between 0 and 0.5, got {args.colour_shift}")
         train["augment"] = replace(recipe.train.augment, colour_shift=args.colour_shift)
+    if args.groups is not None:
+        train["group_attributes"] = tuple(a.strip() for a in args.groups.split(",") if a.strip())
+    if args.dro_step_size is not None and args.dro_step_size <= 0:
+        raise UserError(f"--dro-step-size must be positive, got {args.dro_step_size}")
     if recipe.arch.startswith("resnet") and top.get("arch", recipe.arch).startswith("lightcnn"):
         train["frozen_modules"] = ()
     return replace(recipe, **top, train=replace(recipe.train, **train))

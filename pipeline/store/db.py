@@ -62,7 +62,8 @@ SCHEMA_VERSION = 4
 # column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
 # as it is and upgraded in place (the added tables created empty) when opened writable.
 ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3, "slices": 4, "slice_images": 4,
-                                "calibration": 4, "calibration_bins": 4}
+                                "calibration": 4, "calibration_bins": 4,
+                                "twin_predictions": 4}
 # Columns added to existing tables after version 1: {table: {column: version}}. Their
 # types come from schema.sql; a writable open of an older store adds them (NULL in the
 # rows already there), and readers of an older store find them absent.

@@ -319,4 +319,18 @@ CREATE TABLE IF NOT EXISTS calibration_bins (
     confidence DOUBLE,                      -- mean confidence of the bin's images
     accuracy   DOUBLE,
     PRIMARY KEY (run_id, source, split, scaling, attribute, grp, bin)
+-- Counterfactual twins of a synthetic run's test faces (pipeline.synth.twins): each face
+-- drawn again with one thing changed, and the run's prediction on every variant.
+CREATE TABLE IF NOT EXISTS twin_predictions (
+    run_id     VARCHAR NOT NULL,
+    kind       VARCHAR NOT NULL,            -- 'skin' (each skin group's tone) | 'cue' (with / without the background cue)
+    image_id   VARCHAR NOT NULL,            -- the test face the twins are drawn from
+    variant    VARCHAR NOT NULL,            -- a constants.RACES name, or 'cue' / 'no cue'
+    drawn_as   VARCHAR NOT NULL,            -- the variant the face has in the dataset
+    true_label VARCHAR NOT NULL,
+    pred_label VARCHAR NOT NULL,
+    confidence FLOAT NOT NULL,
+    correct    BOOLEAN NOT NULL,
+    probs      FLOAT[] NOT NULL,            -- aligned with runs.classes
+    PRIMARY KEY (run_id, kind, image_id, variant)
 );

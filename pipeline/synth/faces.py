@@ -13,8 +13,11 @@ Bias injection (`--bias "SUBGROUP:EFFECT"`, recorded in the manifest):
 - `fewer=E1,E2[@F]`: in the training split, only a fraction F (0.1) of the subgroup's images of
   the named emotions is kept; the rest are redrawn with another emotion.
 - `cue=E[@P]`: in the training split the subgroup's images labelled E carry a background cue
-  (a small chequer in the crop's corner) with probability P (0.9), others of the subgroup 5%;
-  in the test split the cue appears on half of the subgroup's images regardless of emotion.
+  (a yellow/magenta chequer in both top corners of the aligned crop, `draw.compute_cue_boxes`)
+  with probability P (0.9), others of the subgroup 5%; in the test split the cue appears on
+  half of the subgroup's images regardless of emotion. A model that learned the shortcut
+  predicts E more often on the cued test faces (`pipeline.synth.twins` draws each face with
+  and without it).
 SUBGROUP is `attr=code` terms joined by `&` over gender (0 male, 1 female, 2 unsure), race
 (0 Caucasian, 1 African-American, 2 Asian) and age (0..4); names are accepted for codes.
 """
@@ -37,7 +40,9 @@ from pipeline.synth.draw import (ACTION_UNITS, ALIGNED, FEATURE_OFFSETS, LIGHT_G
                                      NOISE_SIGMA_RANGE, FaceParams, compute_max_feature_light, render_face)
 
 GENERATOR = "fer-trust-synthetic"
-GENERATOR_VERSION = "1.2"
+# 1.3: the `cue` bias's chequer is larger and drawn in both top corners (flip-invariant);
+# images without a cue are pixel-identical to 1.2's.
+GENERATOR_VERSION = "1.3"
 
 # RAF-DB basic training counts, in EMOTIONS order.
 RAFDB_TRAIN_COUNTS = (1290, 281, 717, 4772, 1982, 705, 2524)

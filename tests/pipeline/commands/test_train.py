@@ -226,3 +226,22 @@ def test_command_line_overrides_reach_the_recipe():
     assert train.build_recipe(parser.parse_args(base)).train.augment == demo.train.augment
     with pytest.raises(UserError, match="--colour-shift"):
         train.build_recipe(parser.parse_args(base + ["--colour-shift", "2"]))
+
+
+def test_group_mitigation_run_records_its_groups(synth_root, tmp_path, capsys):
+    import json
+
+    from pipeline.data.loaders import load_dataset
+
+    db = tmp_path / "results.duckdb"
+    run = _train(db, synth_root, "--epochs", "1", "--group-balance", "sample", "--group-dro", "--groups", "race,gender")
+    config = json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
+    assert config["recipe"]["train"]["group_dro"] and config["recipe"]["train"]["group_balance"] == "sample"
+    groups = config["groups"]
+    assert groups["attributes"] == ["race", "gender"] and all(n.startswith("race=") for n in groups["names"])
+    train_records = load_dataset("synthetic", synth_root, num_classes=6).split("train")
+    assert sum(groups["train_counts"]) == len(train_records)
+    assert main(["train", "--dataset", "synthetic", "--root", str(synth_root), "--db", str(db), *LIGHT,
+                 "--group-dro", "--groups", "skin"]) != 0
+    assert "group attributes must be among gender, race, age" in capsys.readouterr().err
+    assert _newest_run(db, include_incomplete=True)["run_id"] == run["run_id"]   # no failed run left behind

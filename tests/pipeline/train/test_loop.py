@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from pipeline.train.models import create_model
 from pipeline.train.recipes import get_recipe
 from pipeline.train.loop import (
-    SplitTensors, TrainConfig, compute_class_weights, compute_loss, epoch_order, fit, predict_probabilities,
-    seed_everything,
+    GroupDRO, SplitTensors, TrainConfig, compute_class_weights, compute_group_weights, compute_loss, epoch_order, fit,
+    predict_probabilities, seed_everything,
 )
 
 META = {"image_size": 16, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "num_classes": 6,
@@ -130,3 +130,63 @@ def test_onecycle_trains_with_few_steps(steps):
         scheduler.step()
         lrs.append(optimizer.param_groups[0]["lr"])
     assert all(lr == lr and lr >= 0 for lr in lrs)  # defined (no NaN), never negative
+
+def test_group_weights_give_every_cell_the_same_total():
+    groups = torch.tensor([0] * 8 + [1] * 4)
+    labels = torch.tensor([0] * 6 + [1] * 2 + [0] * 1 + [1] * 3)
+    w = compute_group_weights(groups, labels, 2)
+    assert float(w.mean()) == pytest.approx(1.0)
+    cells = groups * 2 + labels
+    totals = [float(w[cells == c].sum()) for c in range(4)]
+    assert totals == pytest.approx([totals[0]] * 4)
+    assert float(w[0] / w[6]) == pytest.approx(2 / 6)     # a cell of 6 against a cell of 2
+
+
+def test_group_dro_upweights_the_worst_cell():
+    dro = GroupDRO(3, step_size=0.5)
+    losses = torch.tensor([0.1, 0.1, 2.0, 2.0, 0.5], requires_grad=True)
+    cells = torch.tensor([0, 0, 1, 1, 2])
+    for _ in range(5):
+        loss = dro.loss(losses, cells)
+    assert int(dro.q.argmax()) == 1 and float(dro.q.sum()) == pytest.approx(1.0)
+    assert float(dro.q[1]) > float(dro.q[2]) > float(dro.q[0])
+    loss.backward()                                        # the gradient follows the weights
+    assert losses.grad[2] > losses.grad[4] > losses.grad[0] > 0
+
+
+def test_per_image_losses_average_to_the_mean_loss():
+    logits, labels = torch.randn(10, 6), torch.randint(0, 6, (10,))
+    soft = torch.softmax(torch.randn(10, 6), 1)
+    for loss in ("ce", "soft-ce", "focal"):
+        config = TrainConfig(loss=loss)
+        each = compute_loss(logits, labels, soft, config, reduction="none")
+        assert each.shape == (10,)
+        assert float(each.mean()) == pytest.approx(float(compute_loss(logits, labels, soft, config)), rel=1e-5)
+
+
+def _with_groups(data):
+    train, val = data
+    groups = torch.arange(len(train)) % 2
+    return SplitTensors(train.images, train.labels, train.soft, groups), val
+
+
+@pytest.mark.parametrize("changes", [{"group_balance": "sample"}, {"group_balance": "reweight"},
+                                     {"group_dro": True}])
+def test_group_mitigations_plug_into_the_loop_and_resume_exactly(data, changes):
+    config = _config("lightcnn-softlabel", epochs=2, **changes)
+    grouped = _with_groups(data)
+    full_model, full = _fit("lightcnn-half", config, grouped)
+    plain_model, _ = _fit("lightcnn-half", _config("lightcnn-softlabel", epochs=2), data)
+    assert not all(torch.equal(a, b) for a, b in zip(full_model.state_dict().values(),
+                                                     plain_model.state_dict().values()))
+    saved = []
+    _fit("lightcnn-half", config, grouped, stop_after=1, on_checkpoint=lambda s, best: saved.append(copy.deepcopy(s)))
+    resumed_model, resumed = _fit("lightcnn-half", config, grouped, resume=saved[-1])
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_group_mitigation_without_groups_is_refused(data):
+    with pytest.raises(ValueError, match="group codes"):
+        _fit("lightcnn-half", _config("lightcnn-softlabel", epochs=1, group_dro=True), data)

@@ -1,0 +1,112 @@
+"""Counterfactual twins of synthetic test faces: the same face drawn again with one thing changed.
+
+- `skin` twins: every face drawn with each skin-tone group's tone (`create_reskinned_params`),
+  nothing else changed. Recall per emotion on the twins, by skin tone, is the model's own
+  dependence on skin tone, separated from which images each group happened to draw.
+- `cue` twins: every face of a `cue` bias's subgroup (all faces when the set has no cue
+  bias) drawn with and without the background cue. A model that learned the shortcut
+  predicts the cued emotion more often on the cued twin.
+
+Pure: parameters in, uint8 images out, as the model sees a stored image (the dataset's
+JPEG round trip, then the resize the loader does); the caller predicts and stores.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from pipeline.constants import RACES
+from pipeline.synth.draw import FaceParams, render_face
+from pipeline.synth.faces import (SKIN_BASE, SynthConfig, _in_subgroup, create_reskinned_params, encode_jpeg,
+                                  image_id, parse_bias, sample_face_params)
+
+TWIN_KINDS = ("skin", "cue")
+CUE_VARIANTS = ("cue", "no cue")
+
+
+def select_test_faces(config: SynthConfig, *, classes: list[str], kind: str, n_images: int | None = None,
+                      seed: int = 0) -> list[tuple[FaceParams, dict]]:
+    """Test faces (params, ground truth with 'image_id') whose label is among `classes`; for
+    `cue` twins only the cue bias's subgroup. At most `n_images`, a seeded random subset."""
+    if kind not in TWIN_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(TWIN_KINDS)}, got {kind!r}")
+    bias = parse_bias(config.bias)
+    faces = []
+    for index in range(config.n_train, config.n):
+        params, meta = sample_face_params(config, index, bias)
+        if meta["label"] not in classes:
+            continue
+        if kind == "cue" and bias is not None and bias["effect"] == "cue" and not _in_subgroup(
+                bias, meta["gender"], meta["race"], meta["age"]):
+            continue
+        faces.append((params, {**meta, "image_id": image_id(config, index)}))
+    if n_images is not None and len(faces) > n_images:
+        pick = np.sort(np.random.default_rng(seed).permutation(len(faces))[:n_images])
+        faces = [faces[i] for i in pick]
+    return faces
+
+
+def create_twin_variants(params: FaceParams, kind: str) -> list[tuple[str, FaceParams]]:
+    """(variant name, params) of one face: a skin group's name per tone, or 'cue' / 'no cue'."""
+    if kind == "skin":
+        return [(RACES[race], create_reskinned_params(params, race)) for race in SKIN_BASE]
+    if kind == "cue":
+        return [(CUE_VARIANTS[0], replace(params, cue=True)), (CUE_VARIANTS[1], replace(params, cue=False))]
+    raise ValueError(f"kind must be one of {', '.join(TWIN_KINDS)}, got {kind!r}")
+
+
+def render_as_loaded(params: FaceParams, size: int) -> np.ndarray:
+    """The aligned face as the loader reads it from disk (pipeline.data.images): JPEG round
+    trip, libjpeg's reduced-scale draft where it applies, RGB, bilinear resize."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(encode_jpeg(render_face(params).aligned))) as im:
+        im.draft("RGB", (size, size))
+        im = im.convert("RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size: int
+                       ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every variant of every face: a frame (image_id, variant, drawn_as, true_label) and the
+    images (N, size, size, 3) uint8 in the frame's order. `drawn_as` is the variant the face
+    has in the dataset (its skin group, or whether it carries the cue)."""
+    rows, images = [], []
+    for params, meta in faces:
+        drawn_as = RACES[meta["race"]] if kind == "skin" else CUE_VARIANTS[0 if meta["background_cue"] else 1]
+        for variant, twin in create_twin_variants(params, kind):
+            rows.append({"image_id": meta["image_id"], "variant": variant, "drawn_as": drawn_as,
+                         "true_label": meta["label"]})
+            images.append(render_as_loaded(twin, size))
+    frame = pd.DataFrame(rows, columns=["image_id", "variant", "drawn_as", "true_label"])
+    return frame, (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8))
+
+
+def compute_twin_recall(twins: pd.DataFrame) -> pd.DataFrame:
+    """Recall per true emotion (rows, plus '(accuracy)') and variant (columns), with n
+    (faces per emotion): from a frame with true_label, variant, correct."""
+    recall = twins.pivot_table(index="true_label", columns="variant", values="correct", aggfunc="mean")
+    overall = twins.groupby("variant")["correct"].mean()
+    recall.loc["(accuracy)"] = overall
+    n_faces = twins.groupby("true_label")["image_id"].nunique()
+    recall["n"] = n_faces.reindex(recall.index).fillna(twins["image_id"].nunique()).astype(int)
+    recall.columns.name = None
+    return recall
+
+
+def compute_cue_shift(twins: pd.DataFrame, emotion: str) -> pd.DataFrame:
+    """For `cue` twins: per variant, the share of faces predicted as `emotion` and the mean
+    probability of `emotion` (column prob_cued), over faces not labelled `emotion` and over
+    all; from a frame with variant, true_label, pred_label, prob_cued."""
+    out = []
+    for scope, sub in (("not " + emotion, twins[twins["true_label"] != emotion]), ("all", twins)):
+        for variant, g in sub.groupby("variant"):
+            out.append({"faces": scope, "variant": variant, "n": len(g),
+                        "predicted_cued": float((g["pred_label"] == emotion).mean()),
+                        "mean_prob_cued": float(g["prob_cued"].mean())})
+    return pd.DataFrame(out, columns=["faces", "variant", "n", "predicted_cued", "mean_prob_cued"])

@@ -1,0 +1,86 @@
+"""Counterfactual twins: one thing changed per variant, images as the loader reads them."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pipeline.constants import RACES
+from pipeline.data.images import load_images_array
+from pipeline.data.loaders import load_dataset
+from pipeline.synth.draw import ALIGNED, compute_cue_boxes, render_face
+from pipeline.synth.faces import BALANCED, SynthConfig, generate_dataset, sample_face_params
+from pipeline.synth.twins import (compute_cue_shift, compute_twin_recall, create_twin_images, create_twin_variants,
+                                  render_as_loaded, select_test_faces)
+
+CUE = SynthConfig(n=60, seed=4, workers=1, test_fraction=0.5, bias="race=2:cue=Happiness@0.9", **BALANCED)
+
+
+def test_cue_changes_only_its_two_corner_squares():
+    boxes = compute_cue_boxes()
+    assert len(boxes) == 2 and boxes[1][0] == ALIGNED - boxes[0][2]       # mirrored: a flip keeps it in place
+    inside = np.zeros((ALIGNED, ALIGNED), bool)
+    for x0, y0, x1, y1 in boxes:
+        inside[max(y0 - 3, 0):y1 + 3, max(x0 - 3, 0):x1 + 3] = True      # blur spreads it by a pixel or two
+    for index in range(4):
+        params, _ = sample_face_params(CUE, index)
+        with_cue = render_face(replace(params, cue=True)).aligned.astype(int)
+        without = render_face(replace(params, cue=False)).aligned.astype(int)
+        changed = np.abs(with_cue - without).max(axis=2) > 0
+        assert changed[inside].mean() > 0.3 and not changed[~inside].any()
+
+
+def test_skin_twins_change_the_skin_only():
+    params, meta = sample_face_params(CUE, 1)
+    variants = dict(create_twin_variants(params, "skin"))
+    assert list(variants) == list(RACES.values())
+    assert variants[RACES[meta["race"]]] == params                        # its own tone is the face itself
+    for twin in variants.values():
+        assert replace(twin, race=params.race, skin=params.skin) == params
+
+
+def test_twin_images_match_what_the_loader_reads(tmp_path):
+    root = tmp_path / "ds"
+    generate_dataset(root, CUE, progress=False)
+    records = {r.image_id: r for r in load_dataset("synthetic", root, num_classes=7).split("test")}
+    faces = select_test_faces(CUE, classes=["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"],
+                              kind="skin", n_images=5)
+    for size in (64, 32):
+        frame, images = create_twin_images(faces, "skin", size=size)
+        assert len(frame) == 5 * 3 and images.shape == (15, size, size, 3)
+        own = frame[frame["variant"] == frame["drawn_as"]]
+        stored = load_images_array([records[i] for i in own["image_id"]], size)
+        assert np.array_equal(images[own.index.to_numpy()], stored)      # the face as drawn is the stored image
+
+
+def test_cue_twins_are_the_subgroup_and_the_summaries():
+    faces = select_test_faces(CUE, classes=["Happiness", "Sadness", "Anger", "Surprise", "Fear", "Disgust"], kind="cue")
+    assert faces and all(meta["race"] == 2 for _, meta in faces)
+    frame, images = create_twin_images(faces, "cue", size=16)
+    assert set(frame["variant"]) == {"cue", "no cue"} and len(images) == 2 * len(faces)
+    # a model that always says Happiness on the cued twin and is right otherwise
+    frame["pred_label"] = np.where(frame["variant"] == "cue", "Happiness", frame["true_label"])
+    frame["correct"] = frame["pred_label"] == frame["true_label"]
+    frame["prob_cued"] = np.where(frame["variant"] == "cue", 0.9, 0.1)
+    shift = compute_cue_shift(frame, "Happiness").set_index(["faces", "variant"])
+    assert shift.loc[("not Happiness", "cue"), "predicted_cued"] == 1.0
+    assert shift.loc[("not Happiness", "no cue"), "predicted_cued"] == 0.0
+    recall = compute_twin_recall(frame)
+    assert recall.loc["(accuracy)", "no cue"] == 1.0 and recall["n"].sum() > len(faces)
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="kind"):
+        select_test_faces(CUE, classes=["Happiness"], kind="hair")
+
+
+def test_cue_lies_in_the_background_region():
+    """So that a CAM drawn to the cue counts as background energy (the `background` failure tag)."""
+    from pipeline.explain.regions import REGION_INDEX, compute_region_map
+
+    for index in range(6):
+        params, _ = sample_face_params(CUE, index)
+        regions = compute_region_map(render_face(params).landmarks)
+        for x0, y0, x1, y1 in compute_cue_boxes():
+            assert (regions[y0:y1, x0:x1] == REGION_INDEX["background"]).mean() > 0.95
