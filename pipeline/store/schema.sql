@@ -319,6 +319,8 @@ CREATE TABLE IF NOT EXISTS calibration_bins (
     confidence DOUBLE,                      -- mean confidence of the bin's images
     accuracy   DOUBLE,
     PRIMARY KEY (run_id, source, split, scaling, attribute, grp, bin)
+);
+
 -- Counterfactual twins of a synthetic run's test faces (pipeline.synth.twins): each face
 -- drawn again with one thing changed, and the run's prediction on every variant.
 CREATE TABLE IF NOT EXISTS twin_predictions (
