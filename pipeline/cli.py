@@ -44,6 +44,14 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+def create_command_parser(mod, **kwargs) -> argparse.ArgumentParser:
+    """The parser of one command module on its own: its shared options, then its own."""
+    shared = create_parent_parser(getattr(mod, "SHARED_OPTIONS", ()), getattr(mod, "SHARED_HELP", None))
+    parser = argparse.ArgumentParser(parents=[shared], **kwargs)
+    mod.configure(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

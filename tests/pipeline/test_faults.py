@@ -107,6 +107,10 @@ def _wait_for(predicate, proc: subprocess.Popen, what: str, limit_s: float = 300
 
 
 def _new_last_checkpoint(db: Path, before: set[str]):
+    # Run folders already there (e.g. left by another test's stopped run in the shared demo
+    # store's runs/) are not the new run's, whether or not the store lists them.
+    before = set(before) | {p.name for p in runs_dir_for(db).glob("*") if p.is_dir()}
+
     def found() -> Path | None:
         for p in runs_dir_for(db).glob("*/last.pt"):
             if p.parent.name not in before:
@@ -169,8 +173,8 @@ def copy_data(demo_store, tmp_path) -> Path:
 def test_kill_9_during_training_keeps_earlier_rows_and_resume_finishes(copy_store, demo_store):
     earlier = _run_ids(copy_store)
     before = _checksums(copy_store, earlier)
-    proc = _popen(*_train_args(copy_store, demo_store, epochs=4))
     last = _new_last_checkpoint(copy_store, set(earlier))
+    proc = _popen(*_train_args(copy_store, demo_store, epochs=4))
     _wait_for(lambda: last() is not None, proc, "the first epoch's checkpoint")
     proc.kill()
     assert proc.wait(timeout=60) == -signal.SIGKILL
@@ -193,8 +197,8 @@ def test_kill_9_during_training_keeps_earlier_rows_and_resume_finishes(copy_stor
 
 def test_sigterm_marks_the_run_interrupted_and_names_resume(copy_store, demo_store):
     earlier = _run_ids(copy_store)
-    proc = _popen(*_train_args(copy_store, demo_store, epochs=4))
     last = _new_last_checkpoint(copy_store, set(earlier))
+    proc = _popen(*_train_args(copy_store, demo_store, epochs=4))
     _wait_for(lambda: last() is not None, proc, "the first epoch's checkpoint")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

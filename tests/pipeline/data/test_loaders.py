@@ -1,7 +1,6 @@
 """Dataset loaders on tiny hand-made fixtures: RAF-DB, FER2013, folder-per-class, synthetic."""
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from pathlib import Path
@@ -522,9 +521,9 @@ def test_synthetic_bad_extras(tmp_path, damage, expected):
 
 def _run_inspect(argv: list[str]) -> int:
     # The command module on its own (cli.main needs every registered command to exist).
-    parser = argparse.ArgumentParser()
-    inspect_command.configure(parser)
-    return inspect_command.run(parser.parse_args(argv))
+    from pipeline.cli import create_command_parser
+
+    return inspect_command.run(create_command_parser(inspect_command).parse_args(argv))
 
 
 def test_inspect_command_prints_counts(rafdb_root, capsys):

@@ -308,10 +308,10 @@ def test_preview_written(root, tmp_path):
 
 
 def _synth_args(argv: list[str]) -> argparse.Namespace:
+    from pipeline.cli import create_command_parser
     from pipeline.commands import synth
-    parser = argparse.ArgumentParser()
-    synth.configure(parser)
-    return parser.parse_args(argv)
+
+    return create_command_parser(synth).parse_args(argv)
 
 
 def test_command_runs_and_reports_bad_bias(tmp_path, capsys):
