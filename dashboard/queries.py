@@ -7,10 +7,13 @@ entry script wraps each script run in `read_batch`, whose read-only
 connection is opened by the first cache miss and closed when the run ends
 (outside a batch, each query opens and closes its own). The pipeline's
 writer retries on the lock (pipeline.store.db.connect), so it waits out a
-dashboard run rather than failing. Results are cached with `st.cache_data` keyed on a `StoreRef` (path,
+dashboard run rather than failing; the dashboard opens the store through the
+same `connect` (read-only, its lock retry bounded to BUSY_TIMEOUT_S) and checks
+it with the store's own `check_schema` and `missing_columns`, so schema.sql is
+read in one place. Results are cached with `st.cache_data` keyed on a `StoreRef` (path,
 modification time and size of the file and its WAL), so a new run changes the
 key and invalidates every cached result; no TTL is needed. When the writer
-holds the lock, `_read` retries briefly and then raises `StoreBusyError`,
+holds the lock past that time, `_read` raises `StoreBusyError`,
 which the entry script turns into a friendly message.
 
 Values always travel as `?` parameters; the only text spliced into SQL comes
@@ -23,7 +26,6 @@ import json
 import os
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +37,10 @@ import pandas as pd
 import streamlit as st
 
 from pipeline.constants import ENERGY_COLUMNS, FACE_REGIONS
+from pipeline.errors import UserError
+from pipeline.store import db as store
 
-SCHEMA_SQL = Path(__file__).resolve().parent.parent / "pipeline" / "store" / "schema.sql"
-LOCK_RETRIES = 6
-LOCK_WAIT_S = 0.25
+BUSY_TIMEOUT_S = 1.5  # how long a page waits for the pipeline's write lock before saying "refresh"
 
 
 class StoreBusyError(Exception):
@@ -120,23 +122,12 @@ def create_store_ref(path: str | Path) -> StoreRef:
 # ---------------------------------------------------------------- connection
 
 
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used by another process" in text
-
-
 def _connect(ref: StoreRef) -> duckdb.DuckDBPyConnection:
-    last: Exception | None = None
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return duckdb.connect(ref.path, read_only=True)
-        except duckdb.IOException as exc:
-            if not _is_lock_error(exc):
-                raise
-            last = exc
-            time.sleep(LOCK_WAIT_S * (attempt + 1) / 2)
-    raise StoreBusyError(
-        f"The pipeline is writing to {ref.path}; refresh in a moment. ({last})")
+    """The store's own read-only `connect` (its lock retry, bounded to BUSY_TIMEOUT_S); schema checked apart."""
+    try:
+        return store.connect(ref.path, read_only=True, timeout_s=BUSY_TIMEOUT_S, check=False)
+    except store.StoreBusyError as exc:
+        raise StoreBusyError(f"The pipeline is writing to {ref.path}; refresh in a moment.") from exc
 
 
 _local = threading.local()
@@ -190,22 +181,6 @@ def _read_many(ref: StoreRef, statements: list[tuple[str, list]]) -> list[pd.Dat
 # ---------------------------------------------------------------- status
 
 
-@st.cache_resource(show_spinner=False)
-def _expected_columns() -> dict[str, tuple[str, ...]]:
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(SCHEMA_SQL.read_text())
-        rows = con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
-        ).fetchall()
-    finally:
-        con.close()
-    out: dict[str, list[str]] = {}
-    for t, c in rows:
-        out.setdefault(t, []).append(c)
-    return {t: tuple(cs) for t, cs in out.items()}
-
-
 @st.cache_data(show_spinner=False)
 def load_store_status(ref: StoreRef) -> StoreStatus:
     """Whether the store can be shown, and if not, what the user should do."""
@@ -216,30 +191,21 @@ def load_store_status(ref: StoreRef) -> StoreStatus:
             return _check_store(ref, con)
     except StoreBusyError:
         raise
-    except duckdb.Error as exc:
+    except (duckdb.Error, UserError) as exc:
         return StoreStatus("unreadable", f"{ref.path} could not be opened as a DuckDB file: {exc}")
 
 
 def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
-    from pipeline.store.db import SchemaMismatchError, check_schema
-
-    have: dict[str, set[str]] = {}
-    for t, c in con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'").fetchall():
-        have.setdefault(t, set()).add(c)
-    if not have:
+    if not store.schema_version(con) and not con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main'").fetchone()[0]:
         return StoreStatus("empty", f"{ref.path} exists but holds no results tables yet.")
     try:
-        check_schema(con)  # the recorded schema version
-    except SchemaMismatchError as exc:
+        store.check_schema(con)  # the recorded schema version
+    except store.SchemaMismatchError as exc:
         return StoreStatus("old-schema", str(exc))
-    # and the tables themselves, should a store claim the version without the columns; an older
-    # store lacks the tables added since (pages that read them say to re-run the stage that writes them)
-    from pipeline.store.db import missing_added_tables
-
-    absent = set(missing_added_tables(con))
-    missing = [f"{t}.{c}" for t, cs in _expected_columns().items() if t not in absent
-               for c in cs if c not in have.get(t, set())]
+    # and the columns themselves, should a store claim the version without them; an older store
+    # lacks the tables added since (pages that read them say to re-run the stage that writes them)
+    missing = store.missing_columns(con)
     if missing:
         return StoreStatus(
             "old-schema",
@@ -422,10 +388,8 @@ def load_image_detail(ref: StoreRef, run_id: str, image_id: str, fingerprint: st
 @st.cache_data(show_spinner=False)
 def load_missing_tables(ref: StoreRef) -> tuple[str, ...]:
     """Tables added by later schema versions that this (older, still readable) store does not hold yet."""
-    from pipeline.store.db import missing_added_tables
-
     with _connection(ref) as con:
-        return tuple(missing_added_tables(con))
+        return tuple(store.missing_added_tables(con))
 
 
 _REGION_COLUMNS = ", ".join(f"{c} AS {c[2:]}" for c in ENERGY_COLUMNS)

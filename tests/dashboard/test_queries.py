@@ -57,9 +57,12 @@ def test_reading_does_not_keep_the_file_open(tmp_path, fake_store):
     r = queries.create_store_ref(db)
     queries.load_runs(r)
     queries.load_prediction_page(r, RUN, queries.ErrorFilters(), 5, 0)
-    con = duckdb.connect(str(db))  # a writer can take the file right after
+    # A connection left open in this process would make this writable open fail ("different configuration").
+    con = duckdb.connect(str(db))
     con.execute("UPDATE runs SET recipe = 'changed' WHERE run_id = ?", [RUN])
     con.close()
+    changed = queries.create_store_ref(db)
+    assert queries.load_runs(changed).set_index("run_id").loc[RUN, "recipe"] == "changed"
 
 
 def test_a_new_run_shows_after_a_refresh(tmp_path, fake_store):
@@ -82,7 +85,7 @@ def test_busy_store_raises_store_busy(tmp_path, fake_store, monkeypatch):
 
     db = tmp_path / "b.duckdb"
     shutil.copy(fake_store, db)
-    monkeypatch.setattr(queries, "LOCK_WAIT_S", 0.01)
+    monkeypatch.setattr(queries, "BUSY_TIMEOUT_S", 0.2)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import duckdb, sys
         con = duckdb.connect({str(db)!r})
