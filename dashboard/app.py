@@ -1,7 +1,8 @@
 """Entry script of the dashboard: `streamlit run dashboard/app.py [-- --db PATH]`.
 
 Puts the project root on sys.path (so `pipeline` and `dashboard` import when
-Streamlit runs this file directly), resolves and checks the store, declares the
+Streamlit runs this file directly), resolves and checks the store, draws the run and demographic-source
+pickers in the sidebar once for every page, declares the
 pages with `st.navigation` (page modules live in dashboard/views/: a folder named
 pages/ beside the entry script would switch Streamlit to its legacy
 auto-discovered multipage mode, under which AppTest runs page files directly,
@@ -22,6 +23,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard import queries, widgets  # noqa: E402
 
+SIDEBAR_PX = 400  # wide enough for a whole run id in the run picker
 PAGES_DIR = Path(__file__).resolve().parent / "views"
 PAGES = [
     ("overview.py", "Overview", ":material/home:"),
@@ -35,7 +37,8 @@ PAGES = [
 
 
 def main() -> None:
-    st.set_page_config(page_title="FER results", page_icon=":material/face:", layout="wide")
+    st.set_page_config(page_title="FER results", page_icon=":material/face:", layout="wide",
+                       initial_sidebar_state=SIDEBAR_PX)
     pages = [st.Page(PAGES_DIR / name, title=title, icon=icon, default=(i == 0))
              for i, (name, title, icon) in enumerate(PAGES)]
     page = st.navigation(pages)
@@ -47,7 +50,8 @@ def main() -> None:
             if status.state != "ok":
                 widgets.render_store_problem(status, str(db_path))
                 return
-            st.session_state["store_ref"] = ref
+            widgets.start_url_notices(st.container())  # URL values that do not apply, said at the top
+            st.session_state["page_context"] = widgets.render_run_context(ref)  # the sidebar pickers, once
             page.run()
     except queries.StoreBusyError:
         st.info("The pipeline is writing to the results store; refresh in a moment.")

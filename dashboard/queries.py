@@ -85,6 +85,21 @@ class ErrorFilters:
     fingerprint: str = ""                   # the run's dataset fingerprint (demographics key)
     order: str = "confidence"               # 'confidence' (most confident first) | 'image'
 
+    def describe(self) -> str:
+        """The filters that differ from the defaults, as short words for file names ('test-wrong-true-Anger')."""
+        words = [self.split, self.correct]
+        for name, values in (("true", self.true_labels), ("pred", self.pred_labels), ("gender", self.genders),
+                             ("race", self.races), ("age", self.ages)):
+            if values:
+                words += [name, *values]
+        if self.conf_min > 0.0 or self.conf_max < 1.0:
+            words += ["conf", f"{self.conf_min:g}-{self.conf_max:g}"]
+        if self.tag:
+            words += ["tag", self.tag]
+        if self.method:
+            words += ["cam", self.method]
+        return "-".join(words)
+
 
 # ---------------------------------------------------------------- store location
 
@@ -336,20 +351,24 @@ def count_predictions(ref: StoreRef, run_id: str, filters: ErrorFilters) -> int:
 
 
 @st.cache_data(show_spinner=False)
-def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int, offset: int) -> pd.DataFrame:
-    """One page of filtered predictions with image path and demographics of the filter's source."""
+def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int | None,
+                         offset: int = 0) -> pd.DataFrame:
+    """One page of filtered predictions with image path and demographics of the filter's source
+    (`limit=None`: every filtered prediction, for the table download)."""
     frm, where, params = _filter_sql(run_id, filters)
     order = ("p.confidence DESC, p.image_id" if filters.order == "confidence" else "p.image_id")
+    limit_sql = "LIMIT ? OFFSET ?" if limit is not None else "OFFSET ?"
     sql = f"""
         WITH page AS (
             SELECT p.image_id, p.true_label, p.pred_label, p.confidence, p.correct
-            FROM {frm} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?)
+            FROM {frm} WHERE {where} ORDER BY {order} {limit_sql})
         SELECT page.*, i.path, dd.gender, dd.race, dd.age_group
         FROM page
         LEFT JOIN images i ON i.run_id = ? AND i.image_id = page.image_id
         LEFT JOIN demographics dd ON dd.dataset_fingerprint = ? AND dd.source = ? AND dd.image_id = page.image_id
         ORDER BY {order.replace('p.', 'page.')}"""
-    params = params + [int(limit), int(offset), run_id, filters.fingerprint, filters.source]
+    params = params + [*([int(limit)] if limit is not None else []), int(offset), run_id, filters.fingerprint,
+                       filters.source]
     return _read(ref, sql, params)
 
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import charts, queries, widgets
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Compare runs")
 
 by_id = {r["run_id"]: r for r in ctx.runs.to_dict("records")}

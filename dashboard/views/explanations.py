@@ -8,8 +8,9 @@ from pipeline.explain.codec import decode_cam
 from pipeline.constants import FACE_REGIONS
 
 GALLERY = 8
+ERRORS_PAGE = "views/errors.py"
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Explanations")
 
 methods = queries.load_explainer_methods(ctx.ref, ctx.run_id)
@@ -24,7 +25,8 @@ emotion = widgets.synced_selectbox("Emotion", ctx.classes, key="emotion", contai
 alpha = widgets.synced_slider("CAM opacity", key="alpha", lo=0.0, hi=1.0, default=0.5, step=0.05, container=c4)
 
 st.subheader(f"{emotion}: correct versus misclassified")
-st.caption("Most confident first; CAM for the predicted class, left, and the true class, right.")
+st.caption(f"Most confident first; the {method} CAM for the predicted class, left, and the true class, right. "
+           "Details opens the image in the Error explorer.")
 for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", "Misclassified")):
     # No method filter: it would cost a join with every stored CAM; images without a CAM show plain.
     f = queries.ErrorFilters(split=split, true_labels=(emotion,), correct=outcome,
@@ -43,8 +45,13 @@ for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", 
                 image, _ = charts.load_image_rgb(r["path"])
                 pcam = cam_of.get((r["image_id"], "pred"))
                 tcam = cam_of.get((r["image_id"], "true"), pcam if r["correct"] else None)
-                icol.image(charts.create_thumbnail(image, pcam, tcam, alpha),
-                           caption=f"{r['image_id']} → {r['pred_label']} ({r['confidence']:.0%})", width="stretch")
+                shown = method if pcam is not None or tcam is not None else "no CAM"
+                icol.image(charts.create_thumbnail(image, pcam, tcam, alpha), width="stretch",
+                           caption=f"{r['image_id']} → {r['pred_label']} ({r['confidence']:.0%}) · {shown}")
+                if icol.button("Details", key=f"open-{r['image_id']}", icon=":material/zoom_in:", type="tertiary"):
+                    st.switch_page(ERRORS_PAGE, query_params={
+                        "run": ctx.run_id, "split": split, "outcome": "all", "true": r["true_label"],
+                        "img": r["image_id"]})
 
 st.subheader("Mean heatmap per emotion")
 means = queries.load_mean_cams(ctx.ref, ctx.run_id, method, split)

@@ -11,7 +11,7 @@ import streamlit as st
 from dashboard import charts, queries, widgets
 from pipeline.constants import FACE_REGIONS
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Export")
 st.caption(f"Files are named <run>__<view>.<ext>; run {ctx.run_id}. Tables: CSV, LaTeX (booktabs), Markdown. "
            "Figures: SVG, PNG, PDF.")

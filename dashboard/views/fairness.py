@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts, queries, widgets
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Fairness audit")
 
 sources = queries.load_audit_sources(ctx.ref, ctx.run_id)
