@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipeline.constants import ENERGY_COLUMNS, FACE_REGIONS
+from pipeline.constants import DEMOGRAPHIC_ATTRIBUTES, ENERGY_COLUMNS, FACE_REGIONS, value_rank
 from pipeline.errors import UserError
 from pipeline.store import db as store
 
@@ -99,6 +99,71 @@ class ErrorFilters:
         if self.method:
             words += ["cam", self.method]
         return "-".join(words)
+
+
+# ---------------------------------------------------------------- natural order
+
+SPLIT_ORDER = ("test", "val", "train")
+METRIC_ORDER = ("accuracy", "macro_f1")
+
+
+def _attribute_key(attribute: str) -> tuple:
+    """gender, race, age, then intersections by size (gender×emotion before gender×race×emotion)."""
+    parts = str(attribute).split("×")
+    return (len(parts), tuple(DEMOGRAPHIC_ATTRIBUTES.index(a) if a in DEMOGRAPHIC_ATTRIBUTES else 9 for a in parts),
+            str(attribute))
+
+
+def _group_key(attribute: str, grp: str) -> tuple:
+    """'female | Anger' of 'gender×emotion' by each part's natural order (code order, class order)."""
+    attrs, parts = str(attribute).split("×"), str(grp).split(" | ")
+    if len(attrs) != len(parts):
+        return ((99, str(grp)),)
+    return tuple(value_rank(a, v) for a, v in zip(attrs, parts))
+
+
+def _metric_key(metric: str) -> tuple:
+    """accuracy, macro_f1, then recall:<emotion> in class order."""
+    metric = str(metric)
+    if metric in METRIC_ORDER:
+        return (METRIC_ORDER.index(metric), (0, ""))
+    head, _, emotion = metric.partition(":")
+    return (len(METRIC_ORDER), (head, value_rank("emotion", emotion)))
+
+
+def _value_key(kind: str, value) -> tuple:
+    if kind == "attribute":
+        return _attribute_key(value)
+    if kind == "metric":
+        return _metric_key(value)
+    if kind == "split":
+        return (SPLIT_ORDER.index(value), "") if value in SPLIT_ORDER else (len(SPLIT_ORDER), str(value))
+    if kind == "emotion" and value == "all":
+        return (-1, "")
+    if kind == "flag":  # True (correct) before False
+        return (0 if bool(value) else 1,)
+    return value_rank(kind, value)
+
+
+def natural_values(kind: str, values) -> list:
+    """The distinct `values` in natural order (`kind` as in `sort_natural`, not 'group')."""
+    return sorted(dict.fromkeys(values), key=lambda v: _value_key(kind, v))
+
+
+def sort_natural(df: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
+    """Rows sorted by `keys` ({column: kind}, first column first) in natural order, never as text.
+
+    kind: an attribute of constants.ATTRIBUTE_ORDER ('gender', 'race', 'age', 'emotion'; 'all' first),
+    'attribute' (gender, race, age, intersections), 'group' (a group label read by the row's `attribute`),
+    'metric', 'split' or 'flag' (True first).
+    """
+    if df.empty:
+        return df.reset_index(drop=True)
+    def row_key(row) -> tuple:
+        return tuple(_group_key(row["attribute"], row[col]) if kind == "group" else _value_key(kind, row[col])
+                     for col, kind in keys.items())
+    order = sorted(range(len(df)), key=lambda i: row_key(df.iloc[i]))
+    return df.iloc[order].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- store location
@@ -266,9 +331,9 @@ def load_run_splits(ref: StoreRef, run_id: str) -> list[str]:
 
 @st.cache_data(show_spinner=False)
 def load_class_metrics(ref: StoreRef, run_id: str, split: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT label, precision, recall, f1, support FROM class_metrics
-        WHERE run_id = ? AND split = ?""", [run_id, split])
+        WHERE run_id = ? AND split = ?""", [run_id, split]), {"label": "emotion"})
 
 
 @st.cache_data(show_spinner=False)
@@ -285,9 +350,9 @@ def load_epochs(ref: StoreRef, run_id: str) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def load_class_distribution(ref: StoreRef, run_id: str) -> pd.DataFrame:
     """Images per split and true label (train/val/test as stored in `images`)."""
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT split, true_label AS label, count(*) AS n FROM images
-        WHERE run_id = ? GROUP BY split, true_label ORDER BY split, true_label""", [run_id])
+        WHERE run_id = ? GROUP BY split, true_label""", [run_id]), {"split": "split", "label": "emotion"})
 
 
 # ---------------------------------------------------------------- error explorer
@@ -423,10 +488,10 @@ def load_region_energy(ref: StoreRef, run_id: str, method: str, split: str = "te
     """
     if "heatmap_summary" in load_missing_tables(ref):
         return pd.DataFrame(columns=["emotion", "correct", "n", *(c[2:] for c in ENERGY_COLUMNS)])
-    return _read(ref, f"""
+    return sort_natural(_read(ref, f"""
         SELECT emotion, correct, n, {_REGION_COLUMNS} FROM heatmap_summary
-        WHERE run_id = ? AND method = ? AND split = ?
-        ORDER BY emotion, correct DESC""", [run_id, method, split])
+        WHERE run_id = ? AND method = ? AND split = ?""", [run_id, method, split]),
+                        {"correct": "flag", "emotion": "emotion"})
 
 
 @st.cache_data(show_spinner=False)
@@ -467,9 +532,10 @@ def load_summary_outdated(ref: StoreRef, run_id: str, method: str) -> bool:
 
 @st.cache_data(show_spinner=False)
 def load_explanation_metrics(ref: StoreRef, run_id: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT method, metric, emotion, value, ci_low, ci_high, n, passed FROM explanation_metrics
-        WHERE run_id = ? ORDER BY method, metric, emotion""", [run_id])
+        WHERE run_id = ? ORDER BY method, metric""", [run_id]), {"method": "method", "metric": "method",
+                                                                  "emotion": "emotion"})
 
 
 # ---------------------------------------------------------------- fairness
@@ -501,25 +567,26 @@ def load_audit_settings(ref: StoreRef, run_id: str, source: str, split: str) -> 
 
 @st.cache_data(show_spinner=False)
 def load_audit_cells(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT attribute, grp, metric, n, value, ci_low, ci_high, low_support FROM audit_cells
-        WHERE run_id = ? AND source = ? AND split = ? ORDER BY attribute, metric, grp""",
-                 [run_id, source, split])
+        WHERE run_id = ? AND source = ? AND split = ?""", [run_id, source, split]),
+                        {"attribute": "attribute", "metric": "metric", "grp": "group"})
 
 
 @st.cache_data(show_spinner=False)
 def load_audit_gaps(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT attribute, metric, comparison, grp, gap, ci_low, ci_high, p_value, p_adjusted, correction, significant
-        FROM audit_gaps WHERE run_id = ? AND source = ? AND split = ?
-        ORDER BY attribute, metric, comparison""", [run_id, source, split])
+        FROM audit_gaps WHERE run_id = ? AND source = ? AND split = ? ORDER BY comparison""",
+                              [run_id, source, split]), {"attribute": "attribute", "metric": "metric", "grp": "group"})
 
 
 @st.cache_data(show_spinner=False)
 def load_proxy_agreement(ref: StoreRef, fingerprint: str) -> pd.DataFrame:
-    return _read(ref, """
+    df = _read(ref, """
         SELECT source, reference, attribute, annotated, inferred, n FROM proxy_agreement
-        WHERE dataset_fingerprint = ? ORDER BY source, attribute, annotated, inferred""", [fingerprint])
+        WHERE dataset_fingerprint = ? ORDER BY source""", [fingerprint])
+    return sort_natural(df, {"attribute": "attribute", "annotated": "group", "inferred": "group"})
 
 
 # ---------------------------------------------------------------- compare
@@ -530,9 +597,9 @@ def load_compare_class_metrics(ref: StoreRef, run_ids: tuple[str, ...], split: s
     if not run_ids:
         return pd.DataFrame(columns=["run_id", "label", "precision", "recall", "f1", "support"])
     marks = ", ".join("?" for _ in run_ids)
-    return _read(ref, f"""
+    return sort_natural(_read(ref, f"""
         SELECT run_id, label, precision, recall, f1, support FROM class_metrics
-        WHERE split = ? AND run_id IN ({marks}) ORDER BY run_id, label""", [split, *run_ids])
+        WHERE split = ? AND run_id IN ({marks}) ORDER BY run_id""", [split, *run_ids]), {"label": "emotion"})
 
 
 @st.cache_data(show_spinner=False)
@@ -541,7 +608,8 @@ def load_compare_groups(ref: StoreRef, run_ids: tuple[str, ...], source: str, sp
     if not run_ids:
         return pd.DataFrame(columns=["run_id", "attribute", "grp", "n", "value", "ci_low", "ci_high", "low_support"])
     marks = ", ".join("?" for _ in run_ids)
-    return _read(ref, f"""
+    return sort_natural(_read(ref, f"""
         SELECT run_id, attribute, grp, n, value, ci_low, ci_high, low_support FROM audit_cells
         WHERE source = ? AND split = ? AND metric = ? AND attribute IN ('gender', 'race', 'age')
-          AND run_id IN ({marks}) ORDER BY attribute, grp, run_id""", [source, split, metric, *run_ids])
+          AND run_id IN ({marks}) ORDER BY run_id""", [source, split, metric, *run_ids]),
+                        {"attribute": "attribute", "grp": "group"})

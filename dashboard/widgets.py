@@ -277,10 +277,22 @@ def render_table_downloads(df: pd.DataFrame, view: str, run_id: str, *, caption:
             key=f"dl-{view}-{fmt}")
 
 
+DECIMALS = "%.3f"  # every fractional number a page shows (values, CIs, shares, p-values)
+
+
+def create_number_config(df: pd.DataFrame, column_config: dict | None = None) -> dict:
+    """`column_config` plus a three-decimal format for every float column it does not configure."""
+    config = dict(column_config or {})
+    for column in df.columns:
+        if column not in config and pd.api.types.is_float_dtype(df[column]):
+            config[column] = st.column_config.NumberColumn(format=DECIMALS)
+    return config
+
+
 def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | None = None,
                  height: int | str = "auto", column_config: dict | None = None) -> None:
-    """A data frame with CSV / LaTeX / Markdown downloads named after the run and view."""
-    st.dataframe(df, hide_index=True, height=height, column_config=column_config)
+    """A data frame (floats to three decimals) with CSV / LaTeX / Markdown downloads named after the run and view."""
+    st.dataframe(df, hide_index=True, height=height, column_config=create_number_config(df, column_config))
     render_table_downloads(df, view, run_id, caption=caption)
 
 
@@ -298,7 +310,8 @@ def format_audit_settings(settings: dict | None) -> str:
                 "`python -m pipeline audit` to record them.")
     c = settings["config"]
     return (f"Audit settings: alpha {c['alpha']}, {c['correction']} correction across all gaps, minimum support "
-            f"{c['min_support']}, intersections of up to {c['max_order']} attributes, {c['n_boot']} bootstrap "
+            f"{c['min_support']}, intersections of up to {c['max_order']} demographic attributes (each also crossed "
+            f"with emotion), {c['n_boot']} bootstrap "
             f"resamples, {c['n_perm']} permutations, seed {c['seed']}; {settings['n_labelled']} of "
             f"{settings['n_predictions']} predictions labelled by this source.")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, queries, widgets
+from dashboard import charts, checks, queries, widgets
 from pipeline.explain.codec import decode_cam
 from pipeline.constants import FACE_REGIONS
 
@@ -84,25 +84,28 @@ regions = list(FACE_REGIONS)
 if outdated:
     st.write("Needs the same re-run of `explain` (see above).")
 elif len(energy):
-    widgets.render_figure(charts.create_region_energy_chart(energy, regions), f"region-energy-{method}-{split}",
-                          ctx.run_id)
+    widgets.render_figure(charts.create_region_energy_chart(energy, regions, ctx.classes),
+                          f"region-energy-{method}-{split}", ctx.run_id)
     widgets.render_table(energy, f"region-energy-table-{method}-{split}", ctx.run_id,
-                         caption=f"Mean CAM energy share per facial region ({method}, {split})",
-                         column_config={r: st.column_config.NumberColumn(format="%.3f") for r in regions})
+                         caption=f"Mean CAM energy share per facial region ({method}, {split})")
 else:
     st.write("No region energies stored.")
 
 st.subheader("Faithfulness and sanity checks")
 em = queries.load_explanation_metrics(ctx.ref, ctx.run_id)
 if len(em):
+    for m, verdict in checks.compute_verdicts(em).items():
+        st.markdown(f"**{m}**: {verdict}.")
+    per_emotion = st.toggle("Per emotion too", value=False, key="xm_all")
+    table = checks.compute_check_table(em, per_emotion=per_emotion)
+    widgets.render_table(table, "explanation-checks", ctx.run_id,
+                         caption="Explanation checks per method (value, baseline, CI, n, pass rule)",
+                         column_config={"rule": st.column_config.TextColumn(width="large")})
+    st.caption(f"Values over {'every emotion and each one' if per_emotion else 'all emotions'}; CIs are 95% "
+               f"bootstrap intervals; a result on fewer than {checks.SMALL_N} images is flagged small n.")
     widgets.render_figure(charts.create_explanation_metrics_chart(em), "explanation-metrics", ctx.run_id)
-    show_all = st.toggle("Per emotion too", value=False, key="xm_all")
-    table = em if show_all else em[em["emotion"] == "all"]
-    widgets.render_table(table, "explanation-metrics-table", ctx.run_id,
-                         caption="Faithfulness, sanity checks and localisation per method")
-    checks = em[em["passed"].notna()]
-    for r in checks.to_dict("records"):
-        (st.success if r["passed"] else st.error)(
-            f"{r['method']}: {r['metric']} = {r['value']:.3f} — {'passed' if r['passed'] else 'FAILED'}")
+    with st.expander("Every stored metric (faithfulness, localisation and their baselines)"):
+        widgets.render_table(em if per_emotion else em[em["emotion"] == "all"], "explanation-metrics-table",
+                             ctx.run_id, caption="Faithfulness, sanity checks and localisation per method")
 else:
     st.write("No faithfulness or sanity-check results stored for this run.")
