@@ -290,7 +290,7 @@ def create_compare_chart(df: pd.DataFrame, x: str, value: str, title: str, sort:
         xOffset=alt.XOffset("run_id:N", sort=runs), y=alt.Y(f"{value}:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("run_id:N", sort=runs, legend=alt.Legend(orient="bottom", columns=1, labelLimit=LABEL_LIMIT)),
         tooltip=["run_id", x, alt.Tooltip(f"{value}:Q", format=".3f")],
-    ).properties(width=alt.Step(14 * max(2, len(runs)) + 8), height=240, title=title))
+    ).properties(width=alt.Step(max(56, 16 * len(runs) + 16)), height=240, title=title))
 
 
 def create_explanation_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:

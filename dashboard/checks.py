@@ -55,8 +55,8 @@ def _ci(low: float, high: float) -> str:
 def compute_check_table(metrics: pd.DataFrame, *, per_emotion: bool = False) -> pd.DataFrame:
     """One row per method × check × emotion ('all' only unless `per_emotion`).
 
-    Columns: method, check, emotion, value, baseline, ci (of the value), n, rule, result
-    ('passed' / 'failed', with ', small n' below SMALL_N images).
+    Columns: method, check, emotion, result ('passed' / 'failed', with ', small n' below SMALL_N images),
+    value, baseline, ci (of the value), n, rule.
     """
     by_key = metrics.set_index(["method", "metric", "emotion"])
     rows = []
@@ -71,7 +71,7 @@ def compute_check_table(metrics: pd.DataFrame, *, per_emotion: bool = False) -> 
         rows.append({"method": r.method, "check": check.name, "emotion": r.emotion, "value": float(r.value),
                      "baseline": float(base) if base is not None else float("nan"),
                      "ci": _ci(r.ci_low, r.ci_high), "n": int(r.n), "rule": check.rule, "result": result})
-    columns = ["method", "check", "emotion", "value", "baseline", "ci", "n", "rule", "result"]
+    columns = ["method", "check", "emotion", "result", "value", "baseline", "ci", "n", "rule"]
     return pd.DataFrame(rows, columns=columns)
 
 

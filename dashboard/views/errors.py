@@ -150,19 +150,19 @@ if true_cam is not None:
             width="stretch")
 st.write(f"True **{p['true_label']}**, predicted **{p['pred_label']}** with confidence {p['confidence']:.1%} "
          f"({'correct' if p['correct'] else 'misclassified'}), split {p['split']}.")
-left, right = st.columns(2)
+left, right = st.columns([2, 3])
 with left:
     widgets.render_figure(charts.create_probabilities_chart(ctx.classes, list(p["probs"]), p["true_label"]),
                           f"probabilities-{image_id}", ctx.run_id)
 with right:
-    energies = detail["energies"].rename(columns={f"e_{r}": r for r in FACE_REGIONS})
-    st.markdown("**Region energies** (share of CAM energy per facial region)")
-    widgets.render_table(energies, f"region-energies-{image_id}", ctx.run_id)
+    if len(detail["tags"]):
+        st.write("Failure-mode tags: " + ", ".join(
+            f"{t}" + (f" ({m})" if m else "") for m, t in zip(detail["tags"]["method"], detail["tags"]["tag"])))
+st.markdown("**Region energies** (share of CAM energy per facial region)")
+energies = detail["energies"].rename(columns={f"e_{r}": r for r in FACE_REGIONS})
+widgets.render_table(energies, f"region-energies-{image_id}", ctx.run_id)
 st.markdown("**Demographics** (per source; inferred labels are perceived, with the backend's confidence)")
 if len(detail["demographics"]):
     widgets.render_table(detail["demographics"], f"demographics-{image_id}", ctx.run_id)
 else:
     st.write("None stored for this image.")
-if len(detail["tags"]):
-    st.write("Failure-mode tags: " + ", ".join(
-        f"{t}" + (f" ({m})" if m else "") for m, t in zip(detail["tags"]["method"], detail["tags"]["tag"])))

@@ -100,7 +100,7 @@ if len(em):
     table = checks.compute_check_table(em, per_emotion=per_emotion)
     widgets.render_table(table, "explanation-checks", ctx.run_id,
                          caption="Explanation checks per method (value, baseline, CI, n, pass rule)",
-                         column_config={"rule": st.column_config.TextColumn(width="large")})
+                         column_config={"check": st.column_config.TextColumn(width="medium")})
     st.caption(f"Values over {'every emotion and each one' if per_emotion else 'all emotions'}; CIs are 95% "
                f"bootstrap intervals; a result on fewer than {checks.SMALL_N} images is flagged small n.")
     widgets.render_figure(charts.create_explanation_metrics_chart(em), "explanation-metrics", ctx.run_id)
