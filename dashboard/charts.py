@@ -142,7 +142,7 @@ def create_confusion_chart(confusion: pd.DataFrame, classes: list[str], normalis
         text=alt.Text("n:Q"),
         color=alt.condition(alt.datum.rate > 0.5, alt.value("white"), alt.value("black")),
     )
-    return _sized((rect + text).properties(width=alt.Step(48), height=alt.Step(40), title="Confusion matrix"))
+    return _sized((rect + text).properties(width=alt.Step(56), height=alt.Step(40), title="Confusion matrix"))
 
 
 def create_class_metrics_chart(metrics: pd.DataFrame, classes: list[str] | None = None) -> alt.Chart:
@@ -181,7 +181,7 @@ def create_probabilities_chart(classes: list[str], probs: list[float], true_labe
         y=alt.Y("emotion:N", sort=list(classes)), x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.condition(alt.datum.is_true, alt.value("#2f6fdf"), alt.value("#9aa6b8")),
         tooltip=["emotion", alt.Tooltip("probability:Q", format=".3f")],
-    ).properties(width=300, height=alt.Step(22), title="Class probabilities (blue = true class)"))
+    ).properties(width=320, height=alt.Step(22), title="Class probabilities (blue = true class)"))
 
 
 def create_region_energy_chart(energy: pd.DataFrame, regions: list[str], classes: list[str] | None = None) -> alt.Chart:
@@ -278,7 +278,7 @@ def create_proxy_chart(agreement: pd.DataFrame, attribute: str) -> alt.Chart:
                                    tooltip=["source", "annotated", "inferred", "n",
                                             alt.Tooltip("share:Q", format=".1%")])
     text = base.mark_text(fontSize=10).encode(text="n:Q")
-    return _sized((rect + text).properties(width=alt.Step(48), height=alt.Step(28),
+    return _sized((rect + text).properties(width=320, height=alt.Step(28),
                                            title=f"{attribute}: annotated vs inferred"))
 
 
