@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipeline.constants import DEMOGRAPHIC_ATTRIBUTES, ENERGY_COLUMNS, FACE_REGIONS, value_rank
+from pipeline.constants import DEMOGRAPHIC_ATTRIBUTES, ENERGY_COLUMNS, value_rank
 from pipeline.errors import UserError
 from pipeline.store import db as store
 

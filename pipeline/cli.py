@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline <command> ...`.
 
 Each command lives in its own module under `pipeline/commands/`, exposing
-`configure(parser)` and `run(args) -> int`. Modules are imported only when their
+`configure(parser)`, `run(args) -> int` and `SHARED_OPTIONS` (the options it takes
+from pipeline.commands.options, declared there once). Modules are imported only when their
 command runs, so `--help` stays fast and one broken optional dependency does
 not take the whole tool down. `UserError`s print as one clear message.
 """
@@ -11,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from pipeline.commands.options import create_parent_parser
 from pipeline.errors import UserError
 
 # (command, module, one-line help)
@@ -32,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module, help_text in COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        shared = create_parent_parser(getattr(mod, "SHARED_OPTIONS", ()), getattr(mod, "SHARED_HELP", None))
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[shared])
         p.set_defaults(_module=module)
-        importlib.import_module(module).configure(p)
+        mod.configure(p)
     return parser
 
 

@@ -21,11 +21,6 @@ def emotions_for(num_classes: int) -> tuple[str, ...]:
     raise ValueError(f"num_classes must be 6 or 7, got {num_classes}")
 
 
-# RAF-DB's label file codes 1..7 map to EMOTIONS[code - 1].
-def rafdb_code_to_emotion(code: int) -> str:
-    return EMOTIONS[code - 1]
-
-
 # FER2013's `emotion` column: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad,
 # 5 Surprise, 6 Neutral.
 FER2013_CODE_TO_EMOTION: dict[int, str] = {

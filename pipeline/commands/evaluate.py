@@ -15,12 +15,14 @@ import argparse
 DATASETS = ("rafdb", "fer2013", "folder", "synthetic")
 
 
+SHARED_OPTIONS = ('db', 'run', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {'run': "trained run: id, unique prefix or 'latest' (default {default})", 'seed': "seed of the dataset's val hold-out (default {default})"}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--run", default="latest", help="trained run: id, unique prefix or 'latest' (default)")
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--root", required=True)
     parser.add_argument("--classes", type=int, choices=(6, 7), default=7,
@@ -29,11 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("test", "val", "train", "all"), default="test",
                         help="which split(s) to evaluate (default test)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset's val hold-out")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
-    parser.add_argument("--quiet", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:

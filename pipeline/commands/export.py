@@ -17,12 +17,13 @@ from pathlib import Path
 TABLE_NAMES = ("audit", "gaps", "class-metrics", "confusion", "proxy")  # keep in step with export.TABLES
 
 
+SHARED_OPTIONS = ('db', 'run')  # added by pipeline.cli from pipeline.commands.options
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--run", default="latest", help="run id, unique prefix or 'latest' (default)")
     parser.add_argument("--table", choices=TABLE_NAMES, required=True)
     parser.add_argument("--format", choices=("csv", "latex", "markdown"), default="markdown")
     parser.add_argument("--split", default="test", help="split (default test)")
@@ -42,7 +43,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption", default=None, help="LaTeX caption (wraps the tabular in a table float)")
     parser.add_argument("--label", default=None, help="LaTeX label")
     parser.add_argument("--out", type=Path, default=None, help="write to this file (default: print)")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
 
 
 def _pick_source(con, table: str, available_keys: dict, wanted: str | None) -> str:

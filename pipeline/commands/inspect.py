@@ -9,6 +9,10 @@ DATASETS = ("rafdb", "fer2013", "folder", "synthetic")  # keep in step with data
 MAX_SKIPS_SHOWN = 10
 
 
+SHARED_OPTIONS = ('seed',)  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {'seed': 'seed of the validation hold-out (default {default})'}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset format")
     parser.add_argument("--root", type=Path, default=None,
@@ -19,7 +23,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="RAF-DB/synthetic image variant")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of train held out as val where there is no official val split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out")
     parser.add_argument("--verify-images", action="store_true",
                         help="decode every image file to find corrupt ones")
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.paths import DEFAULT_DB
-
 COLUMNS = ("run_id", "status", "kind", "dataset", "recipe", "accuracy", "started")
 
 
+SHARED_OPTIONS = ('db',)  # added by pipeline.cli from pipeline.commands.options
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=str(DEFAULT_DB), metavar="PATH",
-                        help=f"results store (default: {DEFAULT_DB})")
     parser.add_argument("--all", action="store_true", help="include running and failed runs")
     parser.add_argument("--delete", metavar="RUN",
                         help="delete this run (full id or unique prefix) and all its rows")

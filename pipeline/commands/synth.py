@@ -24,13 +24,16 @@ def _shares(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+SHARED_OPTIONS = ('seed', 'quiet')  # added by pipeline.cli from pipeline.commands.options
+SHARED_HELP = {'seed': 'random seed (default {default}); same arguments + seed = identical files', 'quiet': 'no progress bar'}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     from pipeline.paths import DEFAULT_SYNTHETIC_DIR
     parser.formatter_class = argparse.RawTextHelpFormatter
     parser.add_argument("--out", type=Path, default=DEFAULT_SYNTHETIC_DIR,
                         help=f"output folder (default {DEFAULT_SYNTHETIC_DIR}); must be empty or absent unless --force")
     parser.add_argument("--n", type=int, default=7000, help="total number of images, train + test (default 7000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same arguments + seed = identical files")
     parser.add_argument("--bias", default=None, metavar="SUBGROUP:EFFECT", help=BIAS_HELP)
     parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
                         help="also write a contact sheet by class (rows = emotions) to this PNG")
@@ -46,7 +49,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--occluder-rate", type=float, default=0.12, help="share of faces with an occluder (default 0.12)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def config_from_args(args: argparse.Namespace):

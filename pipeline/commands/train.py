@@ -14,8 +14,10 @@ RECIPE_NAMES = ("resnet50-transfer", "lightcnn-softlabel")
 ARCHS = ("lightcnn", "lightcnn-half", "resnet18", "resnet50")
 
 
+SHARED_OPTIONS = ('db', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    from pipeline.paths import DEFAULT_DB
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -47,15 +49,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="additive colour-shift augmentation up to ±S of the 0..1 range (e.g. 0.15; 0 = off): "
                             "skin tone and white balance vary while feature contrast stays")
     model.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="epochs without improvement; 0 = off")
-    model.add_argument("--seed", type=int, default=0)
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1 ...")
-    run.add_argument("--db", default=str(DEFAULT_DB), help=f"results store (default {DEFAULT_DB})")
     run.add_argument("--resume", metavar="RUN_OR_DIR",
                      help="continue an interrupted run (id, id prefix or runs/<id> folder) from its last.pt")
     run.add_argument("--stop-after", type=int, metavar="EPOCH",
                      help="stop after this epoch, resumable later with --resume (time-boxed sessions)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 # Command-line options that override one field of the recipe, or of its TrainConfig: (option dest, field).

@@ -17,23 +17,21 @@ costs little more than a plain forward pass:
 - the hook lives in a context manager per batch and is removed on exit, even on
   error, and nothing outlives the batch, so thousands of images do not grow memory.
 
-ScoreCAM is computed with the library's formula but batched over images and
-targets (one masked forward pass scores every class at once), without the
-library's per-image progress bar; it still costs one forward pass per channel
-of the target layer and is never a default.
+ScoreCAM is computed with the library's formula, one image at a time but batched
+over channels and targets (one masked forward pass scores every class at once),
+without the library's per-image progress bar; it still costs one forward pass per
+channel of the target layer and is never a default.
 
 Maps come out as float32 arrays in [0, 1] (min-max scaled per image, as the
-library does). `encode_cam`/`decode_cam` store one as `cam_size`x`cam_size`
-uint8 bytes (32x32 = 1 KB), the `heatmaps.cam` column's format.
+library does). pipeline.explain.codec stores one as `cam_size`x`cam_size` uint8
+bytes (32x32 = 1 KB), the `heatmaps.cam` column's format.
 """
 from __future__ import annotations
 
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -46,7 +44,6 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from pipeline.constants import ENERGY_COLUMNS
-from pipeline.explain.codec import DEFAULT_CAM_SIZE, decode_cam, encode_cam  # noqa: F401  (re-exported)
 
 # Method name (as stored in heatmaps.method) -> pytorch-grad-cam class.
 METHODS: dict[str, type[BaseCAM]] = {
@@ -61,16 +58,6 @@ METHODS: dict[str, type[BaseCAM]] = {
 GRADIENT_METHODS: frozenset[str] = frozenset({"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"})
 CLASS_AGNOSTIC_METHODS: frozenset[str] = frozenset({"eigencam"})  # same map whatever the target
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam",)
-
-
-@dataclass(frozen=True)
-class CamConfig:
-    """Settings of CAM computation, saved with the results they produce."""
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    target_layer: str | None = None     # dotted name, e.g. "layer4.1" or "layer4[-1]"; None = the model's default
-    batch_size: int = 32
-    cam_size: int = DEFAULT_CAM_SIZE    # side of the stored uint8 map
-    scorecam_batch_size: int = 128      # masked images per forward pass in ScoreCAM
 
 
 def validate_methods(methods: Sequence[str]) -> tuple[str, ...]:
@@ -221,7 +208,7 @@ def _scorecam_weights(model: nn.Module, inputs: torch.Tensor, activations: torch
                 scores.append(model(masked).float())
             scores = torch.cat(scores)                                  # C,K
             for s in range(n_sets):
-                weights[s, i] = torch.softmax(scores[:, int(target_sets[s, i])], dim=0).numpy()
+                weights[s, i] = torch.softmax(scores[:, int(target_sets[s, i])], dim=0).cpu().numpy()
     return weights
 
 

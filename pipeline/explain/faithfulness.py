@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -29,17 +28,6 @@ import torch
 from torch import nn
 
 SANITY_MODES: tuple[str, ...] = ("cascading", "head", "full")
-
-
-@dataclass(frozen=True)
-class FaithfulnessConfig:
-    samples: int = 200                          # images (a seeded sample of the test set)
-    road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
-    sanity_samples: int = 100
-    sanity_mode: str = "cascading"              # see create_randomized_model
-    sanity_threshold: float = 0.5               # passed when mean Spearman similarity is below it
-    n_boot: int = 1000
-    seed: int = 0
 
 
 # --------------------------------------------------------------------------- statistics

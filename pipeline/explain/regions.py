@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.constants import ALIGNED_SIZE, ENERGY_COLUMNS, FACE_REGIONS
+from pipeline.constants import ALIGNED_SIZE, FACE_REGIONS
 
 # Five landmarks of a RAF-DB-style aligned 100x100 crop (x, y): eyes at y ~ 42,
 # x ~ 33 and 67, nose tip, mouth corners at y ~ 72-76. Used when an image has no
@@ -37,19 +37,6 @@ ALIGNED_TEMPLATE: np.ndarray = np.array(
     [[33.0, 42.0], [67.0, 42.0], [50.0, 58.0], [37.0, 73.0], [63.0, 73.0]], dtype=np.float64)
 
 REGION_INDEX: dict[str, int] = {name: i for i, name in enumerate(FACE_REGIONS)}
-FEATURE_REGIONS: tuple[str, ...] = ("brows", "eyes", "nose", "mouth", "cheeks")
-
-# Facial action units (FACS names) and the region each one moves.
-AU_NAMES: dict[int, str] = {
-    1: "inner brow raiser", 2: "outer brow raiser", 4: "brow lowerer", 5: "upper lid raiser",
-    6: "cheek raiser", 7: "lid tightener", 9: "nose wrinkler", 10: "upper lip raiser",
-    12: "lip corner puller", 15: "lip corner depressor", 17: "chin raiser", 20: "lip stretcher",
-    23: "lip tightener", 25: "lips part", 26: "jaw drop",
-}
-AU_REGION: dict[int, str] = {
-    1: "brows", 2: "brows", 4: "brows", 5: "eyes", 6: "cheeks", 7: "eyes", 9: "nose",
-    10: "mouth", 12: "mouth", 15: "mouth", 17: "mouth", 20: "mouth", 23: "mouth", 25: "mouth", 26: "mouth",
-}
 
 
 # --------------------------------------------------------------------------- region maps
@@ -218,65 +205,3 @@ def compute_failure_tags(image_ids: Sequence[str], true_labels: Sequence[str], p
             if share is not None and np.isfinite(share) and share > background_threshold:
                 rows.append((image_ids[i], method, "background"))
     return pd.DataFrame(rows, columns=["image_id", "method", "tag"])
-
-
-# --------------------------------------------------------------------------- per-emotion summary
-
-def describe_aus(aus: Mapping[int, float] | Sequence[int]) -> str:
-    """'AU6 cheek raiser + AU12 lip corner puller' (strongest first when strengths are given)."""
-    if isinstance(aus, Mapping):
-        codes = [c for c, _ in sorted(aus.items(), key=lambda kv: (-kv[1], kv[0]))]
-    else:
-        codes = list(aus)
-    return " + ".join(f"AU{c} {AU_NAMES.get(c, '')}".strip() for c in codes)
-
-
-def compute_region_summary(energies: pd.DataFrame, expected_aus: Mapping[str, Mapping[int, float]] | None = None,
-                           region_areas: np.ndarray | None = None, top_k: int = 2,
-                           emotion_col: str = "emotion") -> pd.DataFrame:
-    """Per-emotion mean CAM energy per region, laid out like a "CAM focus / action units" table.
-
-    energies: one row per heatmap with `emotion_col` and the ENERGY_COLUMNS (e_brows, ...).
-    expected_aus: {emotion: {AU code: strength}} (e.g. pipeline.synth.faces.EMOTION_AUS) for reference.
-    region_areas: area share per region (compute_region_areas); when given, top regions
-    are ranked by lift (energy share / area share) rather than raw share, so a large
-    region does not win by size alone, and lift_<region> columns are added.
-    Returns one row per emotion: n, mean share per region, top_regions (the top_k
-    facial-feature regions), expected_aus, expected_regions, top_expected (whether
-    the first top region is one the expected AUs move).
-    """
-    cols = list(ENERGY_COLUMNS)
-    missing = [c for c in [emotion_col, *cols] if c not in energies.columns]
-    if missing:
-        raise ValueError(f"energies lacks columns {missing}")
-    data = energies.dropna(subset=cols)
-    grouped = data.groupby(emotion_col, sort=False)
-    out = grouped[cols].mean()
-    out.columns = list(FACE_REGIONS)
-    out.insert(0, "n", grouped.size())
-    feature_idx = [REGION_INDEX[r] for r in FEATURE_REGIONS]
-    if region_areas is not None:
-        areas = np.asarray(region_areas, dtype=np.float64)
-        for r in FACE_REGIONS:
-            a = areas[REGION_INDEX[r]]
-            out[f"lift_{r}"] = out[r] / a if a > 0 else np.nan
-        score = out[[f"lift_{FACE_REGIONS[i]}" for i in feature_idx]].to_numpy()
-    else:
-        score = out[[FACE_REGIONS[i] for i in feature_idx]].to_numpy()
-    order = np.argsort(-np.nan_to_num(score, nan=-np.inf), axis=1)[:, :top_k]
-    out["top_regions"] = [", ".join(FEATURE_REGIONS[j] for j in row) for row in order]
-    if expected_aus is not None:
-        out["expected_aus"] = [describe_aus(expected_aus.get(e, {})) for e in out.index]
-        exp_regions = []
-        for e in out.index:
-            regs: list[str] = []
-            for code in sorted(expected_aus.get(e, {}), key=lambda c: -expected_aus[e][c]):
-                r = AU_REGION.get(code)
-                if r and r not in regs:
-                    regs.append(r)
-            exp_regions.append(", ".join(regs))
-        out["expected_regions"] = exp_regions
-        out["top_expected"] = [bool(er) and tr.split(", ")[0] in er.split(", ")
-                               for tr, er in zip(out["top_regions"], out["expected_regions"])]
-    out.index.name = "emotion"
-    return out.reset_index()

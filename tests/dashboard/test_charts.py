@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 
 from dashboard import charts
-from pipeline.explain.codec import decode_cam
 
 
 def test_confusion_chart_has_every_cell_and_a_click_selection():
@@ -39,12 +38,6 @@ def test_missing_image_is_a_placeholder(tmp_path):
     assert not found
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     assert not charts.load_image_rgb(str(tmp_path / "bad.jpg"))[1]
-
-
-def test_decode_cam_round_trips():
-    cam = (np.arange(16, dtype=np.uint8) * 17).reshape(4, 4)
-    out = decode_cam(cam.tobytes(), 4)
-    assert out.shape == (4, 4) and out[0, 0] == 0.0 and out[-1, -1] == 1.0
 
 
 def test_intersection_heatmap_marks_low_support():

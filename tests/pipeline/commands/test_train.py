@@ -210,15 +210,13 @@ def test_crash_mid_run_leaves_store_consistent(light_run, synth_root, tmp_path, 
 
 
 def test_command_line_overrides_reach_the_recipe():
-    import argparse
-
+    from pipeline.cli import build_parser
     from pipeline.commands import train
     from pipeline.errors import UserError
     from pipeline.train.recipes import get_recipe
 
-    parser = argparse.ArgumentParser()
-    train.configure(parser)
-    base = ["--dataset", "synthetic", "--root", "x", "--preset", "demo"]
+    parser = build_parser()
+    base = ["train", "--dataset", "synthetic", "--root", "x", "--preset", "demo"]
     recipe = train.build_recipe(parser.parse_args(base + ["--colour-shift", "0.15", "--epochs", "3",
                                                           "--sampler", "shuffle"]))
     demo = get_recipe("lightcnn-softlabel", "demo")

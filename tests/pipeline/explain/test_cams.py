@@ -1,4 +1,4 @@
-"""CAM computation (pipeline/explanation.py) and the `explain` command end to end.
+"""CAM computation (pipeline/explain/cams.py) and the per-emotion heatmap summary.
 
 Tiny real models: the light CNN at half width and a ResNet-18 on 32 px inputs.
 Our batched, head-only backward must give exactly pytorch-grad-cam's maps.
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.explain.cams import (METHODS, compute_cams, compute_heatmap_summary, decode_cam, encode_cam, find_layer,
+from pipeline.explain.codec import encode_cam
+from pipeline.explain.cams import (METHODS, compute_cams, compute_heatmap_summary, find_layer,
                                   resolve_target_layer, validate_methods)
 from pipeline.train.models import LightCNN, create_model
 
@@ -116,169 +117,10 @@ def test_target_layer_names():
         validate_methods(["gradcam", "nope"])
 
 
-def test_stored_heatmap_round_trips():
-    rng = np.random.default_rng(0)
-    cam = rng.random((32, 32)).astype(np.float32)
-    blob = encode_cam(cam, 32)
-    assert isinstance(blob, bytes) and len(blob) == 32 * 32
-    back = decode_cam(blob, 32)
-    assert back.dtype == np.float32 and back.shape == (32, 32)
-    assert np.abs(back - cam).max() <= 0.5 / 255 + 1e-6
-    assert np.array_equal(decode_cam(blob), back)
-    # larger maps are downsampled to the stored size, keeping where the mass is
-    big = np.zeros((100, 100), np.float32)
-    big[60:90, 30:70] = 1.0
-    small = decode_cam(encode_cam(big, 32), 32)
-    assert small[20:28, 11:21].min() > 0.9 and small[:15].max() == 0
-    with pytest.raises(ValueError):
-        decode_cam(blob, 16)
-
-
-# --------------------------------------------------------------------------- the command
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from pipeline.store import db as store
-    from pipeline.cli import main
-    from pipeline.synth.faces import SynthConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("explain-synth") / "synthetic"
-    generate_dataset(root, SynthConfig(n=60, seed=5, workers=1), progress=False)
-    db = tmp_path_factory.mktemp("explain-db") / "results.duckdb"
-    assert main(["train", "--dataset", "synthetic", "--root", str(root), "--db", str(db), "--recipe",
-                 "lightcnn-softlabel", "--epochs", "1", "--batch-size", "16", "--image-size", "16", "--quiet",
-                 "--device", "cpu"]) == 0
-    with store.open_store(db, read_only=True) as con:
-        run = store.get_run(con, "latest")
-        preds = store.load_frame(con, "predictions", run_id=run["run_id"], split="test")
-    return db, run, preds
-
-
-def test_explain_command_stores_heatmaps_tags_and_metrics(trained_run):
-    from pipeline.store import db as store
-    from pipeline.cli import main
-    from pipeline.constants import FACE_REGIONS
-
-    db, run, preds = trained_run
-    args = ["explain", "--db", str(db), "--run", run["run_id"][:12], "--methods", "gradcam,eigencam",
-            "--faithfulness-samples", "4", "--sanity-samples", "4", "--n-boot", "50", "--quiet"]
-    assert main(args) == 0
-    with store.open_store(db, read_only=True) as con:
-        heat = store.load_frame(con, "heatmaps", run_id=run["run_id"])
-        tags = store.load_frame(con, "failure_tags", run_id=run["run_id"])
-        metrics = store.load_frame(con, "explanation_metrics", run_id=run["run_id"])
-    wrong = preds[preds["true_label"] != preds["pred_label"]]
-    for method in ("gradcam", "eigencam"):
-        h = heat[heat["method"] == method]
-        assert (h["target"] == "pred").sum() == len(preds)
-        assert set(h.loc[h["target"] == "true", "image_id"]) == set(wrong["image_id"])
-        energies = h[[f"e_{r}" for r in FACE_REGIONS]].to_numpy(float)
-        ok = ~np.isnan(energies).any(axis=1)
-        np.testing.assert_allclose(energies[ok].sum(axis=1), 1.0, atol=1e-5)
-        assert all(len(b) == 32 * 32 for b in h["cam"])
-        assert h["gt_energy"].notna().any()  # synthetic: ground truth known
-        m = metrics[metrics["method"] == method]
-        for metric in ("gt_energy", "gt_energy_uniform", "gt_energy_shuffled", "pointing", "pointing_shuffled",
-                       "road_morf", "conf_drop", "sanity_spearman"):
-            assert ((m["metric"] == metric) & (m["emotion"] == "all")).any(), metric
-    confusion = tags[tags["tag"].str.startswith("confusion:")]
-    assert set(confusion["image_id"]) == set(wrong["image_id"])
-    assert (confusion["method"] == "").all()
-    # Re-running replaces a method's rows rather than adding to them.
-    assert main(args[:6] + ["gradcam", "--faithfulness-samples", "0", "--sanity-samples", "0", "--quiet"]) == 0
-    with store.open_store(db, read_only=True) as con:
-        again = store.load_frame(con, "heatmaps", run_id=run["run_id"])
-    assert len(again) == len(heat)
-
-
-def test_explain_stores_the_exact_mean_of_its_heatmaps(trained_run, tmp_path):
-    import shutil
-
-    import pandas as pd
-
-    from pipeline.store import db as store
-    from pipeline.cli import main
-    from pipeline.constants import FACE_REGIONS
-
-    src, run, preds = trained_run
-    db = tmp_path / "summary.duckdb"
-    shutil.copy(src, db)
-    energy = [f"e_{r}" for r in FACE_REGIONS]
-    args = ["explain", "--db", str(db), "--run", run["run_id"], "--methods", "gradcam,layercam",
-            "--faithfulness-samples", "0", "--sanity-samples", "0", "--quiet"]
-    assert main(args) == 0
-    with store.open_store(db, read_only=True) as con:
-        heat = store.load_frame(con, "heatmaps", run_id=run["run_id"], target="pred")
-        summary = store.load_frame(con, "heatmap_summary", run_id=run["run_id"])
-    assert {"gradcam", "layercam"} <= set(summary["method"]) and (summary["split"] == "test").all()
-    heat = heat.merge(preds[["image_id", "true_label", "correct"]], on="image_id")
-    for method in ("gradcam", "layercam"):
-        got = summary[summary["method"] == method].set_index(["emotion", "correct"]).sort_index()
-        h = heat[heat["method"] == method]
-        counts = preds.groupby(["true_label", "correct"]).size()
-        assert got["n"].to_dict() == {k: int(v) for k, v in counts.items()}  # one row per (emotion, correct)
-        for (emotion, correct), g in h.groupby(["true_label", "correct"]):
-            row = got.loc[(emotion, correct)]
-            np.testing.assert_allclose(row[energy].to_numpy(float), g[energy].mean().to_numpy(float), atol=1e-6)
-            size = int(row["cam_size"])
-            stored = np.stack([np.frombuffer(b, np.uint8).reshape(size, size) for b in g["cam"]])
-            mean_cam = np.frombuffer(row["mean_cam"], "<f4").reshape(size, size)
-            assert np.allclose(mean_cam, stored.mean(axis=0) / 255.0, atol=1e-6)
-            assert mean_cam.std() > 0  # a real map, not a constant
-    # Re-explaining a method replaces its summary rows; deleting the run removes them all.
-    assert main(args[:6] + ["gradcam", "--faithfulness-samples", "0", "--sanity-samples", "0", "--quiet"]) == 0
-    with store.open_store(db, read_only=True) as con:
-        again = store.load_frame(con, "heatmap_summary", run_id=run["run_id"])
-    keys = ["method", "split", "emotion", "correct", "n"]
-    pd.testing.assert_frame_equal(again[keys], summary[keys])
-    assert main(["runs", "--db", str(db), "--delete", run["run_id"]]) == 0
-    with store.open_store(db, read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM heatmap_summary").fetchone()[0] == 0
-
-
-def test_explain_names_a_missing_run_or_checkpoint(trained_run, tmp_path, capsys):
-    import shutil
-
-    from pipeline.store import db as store
-    from pipeline.cli import main
-
-    db, run, _ = trained_run
-    assert main(["explain", "--db", str(db), "--run", "nosuchrun", "--quiet"]) == 2
-    assert "nosuchrun" in capsys.readouterr().err
-    copy = tmp_path / "copy.duckdb"
-    shutil.copy(db, copy)
-    with store.open_store(copy) as con:
-        con.execute("UPDATE runs SET checkpoint_path = ? WHERE run_id = ?", [str(tmp_path / "gone.pt"), run["run_id"]])
-    assert main(["explain", "--db", str(copy), "--run", run["run_id"], "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "gone.pt" in err and run["run_id"] in err
-
-
-def test_overlays_are_drawn_from_stored_maps_without_touching_inputs():
-    from pipeline.explain.overlay import create_cam_overlay, create_region_overlay, to_pil
-    from pipeline.explain.regions import compute_region_map
-
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)
-    cam = decode_cam(encode_cam(rng.random((32, 32)), 32), 32)
-    image_before, cam_before = image.copy(), cam.copy()
-    out = create_cam_overlay(image, cam, alpha=0.5)
-    assert out.shape == (100, 100, 3) and out.dtype == np.uint8 and not np.array_equal(out, image)
-    assert np.array_equal(create_cam_overlay(image, cam, alpha=0.0), image)
-    assert create_cam_overlay(image, cam, scale=2).shape == (200, 200, 3)
-    assert create_cam_overlay(image[:, :, 0], cam).shape == (100, 100, 3)  # greyscale input
-    regions = create_region_overlay(image, compute_region_map(None))
-    assert regions.shape == (100, 100, 3) and np.array_equal(regions[0, 0], image[0, 0])  # background untinted
-    assert to_pil(out).size == (100, 100)
-    assert np.array_equal(image, image_before) and np.array_equal(cam, cam_before)
-    with pytest.raises(ValueError):
-        create_cam_overlay(image, cam, colormap="nope")
-
-
 def test_heatmap_summary_is_the_exact_mean_per_emotion_and_outcome():
     import pandas as pd
 
-    from pipeline.explain.regions import ENERGY_COLUMNS
+    from pipeline.constants import ENERGY_COLUMNS
 
     maps = [np.full((4, 4), v, np.float32) for v in (0.0, 1.0, 0.5)]
     energy = ENERGY_COLUMNS[0]

@@ -1,14 +1,13 @@
-"""Facial region maps, CAM energy per region, failure tags and the per-emotion summary."""
+"""Facial region maps, CAM energy per region and failure tags."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipeline.constants import FACE_REGIONS
-from pipeline.explain.regions import (ALIGNED_TEMPLATE, ENERGY_COLUMNS, compute_failure_tags, compute_mean_landmarks,
+from pipeline.explain.regions import (ALIGNED_TEMPLATE, compute_failure_tags, compute_mean_landmarks,
                               compute_peak_regions, compute_region_areas, compute_region_energies,
-                              compute_region_map, compute_region_summary, describe_aus)
+                              compute_region_map)
 
 # Landmarks of a synthetic face (aligned 100x100): eyes, nose tip, mouth corners.
 SYNTH = np.array([[33.5, 42.0], [67.4, 42.8], [50.0, 60.4], [36.7, 76.1], [62.6, 76.7]])
@@ -108,32 +107,3 @@ def test_failure_tags_on_constructed_cases():
     assert compute_failure_tags([], [], []).empty
     with pytest.raises(ValueError):
         compute_failure_tags(ids, true, pred, occ, {"gradcam": [0.1]})
-
-
-def test_region_summary_per_emotion():
-    from pipeline.synth.faces import EMOTION_AUS
-
-    def row(emotion, **shares):
-        e = {c: 0.0 for c in ENERGY_COLUMNS}
-        e.update({f"e_{k}": v for k, v in shares.items()})
-        return {"emotion": emotion, **e}
-
-    df = pd.DataFrame([
-        row("Happiness", mouth=0.5, cheeks=0.3, face_rest=0.2),
-        row("Happiness", mouth=0.4, cheeks=0.4, face_rest=0.2),
-        row("Surprise", brows=0.5, eyes=0.3, background=0.2),
-        row("Surprise", **{c[2:]: np.nan for c in ENERGY_COLUMNS}),  # an all-zero CAM: ignored
-    ])
-    out = compute_region_summary(df, expected_aus=EMOTION_AUS).set_index("emotion")
-    assert out.loc["Happiness", "n"] == 2 and out.loc["Surprise", "n"] == 1
-    assert out.loc["Happiness", "mouth"] == pytest.approx(0.45)
-    assert out.loc["Happiness", "top_regions"] == "mouth, cheeks"
-    assert out.loc["Surprise", "top_regions"] == "brows, eyes"
-    assert "AU12 lip corner puller" in out.loc["Happiness", "expected_aus"]
-    assert set(out.loc["Happiness", "expected_regions"].split(", ")) == {"cheeks", "mouth"}
-    assert out.loc["Happiness", "top_expected"] and out.loc["Surprise", "top_expected"]
-    # ranked by lift over area, a big region no longer wins by size alone
-    areas = compute_region_areas(compute_region_map(None))
-    lifted = compute_region_summary(df, region_areas=areas).set_index("emotion")
-    assert lifted.loc["Happiness", "lift_mouth"] == pytest.approx(0.45 / areas[FACE_REGIONS.index("mouth")])
-    assert describe_aus({12: 1.0, 6: 0.5}) == "AU12 lip corner puller + AU6 cheek raiser"
