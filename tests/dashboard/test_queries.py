@@ -134,6 +134,10 @@ def test_region_energy_is_the_mean_of_every_stored_row(fake_store, ref):
     expected = _sql(fake_store, f"""SELECT p.true_label, p.correct, count(*), {', '.join(f'avg(h.{c})' for c in
                                     queries.ENERGY_COLUMNS)} {_PRED_MAPS} GROUP BY ALL ORDER BY 1, 2 DESC""",
                     [RUN, "gradcam"])
+    # natural order: correct first, then misclassified, each in class order (not alphabetical)
+    from pipeline.constants import EMOTIONS
+    rank = {e: i for i, e in enumerate(EMOTIONS)}
+    expected = sorted(expected, key=lambda r: (not r[1], rank[r[0]]))
     assert energy[["emotion", "correct", "n"]].values.tolist() == [list(r[:3]) for r in expected]
     assert np.allclose(energy[cols].to_numpy(float), np.array([r[3:] for r in expected], float), atol=1e-6)
     assert queries.load_region_energy(ref, RUN, "gradcam", "val").empty
