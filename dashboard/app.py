@@ -1,7 +1,8 @@
 """Entry script of the dashboard: `python -m dashboard [--db PATH]` (or `streamlit run dashboard/app.py [-- --db PATH]`).
 
 Puts the project root on sys.path (so `pipeline` and `dashboard` import when
-Streamlit runs this file directly), resolves and checks the store, declares the
+Streamlit runs this file directly), resolves and checks the store, draws the run and demographic-source
+pickers in the sidebar once for every page, declares the
 pages with `st.navigation` (page modules live in dashboard/views/: a folder named
 pages/ beside the entry script would switch Streamlit to its legacy
 auto-discovered multipage mode, under which AppTest runs page files directly,
@@ -30,6 +31,7 @@ import streamlit as st  # noqa: E402
 
 from dashboard import queries, widgets  # noqa: E402
 
+SIDEBAR_PX = 400  # wide enough for a whole run id in the run picker
 PAGES_DIR = Path(__file__).resolve().parent / "views"
 PAGES = [
     ("overview.py", "Overview", ":material/home:"),
@@ -64,7 +66,8 @@ def refuses_to_serve(address: str | None, argv: list[str]) -> bool:
 
 
 def main() -> None:
-    st.set_page_config(page_title="FER results", page_icon=":material/face:", layout="wide")
+    st.set_page_config(page_title="FER results", page_icon=":material/face:", layout="wide",
+                       initial_sidebar_state=SIDEBAR_PX)
     address = st.get_option("server.address")
     if refuses_to_serve(address, sys.argv[1:]):
         st.error(f"Not serving the results: this server listens on {address or 'every network interface'}, "
@@ -82,7 +85,8 @@ def main() -> None:
             if status.state != "ok":
                 widgets.render_store_problem(status, str(db_path))
                 return
-            st.session_state["store_ref"] = ref
+            widgets.start_url_notices(st.container())  # URL values that do not apply, said at the top
+            st.session_state["page_context"] = widgets.render_run_context(ref)  # the sidebar pickers, once
             page.run()
     except queries.StoreBusyError:
         st.info("The pipeline is writing to the results store; refresh in a moment.")

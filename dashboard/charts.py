@@ -2,9 +2,15 @@
 
 Charts are Altair (Vega-Lite) objects so that one spec serves the page and the
 static export: vl-convert renders SVG, PNG and PDF without a browser
-(`export_chart`). Charts with a categorical y axis size it by step
-(`alt.Step`): a fixed pixel height collapsed inside Streamlit's renderer. Pages only place what these functions return, and tests
-read a chart's data straight from the returned object.
+(`export_chart`). Every builder ends with `_sized`, which sets Vega-Lite's
+`pad` autosize: Streamlit otherwise applies `fit`, under which a chart's width
+and height include its axis labels and legend, so a chart with long labels or
+a bottom legend kept a plot area of a few pixels (the Gaps chart was 40 px
+wide, the Compare bars a sliver). Categorical axes are sized by step
+(`alt.Step`) and sorted in the natural order of their values (the order the
+queries return them in, see `queries.sort_natural`), never alphabetically.
+Pages only place what these functions return, and tests read a chart's data
+straight from the returned object.
 
 Images: `create_overlay` blends a CAM over a face with a jet colour map (the
 same look as pytorch-grad-cam's `show_cam_on_image`; drawn here because
@@ -102,6 +108,19 @@ def create_cam_image(cam: np.ndarray, size: int = THUMB) -> np.ndarray:
 
 # ---------------------------------------------------------------- charts
 
+LABEL_LIMIT = 0  # Vega's "no limit": group labels such as "female | African-American | Anger" are never cut
+GAP_ROWS = 30    # gaps shown in the forest plot before the user asks for all
+
+
+def _sized(chart):
+    """Width and height mean the plot area, as in the exported files (see the module docstring)."""
+    return chart.properties(autosize=alt.AutoSizeParams(type="pad", contains="padding"))
+
+
+def _in_order(values) -> list:
+    """The distinct values in the order they first appear (the data's natural order)."""
+    return list(dict.fromkeys(values))
+
 
 def create_confusion_chart(confusion: pd.DataFrame, classes: list[str], normalise: bool = True) -> alt.Chart:
     """Confusion heatmap (rows = true, columns = predicted), a click selects a cell ('cell' selection)."""
@@ -126,55 +145,59 @@ def create_confusion_chart(confusion: pd.DataFrame, classes: list[str], normalis
         text=alt.Text("n:Q"),
         color=alt.condition(alt.datum.rate > 0.5, alt.value("white"), alt.value("black")),
     )
-    return (rect + text).properties(width=alt.Step(48), height=alt.Step(40), title="Confusion matrix")
+    return _sized((rect + text).properties(width=alt.Step(56), height=alt.Step(40), title="Confusion matrix"))
 
 
 def create_class_metrics_chart(metrics: pd.DataFrame, classes: list[str] | None = None) -> alt.Chart:
     df = metrics[~metrics["label"].isin(["macro avg", "weighted avg", "accuracy"])]
     long = df.melt(id_vars=["label"], value_vars=["precision", "recall", "f1"], var_name="metric")
-    return alt.Chart(long).mark_bar().encode(
-        x=alt.X("label:N", title="emotion", sort=classes), xOffset="metric:N",
+    return _sized(alt.Chart(long).mark_bar().encode(
+        x=alt.X("label:N", title="emotion", sort=classes or _in_order(long["label"])), xOffset="metric:N",
         y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1])), color="metric:N",
         tooltip=["label", "metric", alt.Tooltip("value:Q", format=".3f")],
-    ).properties(width=420, height=260, title="Per-class precision, recall, F1")
+    ).properties(width=420, height=260, title="Per-class precision, recall, F1"))
 
 
 def create_training_curves_chart(epochs: pd.DataFrame) -> alt.Chart:
     long = epochs.melt(id_vars=["epoch"], value_vars=["train_loss", "val_loss", "train_acc", "val_acc"],
                        var_name="series").dropna(subset=["value"])
     long["kind"] = np.where(long["series"].str.endswith("loss"), "loss", "accuracy")
-    return alt.Chart(long).mark_line(point=True).encode(
+    chart = alt.Chart(long).mark_line(point=True).encode(
         x="epoch:Q", y=alt.Y("value:Q", title=None), color="series:N",
         tooltip=["epoch", "series", alt.Tooltip("value:Q", format=".4f")],
     ).properties(width=300, height=220).facet(column=alt.Column("kind:N", title=None)).resolve_scale(y="independent")
+    return _sized(chart)
 
 
 def create_class_distribution_chart(dist: pd.DataFrame, classes: list[str]) -> alt.Chart:
-    return alt.Chart(dist).mark_bar().encode(
+    return _sized(alt.Chart(dist).mark_bar().encode(
         x=alt.X("label:N", sort=classes, title="emotion"), y=alt.Y("n:Q", title="images"),
-        color="split:N", xOffset="split:N", tooltip=["split", "label", "n"],
-    ).properties(width=420, height=240, title="Class distribution")
+        color=alt.Color("split:N", sort=_in_order(dist["split"])), xOffset=alt.XOffset("split:N", sort=_in_order(dist["split"])),
+        tooltip=["split", "label", "n"],
+    ).properties(width=420, height=240, title="Class distribution"))
 
 
 def create_probabilities_chart(classes: list[str], probs: list[float], true_label: str) -> alt.Chart:
     df = pd.DataFrame({"emotion": list(classes), "probability": [float(p) for p in probs]})
     df["is_true"] = df["emotion"] == true_label
-    return alt.Chart(df).mark_bar().encode(
+    return _sized(alt.Chart(df).mark_bar().encode(
         y=alt.Y("emotion:N", sort=list(classes)), x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.condition(alt.datum.is_true, alt.value("#2f6fdf"), alt.value("#9aa6b8")),
         tooltip=["emotion", alt.Tooltip("probability:Q", format=".3f")],
-    ).properties(width=300, height=alt.Step(22), title="Class probabilities (blue = true class)")
+    ).properties(width=320, height=alt.Step(22), title="Class probabilities (blue = true class)"))
 
 
-def create_region_energy_chart(energy: pd.DataFrame, regions: list[str]) -> alt.Chart:
+def create_region_energy_chart(energy: pd.DataFrame, regions: list[str], classes: list[str] | None = None) -> alt.Chart:
+    """Mean CAM energy share per region (columns) and emotion (rows, class order), correct | misclassified."""
     long = energy.melt(id_vars=["emotion", "correct", "n"], value_vars=regions, var_name="region",
                        value_name="share")
     long["outcome"] = np.where(long["correct"], "correct", "misclassified")
-    return alt.Chart(long).mark_rect().encode(
-        x=alt.X("region:N", sort=regions), y=alt.Y("emotion:N"),
+    return _sized(alt.Chart(long).mark_rect().encode(
+        x=alt.X("region:N", sort=regions), y=alt.Y("emotion:N", sort=classes or _in_order(long["emotion"])),
         color=alt.Color("share:Q", scale=alt.Scale(scheme="oranges")),
         tooltip=["emotion", "outcome", "region", alt.Tooltip("share:Q", format=".3f"), "n"],
-    ).properties(width=260, height=alt.Step(24)).facet(column=alt.Column("outcome:N", title=None))
+    ).properties(width=alt.Step(40), height=alt.Step(24)).facet(
+        column=alt.Column("outcome:N", title=None, sort=["correct", "misclassified"])))
 
 
 def create_group_metric_chart(cells: pd.DataFrame, title: str, level: str = "95%") -> alt.Chart:
@@ -183,7 +206,8 @@ def create_group_metric_chart(cells: pd.DataFrame, title: str, level: str = "95%
     df = cells.copy()
     df["label"] = df["grp"] + " (n=" + df["n"].astype(str) + ")"
     df["support"] = np.where(df["low_support"], "low support", "ok")
-    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=240)))
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=_in_order(df["label"]),
+                                        axis=alt.Axis(labelLimit=LABEL_LIMIT)))
     bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title=f"value ({level} CI)", scale=alt.Scale(zero=False)),
                                        x2="ci_high:Q")
     points = base.mark_point(filled=True, size=70).encode(
@@ -193,7 +217,7 @@ def create_group_metric_chart(cells: pd.DataFrame, title: str, level: str = "95%
         tooltip=["grp", "n", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("ci_low:Q", format=".3f"),
                  alt.Tooltip("ci_high:Q", format=".3f"), "low_support"],
     )
-    return (bars + points).properties(width=360, height=alt.Step(26), title=title)
+    return _sized((bars + points).properties(width=520, height=alt.Step(26), title=title))
 
 
 def create_intersection_heatmap(cells: pd.DataFrame, title: str) -> alt.Chart:
@@ -203,51 +227,73 @@ def create_intersection_heatmap(cells: pd.DataFrame, title: str) -> alt.Chart:
     df["group"] = parts.str[0]
     df["emotion"] = parts.str[-1]
     df["label"] = df["n"].astype(str) + np.where(df["low_support"], "*", "")
-    base = alt.Chart(df).encode(x=alt.X("emotion:N", title="emotion"), y=alt.Y("group:N", title=None))
+    base = alt.Chart(df).encode(x=alt.X("emotion:N", title="emotion", sort=_in_order(df["emotion"])),
+                                y=alt.Y("group:N", title=None, sort=_in_order(df["group"]),
+                                        axis=alt.Axis(labelLimit=LABEL_LIMIT)))
     rect = base.mark_rect().encode(
         color=alt.Color("value:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]), title="value"),
         tooltip=["group", "emotion", "n", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "low_support"],
     )
     text = base.mark_text(fontSize=10).encode(text="label:N")
-    return (rect + text).properties(width=420, height=alt.Step(24),
-                                    title=f"{title} (cell text: n, * = low support)")
+    return _sized((rect + text).properties(width=alt.Step(64), height=alt.Step(24),
+                                           title=f"{title} (cell text: n, * = low support)"))
 
 
-def create_gap_chart(gaps: pd.DataFrame, title: str | None = None, level: str = "95%") -> alt.Chart:
-    """Gap + CI error bar per comparison, coloured by corrected significance, with a rule at 0."""
-    title = title or f"Gaps with {level} CI"
-    df = gaps.copy()
+def rank_gaps(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Gaps in reading order for a forest plot: significant ones first, then by size (|gap|)."""
+    key = gaps.assign(_sig=~gaps["significant"].fillna(False).astype(bool), _size=-gaps["gap"].abs())
+    return key.sort_values(["_sig", "_size"], kind="stable").drop(columns=["_sig", "_size"])
+
+
+def create_gap_chart(gaps: pd.DataFrame, title: str | None = None, level: str = "95%",
+                     limit: int | None = GAP_ROWS) -> alt.Chart:
+    """Forest plot: gap + CI per comparison, significant and largest first (at most `limit` rows,
+    None = all), coloured by corrected significance, with a rule at 0."""
+    ranked = rank_gaps(gaps)
+    shown = ranked if limit is None else ranked.head(limit)
+    title = title or (f"Gaps with {level} CI" + (f" ({len(shown)} of {len(gaps)}: significant, then largest)"
+                                                 if len(shown) < len(gaps) else ""))
+    df = shown.copy()
     df["label"] = df["attribute"] + " · " + df["metric"] + " · " + df["comparison"]
     df["significance"] = np.where(df["significant"].fillna(False), "significant (corrected)", "not significant")
-    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=240)))
-    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="gap"), x2="ci_high:Q")
+    base = alt.Chart(df).encode(y=alt.Y("label:N", title=None, sort=_in_order(df["label"]),
+                                        axis=alt.Axis(labelLimit=LABEL_LIMIT)))
+    bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title=f"gap ({level} CI)"), x2="ci_high:Q")
     points = base.mark_point(filled=True, size=60).encode(
-        x="gap:Q", color=alt.Color("significance:N"),
+        x="gap:Q", color=alt.Color("significance:N", scale=alt.Scale(
+            domain=["significant (corrected)", "not significant"], range=["#d62728", "#4c78a8"]),
+            legend=alt.Legend(orient="top", title=None)),
         tooltip=["attribute", "metric", "comparison", "grp", alt.Tooltip("gap:Q", format=".3f"),
-                 alt.Tooltip("p_value:Q", format=".4f"), alt.Tooltip("p_adjusted:Q", format=".4f"), "correction"],
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"),
+                 alt.Tooltip("p_value:Q", format=".3f"), alt.Tooltip("p_adjusted:Q", format=".3f"), "correction"],
     )
     rule = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q")
-    return (bars + points + rule).properties(width=420, height=alt.Step(22), title=title)
+    return _sized((bars + points + rule).properties(width=520, height=alt.Step(22), title=title))
 
 
 def create_proxy_chart(agreement: pd.DataFrame, attribute: str) -> alt.Chart:
     df = agreement[agreement["attribute"] == attribute].copy()
     df["share"] = df["n"] / df.groupby(["source", "annotated"])["n"].transform("sum")
-    base = alt.Chart(df).encode(x=alt.X("inferred:N"), y=alt.Y("annotated:N"))
+    order = _in_order([*df["annotated"], *df["inferred"]])
+    base = alt.Chart(df).encode(x=alt.X("inferred:N", sort=order), y=alt.Y("annotated:N", sort=order))
     rect = base.mark_rect().encode(color=alt.Color("share:Q", scale=alt.Scale(scheme="purples", domain=[0, 1])),
                                    tooltip=["source", "annotated", "inferred", "n",
                                             alt.Tooltip("share:Q", format=".1%")])
     text = base.mark_text(fontSize=10).encode(text="n:Q")
-    return (rect + text).properties(width=240, height=alt.Step(28), title=f"{attribute}: annotated vs inferred")
+    return _sized((rect + text).properties(width=320, height=alt.Step(28),
+                                           title=f"{attribute}: annotated vs inferred"))
 
 
 def create_compare_chart(df: pd.DataFrame, x: str, value: str, title: str, sort: list[str] | None = None) -> alt.Chart:
-    return alt.Chart(df).mark_bar().encode(
-        x=alt.X(f"{x}:N", sort=sort), xOffset="run_id:N", y=alt.Y(f"{value}:Q"),
-        color=alt.Color("run_id:N", legend=alt.Legend(orient="bottom", columns=1)),
+    """Bars per `x` value (in `sort` order, else the data's), one per run side by side; value axis 0..1."""
+    runs = _in_order(df["run_id"])
+    return _sized(alt.Chart(df).mark_bar().encode(
+        x=alt.X(f"{x}:N", sort=sort or _in_order(df[x]), axis=alt.Axis(labelLimit=LABEL_LIMIT, labelAngle=-40)),
+        xOffset=alt.XOffset("run_id:N", sort=runs), y=alt.Y(f"{value}:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("run_id:N", sort=runs, legend=alt.Legend(orient="bottom", columns=1, labelLimit=LABEL_LIMIT)),
         tooltip=["run_id", x, alt.Tooltip(f"{value}:Q", format=".3f")],
-    ).properties(width=460, height=240, title=title)
+    ).properties(width=alt.Step(max(56, 16 * len(runs) + 16)), height=240, title=title))
 
 
 def create_explanation_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:
@@ -257,8 +303,8 @@ def create_explanation_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:
         x=alt.X("value:Q", title="value (95% CI)"),
         tooltip=["method", "metric", alt.Tooltip("value:Q", format=".3f"), "n", "passed"])
     bars = base.mark_errorbar().encode(x=alt.X("ci_low:Q", title="value (95% CI)"), x2="ci_high:Q")
-    return (bars + points).properties(width=420, height=alt.Step(14),
-                                      title="Faithfulness and sanity checks (all emotions)")
+    return _sized((bars + points).properties(width=420, height=alt.Step(14),
+                                             title="Faithfulness and sanity checks (all emotions)"))
 
 
 # ---------------------------------------------------------------- export

@@ -7,10 +7,13 @@ entry script wraps each script run in `read_batch`, whose read-only
 connection is opened by the first cache miss and closed when the run ends
 (outside a batch, each query opens and closes its own). The pipeline's
 writer retries on the lock (pipeline.store.db.connect), so it waits out a
-dashboard run rather than failing. Results are cached with `st.cache_data` keyed on a `StoreRef` (path,
+dashboard run rather than failing; the dashboard opens the store through the
+same `connect` (read-only, its lock retry bounded to BUSY_TIMEOUT_S) and checks
+it with the store's own `check_schema` and `missing_columns`, so schema.sql is
+read in one place. Results are cached with `st.cache_data` keyed on a `StoreRef` (path,
 modification time and size of the file and its WAL), so a new run changes the
 key and invalidates every cached result; no TTL is needed. When the writer
-holds the lock, `_read` retries briefly and then raises `StoreBusyError`,
+holds the lock past that time, `_read` raises `StoreBusyError`,
 which the entry script turns into a friendly message.
 
 Values always travel as `?` parameters; the only text spliced into SQL comes
@@ -23,7 +26,6 @@ import json
 import os
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +36,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipeline.constants import ENERGY_COLUMNS
+from pipeline.constants import DEMOGRAPHIC_ATTRIBUTES, ENERGY_COLUMNS, value_rank
+from pipeline.errors import UserError
+from pipeline.store import db as store
 
-SCHEMA_SQL = Path(__file__).resolve().parent.parent / "pipeline" / "store" / "schema.sql"
-LOCK_RETRIES = 6
-LOCK_WAIT_S = 0.25
+BUSY_TIMEOUT_S = 1.5  # how long a page waits for the pipeline's write lock before saying "refresh"
 
 
 class StoreBusyError(Exception):
@@ -84,6 +86,86 @@ class ErrorFilters:
     order: str = "confidence"               # 'confidence' (most confident first) | 'image'
     slice_rank: int = 0                     # 0 = any; else the images of this stored slice of `source`
 
+    def describe(self) -> str:
+        """The filters that differ from the defaults, as short words for file names ('test-wrong-true-Anger')."""
+        words = [self.split, self.correct]
+        for name, values in (("true", self.true_labels), ("pred", self.pred_labels), ("gender", self.genders),
+                             ("race", self.races), ("age", self.ages)):
+            if values:
+                words += [name, *values]
+        if self.conf_min > 0.0 or self.conf_max < 1.0:
+            words += ["conf", f"{self.conf_min:g}-{self.conf_max:g}"]
+        if self.tag:
+            words += ["tag", self.tag]
+        if self.method:
+            words += ["cam", self.method]
+        return "-".join(words)
+
+
+# ---------------------------------------------------------------- natural order
+
+SPLIT_ORDER = ("test", "val", "train")
+METRIC_ORDER = ("accuracy", "macro_f1")
+
+
+def _attribute_key(attribute: str) -> tuple:
+    """gender, race, age, then intersections by size (gender×emotion before gender×race×emotion)."""
+    parts = str(attribute).split("×")
+    return (len(parts), tuple(DEMOGRAPHIC_ATTRIBUTES.index(a) if a in DEMOGRAPHIC_ATTRIBUTES else 9 for a in parts),
+            str(attribute))
+
+
+def _group_key(attribute: str, grp: str) -> tuple:
+    """'female | Anger' of 'gender×emotion' by each part's natural order (code order, class order)."""
+    attrs, parts = str(attribute).split("×"), str(grp).split(" | ")
+    if len(attrs) != len(parts):
+        return ((99, str(grp)),)
+    return tuple(value_rank(a, v) for a, v in zip(attrs, parts))
+
+
+def _metric_key(metric: str) -> tuple:
+    """accuracy, macro_f1, then recall:<emotion> in class order."""
+    metric = str(metric)
+    if metric in METRIC_ORDER:
+        return (METRIC_ORDER.index(metric), (0, ""))
+    head, _, emotion = metric.partition(":")
+    return (len(METRIC_ORDER), (head, value_rank("emotion", emotion)))
+
+
+def _value_key(kind: str, value) -> tuple:
+    if kind == "attribute":
+        return _attribute_key(value)
+    if kind == "metric":
+        return _metric_key(value)
+    if kind == "split":
+        return (SPLIT_ORDER.index(value), "") if value in SPLIT_ORDER else (len(SPLIT_ORDER), str(value))
+    if kind == "emotion" and value == "all":
+        return (-1, "")
+    if kind == "flag":  # True (correct) before False
+        return (0 if bool(value) else 1,)
+    return value_rank(kind, value)
+
+
+def natural_values(kind: str, values) -> list:
+    """The distinct `values` in natural order (`kind` as in `sort_natural`, not 'group')."""
+    return sorted(dict.fromkeys(values), key=lambda v: _value_key(kind, v))
+
+
+def sort_natural(df: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
+    """Rows sorted by `keys` ({column: kind}, first column first) in natural order, never as text.
+
+    kind: an attribute of constants.ATTRIBUTE_ORDER ('gender', 'race', 'age', 'emotion'; 'all' first),
+    'attribute' (gender, race, age, intersections), 'group' (a group label read by the row's `attribute`),
+    'metric', 'split' or 'flag' (True first).
+    """
+    if df.empty:
+        return df.reset_index(drop=True)
+    def row_key(row) -> tuple:
+        return tuple(_group_key(row["attribute"], row[col]) if kind == "group" else _value_key(kind, row[col])
+                     for col, kind in keys.items())
+    order = sorted(range(len(df)), key=lambda i: row_key(df.iloc[i]))
+    return df.iloc[order].reset_index(drop=True)
+
 
 # ---------------------------------------------------------------- store location
 
@@ -121,23 +203,12 @@ def create_store_ref(path: str | Path) -> StoreRef:
 # ---------------------------------------------------------------- connection
 
 
-def _is_lock_error(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used by another process" in text
-
-
 def _connect(ref: StoreRef) -> duckdb.DuckDBPyConnection:
-    last: Exception | None = None
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return duckdb.connect(ref.path, read_only=True)
-        except duckdb.IOException as exc:
-            if not _is_lock_error(exc):
-                raise
-            last = exc
-            time.sleep(LOCK_WAIT_S * (attempt + 1) / 2)
-    raise StoreBusyError(
-        f"The pipeline is writing to {ref.path}; refresh in a moment. ({last})")
+    """The store's own read-only `connect` (its lock retry, bounded to BUSY_TIMEOUT_S); schema checked apart."""
+    try:
+        return store.connect(ref.path, read_only=True, timeout_s=BUSY_TIMEOUT_S, check=False)
+    except store.StoreBusyError as exc:
+        raise StoreBusyError(f"The pipeline is writing to {ref.path}; refresh in a moment.") from exc
 
 
 _local = threading.local()
@@ -191,22 +262,6 @@ def _read_many(ref: StoreRef, statements: list[tuple[str, list]]) -> list[pd.Dat
 # ---------------------------------------------------------------- status
 
 
-@st.cache_resource(show_spinner=False)
-def _expected_columns() -> dict[str, tuple[str, ...]]:
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(SCHEMA_SQL.read_text())
-        rows = con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns ORDER BY table_name, ordinal_position"
-        ).fetchall()
-    finally:
-        con.close()
-    out: dict[str, list[str]] = {}
-    for t, c in rows:
-        out.setdefault(t, []).append(c)
-    return {t: tuple(cs) for t, cs in out.items()}
-
-
 @st.cache_data(show_spinner=False)
 def load_store_status(ref: StoreRef) -> StoreStatus:
     """Whether the store can be shown, and if not, what the user should do."""
@@ -217,38 +272,28 @@ def load_store_status(ref: StoreRef) -> StoreStatus:
             return _check_store(ref, con)
     except StoreBusyError:
         raise
-    except duckdb.Error as exc:
+    except (duckdb.Error, UserError) as exc:
         return StoreStatus("unreadable", f"{ref.path} could not be opened as a DuckDB file: {exc}")
 
 
 def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
-    from pipeline.store.db import SchemaMismatchError, check_schema
-
-    have: dict[str, set[str]] = {}
-    for t, c in con.execute(
-            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main'").fetchall():
-        have.setdefault(t, set()).add(c)
-    if not have:
+    if not store.schema_version(con) and not con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main'").fetchone()[0]:
         return StoreStatus("empty", f"{ref.path} exists but holds no results tables yet.")
     try:
-        check_schema(con)  # the recorded schema version
-    except SchemaMismatchError as exc:
+        store.check_schema(con)  # the recorded schema version
+    except store.SchemaMismatchError as exc:
         return StoreStatus("old-schema", str(exc))
-    # and the tables themselves, should a store claim the version without the columns; an older
-    # store lacks the tables added since (pages that read them say to re-run the stage that writes them)
-    from pipeline.store.db import find_damaged_tables, missing_added_columns, missing_added_tables
-
-    damaged = find_damaged_tables(con)
+    # and the columns themselves, should a store claim the version without them; an older store
+    # lacks the tables added since (pages that read them say to re-run the stage that writes them)
+    damaged = store.find_damaged_tables(con)
     if damaged:
         return StoreStatus(
             "damaged",
             f"{ref.path} is damaged: {len(damaged)} table(s) no longer read back ({', '.join(damaged)}; "
             f"{next(iter(damaged.values()))}). Copy what still reads into a new store with "
             f"`python -m pipeline runs --db {ref.path} --salvage NEW.duckdb` and open that one.")
-    absent = set(missing_added_tables(con))
-    absent_columns = {f"{t}.{c}" for t, c in missing_added_columns(con)}
-    missing = [f"{t}.{c}" for t, cs in _expected_columns().items() if t not in absent
-               for c in cs if c not in have.get(t, set()) and f"{t}.{c}" not in absent_columns]
+    missing = store.missing_columns(con)
     if missing:
         return StoreStatus(
             "old-schema",
@@ -294,9 +339,9 @@ def load_run_splits(ref: StoreRef, run_id: str) -> list[str]:
 
 @st.cache_data(show_spinner=False)
 def load_class_metrics(ref: StoreRef, run_id: str, split: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT label, precision, recall, f1, support FROM class_metrics
-        WHERE run_id = ? AND split = ?""", [run_id, split])
+        WHERE run_id = ? AND split = ?""", [run_id, split]), {"label": "emotion"})
 
 
 @st.cache_data(show_spinner=False)
@@ -313,9 +358,9 @@ def load_epochs(ref: StoreRef, run_id: str) -> pd.DataFrame:
 @st.cache_data(show_spinner=False)
 def load_class_distribution(ref: StoreRef, run_id: str) -> pd.DataFrame:
     """Images per split and true label (train/val/test as stored in `images`)."""
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT split, true_label AS label, count(*) AS n FROM images
-        WHERE run_id = ? GROUP BY split, true_label ORDER BY split, true_label""", [run_id])
+        WHERE run_id = ? GROUP BY split, true_label""", [run_id]), {"split": "split", "label": "emotion"})
 
 
 # ---------------------------------------------------------------- error explorer
@@ -383,20 +428,24 @@ def count_predictions(ref: StoreRef, run_id: str, filters: ErrorFilters) -> int:
 
 
 @st.cache_data(show_spinner=False)
-def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int, offset: int) -> pd.DataFrame:
-    """One page of filtered predictions with image path and demographics of the filter's source."""
+def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int | None,
+                         offset: int = 0) -> pd.DataFrame:
+    """One page of filtered predictions with image path and demographics of the filter's source
+    (`limit=None`: every filtered prediction, for the table download)."""
     frm, where, params = _filter_sql(run_id, filters)
     order = ("p.confidence DESC, p.image_id" if filters.order == "confidence" else "p.image_id")
+    limit_sql = "LIMIT ? OFFSET ?" if limit is not None else "OFFSET ?"
     sql = f"""
         WITH page AS (
             SELECT p.image_id, p.true_label, p.pred_label, p.confidence, p.correct
-            FROM {frm} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?)
+            FROM {frm} WHERE {where} ORDER BY {order} {limit_sql})
         SELECT page.*, i.path, dd.gender, dd.race, dd.age_group
         FROM page
         LEFT JOIN images i ON i.run_id = ? AND i.image_id = page.image_id
         LEFT JOIN demographics dd ON dd.dataset_fingerprint = ? AND dd.source = ? AND dd.image_id = page.image_id
         ORDER BY {order.replace('p.', 'page.')}"""
-    params = params + [int(limit), int(offset), run_id, filters.fingerprint, filters.source]
+    params = params + [*([int(limit)] if limit is not None else []), int(offset), run_id, filters.fingerprint,
+                       filters.source]
     return _read(ref, sql, params)
 
 
@@ -435,10 +484,8 @@ def load_image_detail(ref: StoreRef, run_id: str, image_id: str, fingerprint: st
 @st.cache_data(show_spinner=False)
 def load_missing_tables(ref: StoreRef) -> tuple[str, ...]:
     """Tables added by later schema versions that this (older, still readable) store does not hold yet."""
-    from pipeline.store.db import missing_added_tables
-
     with _connection(ref) as con:
-        return tuple(missing_added_tables(con))
+        return tuple(store.missing_added_tables(con))
 
 
 _REGION_COLUMNS = ", ".join(f"{c} AS {c[2:]}" for c in ENERGY_COLUMNS)
@@ -453,10 +500,10 @@ def load_region_energy(ref: StoreRef, run_id: str, method: str, split: str = "te
     """
     if "heatmap_summary" in load_missing_tables(ref):
         return pd.DataFrame(columns=["emotion", "correct", "n", *(c[2:] for c in ENERGY_COLUMNS)])
-    return _read(ref, f"""
+    return sort_natural(_read(ref, f"""
         SELECT emotion, correct, n, {_REGION_COLUMNS} FROM heatmap_summary
-        WHERE run_id = ? AND method = ? AND split = ?
-        ORDER BY emotion, correct DESC""", [run_id, method, split])
+        WHERE run_id = ? AND method = ? AND split = ?""", [run_id, method, split]),
+                        {"correct": "flag", "emotion": "emotion"})
 
 
 @st.cache_data(show_spinner=False)
@@ -497,9 +544,10 @@ def load_summary_outdated(ref: StoreRef, run_id: str, method: str) -> bool:
 
 @st.cache_data(show_spinner=False)
 def load_explanation_metrics(ref: StoreRef, run_id: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT method, metric, emotion, value, ci_low, ci_high, n, passed FROM explanation_metrics
-        WHERE run_id = ? ORDER BY method, metric, emotion""", [run_id])
+        WHERE run_id = ? ORDER BY method, metric""", [run_id]), {"method": "method", "metric": "method",
+                                                                  "emotion": "emotion"})
 
 
 # ---------------------------------------------------------------- fairness
@@ -531,25 +579,26 @@ def load_audit_settings(ref: StoreRef, run_id: str, source: str, split: str) -> 
 
 @st.cache_data(show_spinner=False)
 def load_audit_cells(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT attribute, grp, metric, n, value, ci_low, ci_high, low_support FROM audit_cells
-        WHERE run_id = ? AND source = ? AND split = ? ORDER BY attribute, metric, grp""",
-                 [run_id, source, split])
+        WHERE run_id = ? AND source = ? AND split = ?""", [run_id, source, split]),
+                        {"attribute": "attribute", "metric": "metric", "grp": "group"})
 
 
 @st.cache_data(show_spinner=False)
 def load_audit_gaps(ref: StoreRef, run_id: str, source: str, split: str) -> pd.DataFrame:
-    return _read(ref, """
+    return sort_natural(_read(ref, """
         SELECT attribute, metric, comparison, grp, gap, ci_low, ci_high, p_value, p_adjusted, correction, significant
-        FROM audit_gaps WHERE run_id = ? AND source = ? AND split = ?
-        ORDER BY attribute, metric, comparison""", [run_id, source, split])
+        FROM audit_gaps WHERE run_id = ? AND source = ? AND split = ? ORDER BY comparison""",
+                              [run_id, source, split]), {"attribute": "attribute", "metric": "metric", "grp": "group"})
 
 
 @st.cache_data(show_spinner=False)
 def load_proxy_agreement(ref: StoreRef, fingerprint: str) -> pd.DataFrame:
-    return _read(ref, """
+    df = _read(ref, """
         SELECT source, reference, attribute, annotated, inferred, n FROM proxy_agreement
-        WHERE dataset_fingerprint = ? ORDER BY source, attribute, annotated, inferred""", [fingerprint])
+        WHERE dataset_fingerprint = ? ORDER BY source""", [fingerprint])
+    return sort_natural(df, {"attribute": "attribute", "annotated": "group", "inferred": "group"})
 
 
 # ---------------------------------------------------------------- compare
@@ -560,9 +609,9 @@ def load_compare_class_metrics(ref: StoreRef, run_ids: tuple[str, ...], split: s
     if not run_ids:
         return pd.DataFrame(columns=["run_id", "label", "precision", "recall", "f1", "support"])
     marks = ", ".join("?" for _ in run_ids)
-    return _read(ref, f"""
+    return sort_natural(_read(ref, f"""
         SELECT run_id, label, precision, recall, f1, support FROM class_metrics
-        WHERE split = ? AND run_id IN ({marks}) ORDER BY run_id, label""", [split, *run_ids])
+        WHERE split = ? AND run_id IN ({marks}) ORDER BY run_id""", [split, *run_ids]), {"label": "emotion"})
 
 
 @st.cache_data(show_spinner=False)
@@ -593,10 +642,11 @@ def load_compare_groups(ref: StoreRef, run_ids: tuple[str, ...], source: str, sp
     if not run_ids:
         return pd.DataFrame(columns=["run_id", "attribute", "grp", "n", "value", "ci_low", "ci_high", "low_support"])
     marks = ", ".join("?" for _ in run_ids)
-    return _read(ref, f"""
+    return sort_natural(_read(ref, f"""
         SELECT run_id, attribute, grp, n, value, ci_low, ci_high, low_support FROM audit_cells
         WHERE source = ? AND split = ? AND metric = ? AND attribute IN ('gender', 'race', 'age')
-          AND run_id IN ({marks}) ORDER BY attribute, grp, run_id""", [source, split, metric, *run_ids])
+          AND run_id IN ({marks}) ORDER BY run_id""", [source, split, metric, *run_ids]),
+                        {"attribute": "attribute", "grp": "group"})
 
 
 # ---------------------------------------------------------------- slices and calibration

@@ -1,12 +1,21 @@
 """Shared widgets: the run and demographic-source pickers, URL-synced filters, tables and figures with downloads.
 
-URL state: every synced widget takes its first value from `st.query_params`
+URL state: widgets that live on one page and need nothing more (the Error
+explorer's page number and detail image) use Streamlit's own
+`bind="query-params"`. Two needs it does not meet keep the hand-built sync
+below: the run must stay in the URL even when it is the newest (a bound
+widget drops its default from the URL, so a bookmark would drift to newer
+runs), and filters shared by several pages (split, opacity, ...) must
+survive moving between pages (a bound page widget loses its value on a page
+switch, measured in chromium with Streamlit 1.67). Every synced widget takes its first value from `st.query_params`
 when the URL holds a value this session did not write (a bookmarked or
 shared link, a reload, a jump from another page), else keeps its current
 state, else the value it last had in this session (so filters survive moving
 between pages, which clears the URL), else its default; after drawing, its
 value is written back to the URL. A user's change is never overwritten by the
-URL value the session itself wrote before.
+URL value the session itself wrote before. A URL value that does not apply
+(an unknown run or filter value) is not dropped silently: `ignore_url_value`
+records a notice that the entry script shows at the top of the page.
 
 No raw HTML is ever written: all text goes through Streamlit's escaped
 elements. Strings that come from the data or the URL (image ids from file
@@ -17,6 +26,7 @@ no links, emphasis, LaTeX, icons, or reversed text.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -47,12 +57,35 @@ def escape_markdown(value: Any) -> str:
 # ---------------------------------------------------------------- URL-synced widgets
 
 
-def _seed(key: str, default: Any, decode: Callable[[list[str]], Any], valid: Callable[[Any], bool]) -> None:
+_notices = threading.local()  # URL values ignored in this script run (each session runs in its own thread)
+
+
+def start_url_notices(container) -> None:
+    """Called by the entry script before the page runs: notices go to `container` (the top of the page)."""
+    _notices.container = container
+    _notices.seen = set()
+
+
+def ignore_url_value(key: str, label: str, raw: Sequence[str], kept: str) -> None:
+    """Say that the URL's `key=raw` was ignored and what is shown instead (once per key and run)."""
+    container = getattr(_notices, "container", None)
+    seen = getattr(_notices, "seen", set())
+    if container is None or key in seen:
+        return
+    seen.add(key)
+    value = ", ".join(raw)
+    container.warning(f"Ignored from the URL: {label} `{key}={value}` does not apply here; showing {kept}.",
+                      icon=":material/link_off:")
+
+
+def _seed(key: str, default: Any, decode: Callable[[list[str]], Any], valid: Callable[[Any], bool], *,
+          label: str = "", describe: Callable[[Any], str] = str) -> None:
     """Give the widget `key` its value for this run, before it is drawn.
 
     A URL value this session did not write itself (a shared link, a reload, a
-    `st.switch_page(..., query_params=...)`) wins; else the widget's current
-    state; else the value it last had on any page; else the default.
+    `st.switch_page(..., query_params=...)`) wins when it is valid (else a
+    notice says it was ignored); else the widget's current state; else the
+    value it last had on any page; else the default.
     """
     url = st.query_params.get_all(key) if key in st.query_params else None
     if url is not None and url != st.session_state.get(PUBLISHED + key):
@@ -63,6 +96,7 @@ def _seed(key: str, default: Any, decode: Callable[[list[str]], Any], valid: Cal
         if decoded is not None and valid(decoded):
             st.session_state[key] = decoded
             return
+        ignore_url_value(key, label or key, url, f"the default ({describe(default)})")
     if key in st.session_state and valid(st.session_state[key]):
         # Re-assert it: after a page switch the widget gets a new identity and would
         # otherwise start from its default instead of the state it had.
@@ -97,7 +131,8 @@ def synced_selectbox(label: str, options: Sequence[Any], key: str, default: Any 
         return None
     default = default if default in options else options[0]
     by_text = {str(o): o for o in options}
-    _seed(key, default, lambda v: by_text.get(v[-1]), lambda v: v in options)
+    _seed(key, default, lambda v: by_text.get(v[-1]), lambda v: v in options, label=label,
+          describe=format_func)
     if st.session_state[key] not in options:
         st.session_state[key] = default
     value = (container or st).selectbox(label, options, key=key, format_func=format_func, help=help)
@@ -110,6 +145,11 @@ def synced_multiselect(label: str, options: Sequence[Any], key: str, default: Se
     options = list(options)
     default = [d for d in default if d in options]
     by_text = {str(o): o for o in options}
+    url = st.query_params.get_all(key) if key in st.query_params else []
+    unknown = [x for x in url if x not in by_text]
+    if unknown and url != st.session_state.get(PUBLISHED + key):
+        known = [by_text[x] for x in url if x in by_text]
+        ignore_url_value(key, label, unknown, ", ".join(map(format_func, known)) if known else "no filter")
     _seed(key, default, lambda v: [by_text[x] for x in v if x in by_text], lambda v: isinstance(v, list))
     st.session_state[key] = [v for v in st.session_state[key] if v in options]
     value = (container or st).multiselect(label, options, key=key, help=help, format_func=format_func)
@@ -120,7 +160,7 @@ def synced_multiselect(label: str, options: Sequence[Any], key: str, default: Se
 def synced_radio(label: str, options: Sequence[str], key: str, default: str, *, container=None,
                  horizontal: bool = True, format_func: Callable[[Any], str] = str) -> str:
     options = list(options)
-    _seed(key, default, lambda v: v[-1], lambda v: v in options)
+    _seed(key, default, lambda v: v[-1], lambda v: v in options, label=label, describe=format_func)
     value = (container or st).radio(label, options, key=key, horizontal=horizontal, format_func=format_func)
     _publish(key, value, default, str)
     return value
@@ -135,7 +175,7 @@ def synced_range(label: str, key: str, lo: float, hi: float, default: tuple[floa
     def valid(v: Any) -> bool:
         return isinstance(v, tuple) and len(v) == 2 and lo <= v[0] <= v[1] <= hi
 
-    _seed(key, tuple(default), decode, valid)
+    _seed(key, tuple(default), decode, valid, label=label, describe=lambda v: f"{v[0]:g}–{v[1]:g}")
     value = tuple((container or st).slider(label, lo, hi, key=key, step=step))
     _publish(key, value, tuple(default), lambda v: f"{v[0]:g}-{v[1]:g}")
     return value
@@ -143,18 +183,10 @@ def synced_range(label: str, key: str, lo: float, hi: float, default: tuple[floa
 
 def synced_slider(label: str, key: str, lo: float, hi: float, default: float, step: float, *,
                   container=None) -> float:
-    _seed(key, default, lambda v: float(v[-1]), lambda v: isinstance(v, float) and lo <= v <= hi)
+    _seed(key, default, lambda v: float(v[-1]), lambda v: isinstance(v, float) and lo <= v <= hi, label=label,
+          describe=lambda v: f"{v:g}")
     value = (container or st).slider(label, lo, hi, key=key, step=step)
     _publish(key, value, default, lambda v: f"{v:g}")
-    return value
-
-
-def synced_int(label: str, key: str, default: int, lo: int, hi: int, *, container=None) -> int:
-    _seed(key, default, lambda v: int(v[-1]), lambda v: isinstance(v, int) and lo <= v <= hi)
-    if not lo <= st.session_state[key] <= hi:
-        st.session_state[key] = default
-    value = int((container or st).number_input(label, min_value=lo, max_value=hi, step=1, key=key))
-    _publish(key, value, default, str)
     return value
 
 
@@ -234,13 +266,17 @@ def describe_source(row: dict) -> str:
 
 
 def render_run_context(ref: queries.StoreRef) -> RunContext:
-    """The sidebar run picker and demographic-source picker (both in the URL)."""
+    """The sidebar run picker and demographic-source picker (both in the URL), drawn once by the entry script.
+
+    The picker shows the whole run id (the sidebar is widened for it); its
+    dataset, recipe and accuracy go in the caption under it.
+    """
     runs = queries.load_runs(ref)
     by_id = {r["run_id"]: r for r in runs.to_dict("records")}
     run_id = synced_selectbox("Run", list(by_id), key="run", container=st.sidebar,
-                              format_func=lambda rid: describe_run(by_id[rid]),
                               help="Complete runs only, newest first.", always_in_url=True)
     run = by_id[run_id]
+    st.sidebar.caption(describe_run(run).split(" · ", 1)[1])
     sources = queries.load_demographic_sources(ref, run["dataset_fingerprint"])
     source = ""
     if len(sources):
@@ -288,20 +324,34 @@ def export_table(df: pd.DataFrame, fmt: str, caption: str | None = None, label: 
 
 
 def render_table_downloads(df: pd.DataFrame, view: str, run_id: str, *, caption: str | None = None,
-                           container=None) -> None:
-    box = (container or st).popover("Download table", icon=":material/download:")
+                           container=None, rows: Callable[[], pd.DataFrame] | None = None,
+                           label: str = "Download table") -> None:
+    """CSV / LaTeX / Markdown downloads of `df`, or of what `rows()` returns (built only on a click)."""
+    box = (container or st).popover(label, icon=":material/download:")
     for fmt, (name, mime) in TABLE_FORMATS.items():
         box.download_button(
-            name, data=lambda fmt=fmt: export_table(df, fmt, caption=caption or view,
+            name, data=lambda fmt=fmt: export_table(df if rows is None else rows(), fmt, caption=caption or view,
                                                    label=f"tab:{create_file_name(run_id, view, '')[:-1]}"),
             file_name=create_file_name(run_id, view, fmt), mime=mime, on_click="ignore",
             key=f"dl-{view}-{fmt}")
 
 
+DECIMALS = "%.3f"  # every fractional number a page shows (values, CIs, shares, p-values)
+
+
+def create_number_config(df: pd.DataFrame, column_config: dict | None = None) -> dict:
+    """`column_config` plus a three-decimal format for every float column it does not configure."""
+    config = dict(column_config or {})
+    for column in df.columns:
+        if column not in config and pd.api.types.is_float_dtype(df[column]):
+            config[column] = st.column_config.NumberColumn(format=DECIMALS)
+    return config
+
+
 def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | None = None,
                  height: int | str = "auto", column_config: dict | None = None) -> None:
-    """A data frame with CSV / LaTeX / Markdown downloads named after the run and view."""
-    st.dataframe(df, hide_index=True, height=height, column_config=column_config)
+    """A data frame (floats to three decimals) with CSV / LaTeX / Markdown downloads named after the run and view."""
+    st.dataframe(df, hide_index=True, height=height, column_config=create_number_config(df, column_config))
     render_table_downloads(df, view, run_id, caption=caption)
 
 
@@ -323,7 +373,8 @@ def format_audit_settings(settings: dict | None) -> str:
                    f"{c['exploratory_correction']} of the exploratory rest" if "exploratory_correction" in c
                    else f"{c['correction']} correction across all gaps")
     return (f"Audit settings: alpha {c['alpha']}, {corrections}, minimum support "
-            f"{c['min_support']}, intersections of up to {c['max_order']} attributes, {c['n_boot']} bootstrap "
+            f"{c['min_support']}, intersections of up to {c['max_order']} demographic attributes (each also crossed "
+            f"with emotion), {c['n_boot']} bootstrap "
             f"resamples, {c['n_perm']} permutations, seed {c['seed']}; {settings['n_labelled']} of "
             f"{settings['n_predictions']} predictions labelled by this source.")
 
@@ -382,9 +433,9 @@ def render_store_problem(status: queries.StoreStatus, db_path: str) -> None:
         st.rerun()
 
 
-def render_page_context() -> RunContext:
-    """Every page starts here: the store checked by the entry script, then the sidebar pickers."""
-    return render_run_context(st.session_state["store_ref"])
+def get_page_context() -> RunContext:
+    """Every page starts here: the run and source the entry script's sidebar pickers chose for this run."""
+    return st.session_state["page_context"]
 
 
 def render_slice_picker(ctx: RunContext, split: str, *, container=None) -> int:

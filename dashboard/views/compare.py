@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import charts, queries, widgets
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Compare runs")
 
 by_id = {r["run_id"]: r for r in ctx.runs.to_dict("records")}
@@ -56,9 +56,12 @@ if ctx.source:
     groups = queries.load_compare_groups(ctx.ref, run_ids, ctx.source, split)
     if len(groups):
         groups = groups.assign(group=groups["attribute"] + ": " + groups["grp"])
-        widgets.render_figure(charts.create_compare_chart(groups, "group", "value", "accuracy per group"),
+        widgets.render_figure(charts.create_compare_chart(groups, "group", "value", "accuracy per group",
+                                                          sort=list(dict.fromkeys(groups["group"]))),
                               f"compare-groups-{view_id}", ctx.run_id)
-        pivot = groups.pivot_table(index=["attribute", "grp"], columns="run_id", values="value").reset_index()
+        order = pd.MultiIndex.from_frame(groups[["attribute", "grp"]].drop_duplicates())
+        pivot = groups.pivot_table(index=["attribute", "grp"], columns="run_id", values="value").reindex(order)
+        pivot = pivot.reset_index()
         widgets.render_table(pivot, f"compare-groups-{view_id}-table", ctx.run_id,
                              caption=f"Accuracy per group ({ctx.source}, {split})")
         missing = set(run_ids) - set(groups["run_id"])

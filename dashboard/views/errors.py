@@ -1,4 +1,8 @@
-"""Error explorer: filter predictions, browse a paginated gallery with CAM overlays, inspect one image."""
+"""Error explorer: filter predictions, browse a paginated gallery with CAM overlays, inspect one image.
+
+The page number and the open image are Streamlit-bound URL parameters (`page`, `img`); a thumbnail's
+Details button sets the open image, so a shared URL reopens it.
+"""
 from __future__ import annotations
 
 import math
@@ -14,7 +18,7 @@ ANY = "(any)"
 COLUMNS = 4
 md = widgets.escape_markdown  # every data- or URL-derived string in markdown (captions, write, info)
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Error explorer")
 
 splits = queries.load_run_splits(ctx.ref, ctx.run_id) or ["test"]
@@ -62,9 +66,15 @@ if not methods:
 
 total = queries.count_predictions(ctx.ref, ctx.run_id, filters)
 n_pages = max(1, math.ceil(total / per_page))
-top = st.columns([3, 1], vertical_alignment="bottom")
-page_no = widgets.synced_int(f"Page (of {n_pages})", key="page", default=1, lo=1, hi=n_pages, container=top[1])
+raw_page = st.query_params.get("page")
+if raw_page is not None and not (raw_page.isdigit() and 1 <= int(raw_page) <= n_pages):
+    widgets.ignore_url_value("page", "page", [raw_page], f"page 1 (there are {n_pages})")
+if st.session_state.get("page", 1) > n_pages:  # fewer pages after a filter change
+    st.session_state["page"] = 1
+top = st.columns([3, 2], vertical_alignment="bottom")
 top[0].subheader(f"{total:,} images match")
+with top[1].container(horizontal_alignment="right"):
+    page_no = st.pagination(n_pages, key="page", bind="query-params")
 page = queries.load_prediction_page(ctx.ref, ctx.run_id, filters, per_page, (page_no - 1) * per_page)
 
 if total == 0:
@@ -75,9 +85,15 @@ cams = queries.load_cams(ctx.ref, ctx.run_id, tuple(page["image_id"]), overlay_m
     else pd.DataFrame(columns=["image_id", "target", "target_label", "cam_size", "cam"])
 cam_of = {(r.image_id, r.target): decode_cam(r.cam, r.cam_size) for r in cams.itertuples()}
 
-st.caption(f"Each thumbnail: CAM ({overlay_method or 'none stored'}) for the predicted class, left, and for the "
-           "true class, right (the same map when the prediction is correct). Missing image files show a "
-           "grey placeholder.")
+
+def open_detail(image_id: str) -> None:
+    st.session_state["img"] = image_id  # the bound detail picker: also puts img= in the URL
+
+
+method_note = f"{overlay_method} CAM" if overlay_method else "no CAM stored"
+st.caption(f"Each thumbnail: the {method_note} for the predicted class, left, and for the true class, right "
+           "(the same map when the prediction is correct). Details opens it below. Missing image files show "
+           "a grey placeholder.")
 rows = page.to_dict("records")
 for start in range(0, len(rows), COLUMNS):
     cols = st.columns(COLUMNS)
@@ -87,21 +103,37 @@ for start in range(0, len(rows), COLUMNS):
         true_cam = cam_of.get((r["image_id"], "true"), pred_cam if r["correct"] else None)
         thumb = image if pred_cam is None and true_cam is None else \
             charts.create_thumbnail(image, pred_cam, true_cam, alpha=alpha)
-        col.image(thumb,
+        shown = overlay_method if pred_cam is not None or true_cam is not None else "no CAM"
+        col.image(thumb, width="stretch",
                   caption=f"{md(r['image_id'])}: {md(r['true_label'])} → {md(r['pred_label'])} "
-                          f"({r['confidence']:.0%})",
-                  width="stretch")
+                          f"({r['confidence']:.0%}) · {md(shown)}")
+        col.button("Details", key=f"open-{r['image_id']}", on_click=open_detail, args=(r["image_id"],),
+                   icon=":material/zoom_in:", type="tertiary")
 
-with st.expander("This page as a table"):
-    table = page.drop(columns=["path"])
-    widgets.render_table(table, f"error-explorer-page-{page_no}", ctx.run_id, caption="Filtered predictions")
+with st.expander(f"Filtered images as a table (this page here; the download holds all {total:,})"):
+    view = f"errors-{filters.describe()}"
+    st.dataframe(page.drop(columns=["path"]), hide_index=True,
+                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})
+    widgets.render_table_downloads(
+        page, view, ctx.run_id, caption=f"Filtered predictions ({filters.describe()})",
+        rows=lambda: queries.load_prediction_page(ctx.ref, ctx.run_id, filters, None).drop(columns=["path"]),
+        label=f"Download all {total:,} rows")
 
 st.subheader("Detail view")
 ids = page["image_id"].tolist()
 url_img = st.query_params.get("img")
-if url_img and url_img not in ids:
-    ids = [url_img, *ids]
-image_id = widgets.synced_selectbox("Image", ids, key="img", default=ids[0])
+current = st.session_state.get("img")
+for extra in (url_img, current):  # a shared link's image, or the one opened before paging, stays selectable
+    if extra and extra not in ids:
+        if len(queries.load_image_detail(ctx.ref, ctx.run_id, extra, ctx.fingerprint)["prediction"]):
+            ids.append(extra)
+        elif extra == url_img:
+            widgets.ignore_url_value("img", "image", [extra], "no image (it is not in this run)")
+image_id = st.selectbox("Image", ids, key="img", index=None, bind="query-params",
+                        placeholder="Click Details under a thumbnail, or pick an image id")
+if image_id is None:
+    st.caption("No image open.")
+    st.stop()
 detail = queries.load_image_detail(ctx.ref, ctx.run_id, image_id, ctx.fingerprint)
 pred = detail["prediction"]
 if not len(pred):
@@ -115,27 +147,27 @@ dcam = {r.target: decode_cam(r.cam, r.cam_size) for r in dcams.itertuples()}
 a, b, c = st.columns(3)
 a.image(big, caption=md(image_id) + ("" if found else " (image file missing)"), width="stretch")
 if "pred" in dcam:
-    b.image(charts.create_overlay(big, dcam["pred"], alpha), caption=f"CAM for predicted: {md(p['pred_label'])}",
-            width="stretch")
+    b.image(charts.create_overlay(big, dcam["pred"], alpha),
+            caption=f"{overlay_method} CAM for predicted: {md(p['pred_label'])}", width="stretch")
 true_cam = dcam.get("true", dcam.get("pred") if p["correct"] else None)
 if true_cam is not None:
-    c.image(charts.create_overlay(big, true_cam, alpha), caption=f"CAM for true: {md(p['true_label'])}",
+    c.image(charts.create_overlay(big, true_cam, alpha), caption=f"{overlay_method} CAM for true: {md(p['true_label'])}",
             width="stretch")
-st.write(f"True **{md(p['true_label'])}**, predicted **{md(p['pred_label'])}** with confidence "
-         f"{p['confidence']:.1%} ({'correct' if p['correct'] else 'misclassified'}), split {md(p['split'])}.")
-left, right = st.columns(2)
+st.write(f"True **{md(p['true_label'])}**, predicted **{md(p['pred_label'])}** with confidence {p['confidence']:.1%} "
+         f"({'correct' if p['correct'] else 'misclassified'}), split {md(p['split'])}.")
+left, right = st.columns([2, 3])
 with left:
     widgets.render_figure(charts.create_probabilities_chart(ctx.classes, list(p["probs"]), p["true_label"]),
                           f"probabilities-{image_id}", ctx.run_id)
 with right:
-    energies = detail["energies"].rename(columns={f"e_{r}": r for r in FACE_REGIONS})
-    st.markdown("**Region energies** (share of CAM energy per facial region)")
-    widgets.render_table(energies, f"region-energies-{image_id}", ctx.run_id)
+    if len(detail["tags"]):
+        st.write("Failure-mode tags: " + ", ".join(
+            md(t) + (f" ({md(m)})" if m else "") for m, t in zip(detail["tags"]["method"], detail["tags"]["tag"])))
+st.markdown("**Region energies** (share of CAM energy per facial region)")
+energies = detail["energies"].rename(columns={f"e_{r}": r for r in FACE_REGIONS})
+widgets.render_table(energies, f"region-energies-{image_id}", ctx.run_id)
 st.markdown("**Demographics** (per source; inferred labels are perceived, with the backend's confidence)")
 if len(detail["demographics"]):
     widgets.render_table(detail["demographics"], f"demographics-{image_id}", ctx.run_id)
 else:
     st.write("None stored for this image.")
-if len(detail["tags"]):
-    st.write("Failure-mode tags: " + ", ".join(
-        md(t) + (f" ({md(m)})" if m else "") for m, t in zip(detail["tags"]["method"], detail["tags"]["tag"])))

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, queries, widgets
+from dashboard import charts, checks, queries, widgets
 from pipeline.explain.codec import decode_cam
 from pipeline.constants import FACE_REGIONS
 
 GALLERY = 8
+ERRORS_PAGE = "views/errors.py"
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Explanations")
 
 methods = queries.load_explainer_methods(ctx.ref, ctx.run_id)
@@ -24,7 +25,8 @@ emotion = widgets.synced_selectbox("Emotion", ctx.classes, key="emotion", contai
 alpha = widgets.synced_slider("CAM opacity", key="alpha", lo=0.0, hi=1.0, default=0.5, step=0.05, container=c4)
 
 st.subheader(f"{emotion}: correct versus misclassified")
-st.caption("Most confident first; CAM for the predicted class, left, and the true class, right.")
+st.caption(f"Most confident first; the {method} CAM for the predicted class, left, and the true class, right. "
+           "Details opens the image in the Error explorer.")
 for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", "Misclassified")):
     # No method filter: it would cost a join with every stored CAM; images without a CAM show plain.
     f = queries.ErrorFilters(split=split, true_labels=(emotion,), correct=outcome,
@@ -43,8 +45,13 @@ for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", 
                 image, _ = charts.load_image_rgb(r["path"])
                 pcam = cam_of.get((r["image_id"], "pred"))
                 tcam = cam_of.get((r["image_id"], "true"), pcam if r["correct"] else None)
-                icol.image(charts.create_thumbnail(image, pcam, tcam, alpha),
-                           caption=f"{r['image_id']} → {r['pred_label']} ({r['confidence']:.0%})", width="stretch")
+                shown = method if pcam is not None or tcam is not None else "no CAM"
+                icol.image(charts.create_thumbnail(image, pcam, tcam, alpha), width="stretch",
+                           caption=f"{r['image_id']} → {r['pred_label']} ({r['confidence']:.0%}) · {shown}")
+                if icol.button("Details", key=f"open-{r['image_id']}", icon=":material/zoom_in:", type="tertiary"):
+                    st.switch_page(ERRORS_PAGE, query_params={
+                        "run": ctx.run_id, "split": split, "outcome": "all", "true": r["true_label"],
+                        "img": r["image_id"]})
 
 st.subheader("Mean heatmap per emotion")
 means = queries.load_mean_cams(ctx.ref, ctx.run_id, method, split)
@@ -77,28 +84,31 @@ regions = list(FACE_REGIONS)
 if outdated:
     st.write("Needs the same re-run of `explain` (see above).")
 elif len(energy):
-    widgets.render_figure(charts.create_region_energy_chart(energy, regions), f"region-energy-{method}-{split}",
-                          ctx.run_id)
+    widgets.render_figure(charts.create_region_energy_chart(energy, regions, ctx.classes),
+                          f"region-energy-{method}-{split}", ctx.run_id)
     widgets.render_table(energy, f"region-energy-table-{method}-{split}", ctx.run_id,
-                         caption=f"Mean CAM energy share per facial region ({method}, {split})",
-                         column_config={r: st.column_config.NumberColumn(format="%.3f") for r in regions})
+                         caption=f"Mean CAM energy share per facial region ({method}, {split})")
 else:
     st.write("No region energies stored.")
 
 st.subheader("Faithfulness and sanity checks")
 em = queries.load_explanation_metrics(ctx.ref, ctx.run_id)
 if len(em):
+    for m, verdict in checks.compute_verdicts(em).items():
+        st.markdown(f"**{m}**: {verdict}.")
+    per_emotion = st.toggle("Per emotion too", value=False, key="xm_all")
+    table = checks.compute_check_table(em, per_emotion=per_emotion)
+    widgets.render_table(table, "explanation-checks", ctx.run_id,
+                         caption="Explanation checks per method (value, baseline, CI, n, pass rule)",
+                         column_config={"check": st.column_config.TextColumn(width="medium")})
+    st.caption(f"Values over {'every emotion and each one' if per_emotion else 'all emotions'}; CIs are 95% "
+               f"bootstrap intervals; a result on fewer than {checks.SMALL_N} images is flagged small n.")
     widgets.render_figure(charts.create_explanation_metrics_chart(em), "explanation-metrics", ctx.run_id)
-    show_all = st.toggle("Per emotion too", value=False, key="xm_all")
-    table = em if show_all else em[em["emotion"] == "all"]
-    widgets.render_table(table, "explanation-metrics-table", ctx.run_id,
-                         caption="Faithfulness, sanity checks and localisation per method")
+    with st.expander("Every stored metric (faithfulness, localisation and their baselines)"):
+        widgets.render_table(em if per_emotion else em[em["emotion"] == "all"], "explanation-metrics-table",
+                             ctx.run_id, caption="Faithfulness, sanity checks and localisation per method")
     not_run = widgets.describe_checks_not_run(ctx.run, methods, em)
     if not_run:
         st.caption(not_run)
-    checks = em[em["passed"].notna()]
-    for r in checks.to_dict("records"):
-        (st.success if r["passed"] else st.error)(
-            f"{r['method']}: {r['metric']} = {r['value']:.3f} — {'passed' if r['passed'] else 'FAILED'}")
 else:
     st.write("No faithfulness or sanity-check results stored for this run.")

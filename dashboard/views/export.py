@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, queries, widgets
+from dashboard import charts, checks, queries, widgets
 from pipeline.constants import FACE_REGIONS
 from pipeline.export.kit import create_kit_zip
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Export")
 st.caption(f"Files are named <run>__<view>.<ext>; run {ctx.run_id}. Tables: CSV, LaTeX (booktabs), Markdown. "
            "Figures: SVG, PNG, PDF.")
@@ -47,12 +47,15 @@ for method in queries.load_explainer_methods(ref, rid):
     energy = queries.load_region_energy(ref, rid, method)
     if len(energy):
         tables[f"region-energy-table-{method}"] = (energy, f"Mean CAM energy per facial region ({method})")
-        figures[f"region-energy-{method}"] = charts.create_region_energy_chart(energy, list(FACE_REGIONS))
+        figures[f"region-energy-{method}"] = charts.create_region_energy_chart(energy, list(FACE_REGIONS),
+                                                                               ctx.classes)
     elif queries.load_summary_outdated(ref, rid, method):
         outdated.append(method)
 em = queries.load_explanation_metrics(ref, rid)
 if len(em):
     tables["explanation-metrics-table"] = (em, "Faithfulness, sanity checks and localisation per method")
+    tables["explanation-checks"] = (checks.compute_check_table(em, per_emotion=True),
+                                    "Explanation checks per method and emotion (value, baseline, CI, n, pass rule)")
     figures["explanation-metrics"] = charts.create_explanation_metrics_chart(em)
 audit = queries.load_audit_sources(ref, rid)
 for source, split in audit[["source", "split"]].itertuples(index=False):
@@ -88,7 +91,7 @@ if outdated:
 st.subheader(f"Tables ({len(tables)})")
 for view, (df, caption) in tables.items():
     a, b = st.columns([4, 1], vertical_alignment="center")
-    a.write(f"{view} — {caption} ({len(df):,} rows)")
+    a.write(f"{view} — {caption} ({len(df):,} {'row' if len(df) == 1 else 'rows'})")
     widgets.render_table_downloads(df, view, rid, caption=caption, container=b)
 
 st.subheader(f"Figures ({len(figures)})")

@@ -68,7 +68,7 @@ def render_calibration_section(ctx: widgets.RunContext, source: str, split: str,
                                                   "gap_vs_rest", "gap_low", "gap_high")})
 
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Fairness audit")
 
 sources = queries.load_audit_sources(ctx.ref, ctx.run_id)
@@ -83,7 +83,7 @@ splits = sorted(sources[sources["source"] == source]["split"].unique())
 c1, c2 = st.columns(2)
 split = widgets.synced_selectbox("Split", splits, key="split", container=c1)
 cells = queries.load_audit_cells(ctx.ref, ctx.run_id, source, split)
-metrics = sorted(cells["metric"].unique(), key=lambda m: (m != "accuracy", m))
+metrics = queries.natural_values("metric", cells["metric"])
 metric = widgets.synced_selectbox("Metric", metrics, key="metric", default="accuracy", container=c2)
 inferred = bool(ctx.sources.set_index("source")["inferred"].get(source, False)) if len(ctx.sources) else False
 settings = queries.load_audit_settings(ctx.ref, ctx.run_id, source, split)
@@ -99,14 +99,12 @@ for attribute in ("gender", "race", "age"):
     part = sel[sel["attribute"] == attribute]
     if len(part):
         widgets.render_figure(charts.create_group_metric_chart(part, f"{metric} by {attribute}", level),
-                              f"audit-{attribute}-{metric}-{source}", ctx.run_id, width="stretch")
+                              f"audit-{attribute}-{metric}-{source}", ctx.run_id)
     else:
         st.write(f"No {attribute} groups.")
 single = sel[sel["attribute"].isin(["gender", "race", "age"])]
 widgets.render_table(single, f"audit-groups-{metric}-{source}-{split}", ctx.run_id,
-                     caption=f"{metric} by perceived group ({source}, {split}) with {level} CI",
-                     column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                    for c in ("value", "ci_low", "ci_high")})
+                     caption=f"{metric} by perceived group ({source}, {split}) with {level} CI")
 
 st.subheader("Intersections with emotion")
 inter_attrs = [a for a in ("gender×emotion", "race×emotion", "age×emotion", "gender×race×emotion")
@@ -127,14 +125,27 @@ else:
 st.subheader("Gaps")
 gaps = queries.load_audit_gaps(ctx.ref, ctx.run_id, source, split)
 if len(gaps):
-    gsel = gaps[gaps["metric"] == metric] if (gaps["metric"] == metric).any() else gaps
-    widgets.render_figure(charts.create_gap_chart(gsel, level=level), f"audit-gaps-{metric}-{source}", ctx.run_id)
+    g1, g2, g3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    gap_attrs = widgets.synced_multiselect("Attributes", queries.natural_values("attribute", gaps["attribute"]), key="gap_attr",
+                                           container=g1, help="None picked: every attribute.")
+    gap_metrics = widgets.synced_multiselect("Metrics", queries.natural_values("metric", gaps["metric"]), key="gap_metric",
+                                             default=[metric] if metric in set(gaps["metric"]) else [],
+                                             container=g2, help="None picked: every metric.")
+    show_all = g3.toggle("Show all", key="gap_all", help=f"Off: the {charts.GAP_ROWS} significant and largest.")
+    gsel = gaps[(gaps["attribute"].isin(gap_attrs) if gap_attrs else True)
+                & (gaps["metric"].isin(gap_metrics) if gap_metrics else True)]
+    if len(gsel):
+        widgets.render_figure(charts.create_gap_chart(gsel, level=level, limit=None if show_all else charts.GAP_ROWS),
+                              f"audit-gaps-{'-'.join(gap_metrics) or 'all'}-{source}", ctx.run_id)
+    else:
+        st.write("No gaps for these attributes and metrics.")
     corr = ", ".join(sorted(gaps["correction"].dropna().unique())) or "none"
-    st.caption(f"p-values corrected for multiple comparisons ({corr}): the primary family (each attribute's "
-               "accuracy, and declared intersections) with Holm, the exploratory rest with Benjamini–Hochberg; "
-               "'significant' uses the corrected value within its family.")
-    widgets.render_table(gsel, f"audit-gaps-{metric}-{source}-{split}", ctx.run_id,
-                         caption=f"Gaps in {metric} with {level} CI and corrected p-values ({source}, {split})")
+    n_sig = int(gaps["significant"].fillna(False).sum())
+    st.caption(f"{n_sig} of {len(gaps)} gaps are significant after correcting the p-values for multiple comparisons "
+               f"({corr}) (the primary family, each attribute's accuracy and declared intersections, with Holm; "
+               f"the exploratory rest with Benjamini–Hochberg); the chart lists significant gaps first, then the largest.")
+    widgets.render_table(charts.rank_gaps(gsel), f"audit-gaps-{'-'.join(gap_metrics) or 'all'}-{source}-{split}",
+                         ctx.run_id, caption=f"Gaps with {level} CI and corrected p-values ({source}, {split})")
 else:
     st.write("No gaps stored.")
 

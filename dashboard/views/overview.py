@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import widgets
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 run = ctx.run
 
 st.title("Overview")

@@ -7,7 +7,7 @@ from dashboard import charts, queries, widgets
 
 ERRORS_PAGE = "views/errors.py"
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Performance")
 
 splits = queries.load_run_splits(ctx.ref, ctx.run_id)

@@ -10,7 +10,7 @@ from dashboard import charts, queries, widgets
 from pipeline.constants import RACES
 from pipeline.synth.twins import CUE_VARIANTS, compute_twin_recall
 
-ctx = widgets.render_page_context()
+ctx = widgets.get_page_context()
 st.title("Counterfactual twins")
 st.caption("Each test face of the synthetic set drawn again with one thing changed (`python -m pipeline twins`). "
            "A gap on the twins is the model's own dependence on that thing; a gap between groups that the twins "

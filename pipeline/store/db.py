@@ -1,4 +1,5 @@
-"""The DuckDB results store: the only module that talks to DuckDB.
+"""The DuckDB results store: the one module of the pipeline that talks to DuckDB (the dashboard's
+read-only queries open the store through `connect` and check it with `check_schema` / `missing_columns`).
 
 Rules it relies on:
 - One schema definition, `pipeline/store/schema.sql`, applied by the idempotent
@@ -109,6 +110,10 @@ WAIT_NOTICE_S = 3.0
 WAIT_REPEAT_S = 60.0
 
 
+class StoreBusyError(UserError):
+    """Another process held the store past `connect`'s timeout (the dashboard asks the user to refresh)."""
+
+
 # --------------------------------------------------------------------------- connections
 
 
@@ -161,7 +166,7 @@ def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: f
                 raise UserError(describe_duckdb_error(exc, path)) from exc
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                raise UserError(
+                raise StoreBusyError(
                     f"The results store {path} is in use by another process, which holds it open "
                     f"(gave up after {timeout_s:g} s). Close the dashboard or the other pipeline "
                     f"command using it and retry, or write to another store with --db PATH."
@@ -496,6 +501,43 @@ def delete_orphans(con) -> dict[str, int]:
         for table in orphans:
             con.execute(f"DELETE FROM {_q(table)} WHERE run_id NOT IN (SELECT run_id FROM runs)")
     return orphans
+
+
+def schema_columns() -> dict[str, tuple[str, ...]]:
+    """{table: columns in order} as schema.sql declares them (read from an in-memory database once)."""
+    global _SCHEMA_COLUMNS
+    if _SCHEMA_COLUMNS is None:
+        import duckdb
+
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute(SCHEMA_SQL)
+            rows = con.execute("SELECT table_name, column_name FROM duckdb_columns() "
+                               "WHERE schema_name = 'main' AND NOT internal "
+                               "ORDER BY table_name, column_index").fetchall()
+        finally:
+            con.close()
+        out: dict[str, list[str]] = {}
+        for table, column in rows:
+            out.setdefault(table, []).append(column)
+        _SCHEMA_COLUMNS = {t: tuple(cs) for t, cs in out.items()}
+    return _SCHEMA_COLUMNS
+
+
+_SCHEMA_COLUMNS: dict[str, tuple[str, ...]] | None = None
+
+
+def missing_columns(con) -> list[str]:
+    """`table.column` of schema.sql that the store lacks (tables of `missing_added_tables` aside)."""
+    have: dict[str, set[str]] = {}
+    for table, column in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND schema_name = 'main'").fetchall():
+        have.setdefault(table, set()).add(column)
+    absent = set(missing_added_tables(con))
+    added = {f"{t}.{c}" for t, cs in ADDED_COLUMNS.items() for c in cs}  # upgraded in place, read as absent
+    return [f"{t}.{c}" for t, cs in schema_columns().items() if t not in absent
+            for c in cs if c not in have.get(t, set()) and f"{t}.{c}" not in added]
 
 
 def _check_table(table: str) -> str:

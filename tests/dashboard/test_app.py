@@ -1,9 +1,11 @@
 """The entry script: store resolution, store problems as help pages, every page from st.navigation."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -115,5 +117,9 @@ def test_db_argument_wins_over_environment(monkeypatch, tmp_path):
     assert queries.resolve_db_path([f"--db={tmp_path / 'b.duckdb'}"]) == tmp_path / "b.duckdb"
     assert queries.resolve_db_path([]) == tmp_path / "env.duckdb"
     monkeypatch.delenv("FER_RESULTS_DB")
-    from pipeline.paths import DEFAULT_DB
-    assert queries.resolve_db_path([]) == DEFAULT_DB
+    # Without either, the README's default: results.duckdb at the project root (the pipeline's default too).
+    root = Path(__file__).resolve().parents[2]
+    code = "from dashboard import queries; print(queries.resolve_db_path([]))"
+    env = {k: v for k, v in os.environ.items() if k != "FER_RESULTS_DB"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) == root / "results.duckdb"

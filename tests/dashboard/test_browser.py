@@ -1,8 +1,10 @@
 """A real browser (Debian's chromium via Playwright) against `streamlit run dashboard/app.py`.
 
 Loads every page, applies filters through the UI and through the URL, checks
-that no Streamlit exception box appears, and saves screenshots to
-tests/artifacts/ (gitignored) for a person to look at.
+that no Streamlit exception box appears and that every chart draws a plot
+area wider than 300 px with more than one tick or mark, walks thumbnail →
+detail → shared URL, and saves screenshots to tests/artifacts/ (gitignored)
+for a person to look at.
 """
 from __future__ import annotations
 
@@ -152,3 +154,61 @@ def test_url_filters_restore_a_shared_view(page, server, shot):
     gallery = [c for c in captions if "→" in c and c.startswith("test_")]
     assert gallery and all(": Happiness →" in c for c in gallery)
     page.screenshot(path=shot("errors-from-url"), full_page=True)
+
+
+CHART_PAGES = [("performance", "Performance"), ("explanations", "Explanations"), ("fairness", "Fairness audit"),
+               ("compare", "Compare runs")]
+# The drawn extent of a Vega chart's data: its marks and grid lines (SVG renderer), and its tick labels.
+_CHART_GEOMETRY = """el => {
+  const boxes = Array.from(el.querySelectorAll('.role-mark, .role-axis-grid'))
+    .map(g => g.getBoundingClientRect()).filter(r => r.width > 0 || r.height > 0);
+  const left = Math.min(...boxes.map(r => r.left)), right = Math.max(...boxes.map(r => r.right));
+  return {plot: boxes.length ? right - left : 0, ticks: el.querySelectorAll('.role-axis-label text').length,
+          marks: el.querySelectorAll('.role-mark > *').length,
+          title: (el.querySelector('.role-title-text') || {}).textContent || ''};
+}"""
+
+
+@pytest.fixture(scope="module")
+def full_run(browser_store) -> str:
+    """URL query selecting a run with every table filled (the fake store's newest run has no explanations)."""
+    return "?run=20260101-000000-lightcnn-softlabel-aaaa" if "fake_store" in str(browser_store) else ""
+
+
+@pytest.mark.parametrize("path,title", CHART_PAGES, ids=[t for _, t in CHART_PAGES])
+def test_every_chart_draws_a_wide_plot_with_ticks(page, server, full_run, path, title):
+    page.set_viewport_size({"width": 1600, "height": 1000})
+    page.goto(f"{server}/{path}{full_run}")
+    _settle(page, title)
+    charts = page.locator('[data-testid="stVegaLiteChart"]')
+    assert charts.count() >= 1
+    for i in range(charts.count()):
+        chart = charts.nth(i)
+        chart.scroll_into_view_if_needed()
+        chart.locator("svg .role-mark").first.wait_for(state="attached")
+        geometry = chart.evaluate(_CHART_GEOMETRY)
+        assert geometry["plot"] > 300, geometry
+        assert geometry["ticks"] > 1 or geometry["marks"] > 1, geometry
+    page.set_viewport_size({"width": 1400, "height": 1800})
+
+
+def test_thumbnail_opens_detail_and_the_url_shares_it(page, server, shot):
+    page.goto(f"{server}/errors?outcome=all")
+    _settle(page, "Error explorer")
+    caption = page.locator('[data-testid="stImageCaption"]').filter(has_text="→").nth(2).inner_text()
+    image_id = caption.split(":")[0]
+    page.get_by_role("button", name="Details").nth(2).click()
+    page.wait_for_function(f"() => window.location.search.includes('img={image_id}')")
+    _settle(page, "Error explorer")
+    assert page.get_by_text("CAM for predicted", exact=False).count() >= 1
+    shared = page.url
+    assert "outcome=all" in shared and f"img={image_id}" in shared
+    # A new page load is a new Streamlit session: only the URL carries the state.
+    page.goto("about:blank")
+    page.goto(shared)
+    _settle(page, "Error explorer")
+    # the detail view's big image is captioned with the id alone (a missing file says so)
+    page.locator('[data-testid="stImageCaption"]').get_by_text(
+        re.compile(rf"^{image_id}( \(image file missing\))?$")).wait_for()
+    assert f"img={image_id}" in page.url
+    page.screenshot(path=shot("errors-shared-detail"), full_page=True)

@@ -18,6 +18,10 @@ def _count(at) -> int:
     return int(header.split()[0].replace(",", ""))
 
 
+def _page_number(at) -> int:
+    return at.session_state["page"]
+
+
 def _gallery_captions(at) -> list[str]:
     return [c for img in at.image for c in img.captions if "→" in c]
 
@@ -44,7 +48,7 @@ def test_filters_change_what_is_shown(make_app, fake_store):
     at.multiselect(key="gender").set_value(["female"]).run()
     assert _count(at) < happy
     at.slider(key="conf").set_value((0.9, 1.0)).run()
-    assert all(int(c.rsplit("(", 1)[1].rstrip("%)")) >= 90 for c in _gallery_captions(at))
+    assert all(int(c.rsplit("(", 1)[1].split("%")[0]) >= 90 for c in _gallery_captions(at))
     assert not at.exception
 
 
@@ -64,7 +68,7 @@ def test_url_restores_filters_and_pagination(make_app, fake_store):
     at = _open(make_app, fake_store, run=RUN, outcome="all", true="Fear", per_page="12", page="2")
     assert at.multiselect(key="true").value == ["Fear"]
     assert at.radio(key="outcome").value == "all"
-    assert at.number_input(key="page").value == 2
+    assert at.get_by_key("page") is not None and _page_number(at) == 2
     captions = _gallery_captions(at)
     assert 0 < len(captions) <= 12 and all(": Fear →" in c for c in captions)
     ref = queries.create_store_ref(fake_store)
@@ -74,11 +78,24 @@ def test_url_restores_filters_and_pagination(make_app, fake_store):
 
 
 def test_bad_url_values_fall_back_to_defaults(make_app, fake_store):
+    first = make_app(fake_store)
+    first.query_params["run"] = "no-such-run"
+    first.run()
+    assert any("run=no-such-run" in w.value for w in first.warning)
     at = _open(make_app, fake_store, run="no-such-run", outcome="bogus", true="NotAnEmotion", conf="x-y",
                page="999")
     assert at.radio(key="outcome").value == "wrong"
     assert at.multiselect(key="true").value == []
-    assert at.number_input(key="page").value == 1
+    assert _page_number(at) == 1
+    assert at.selectbox(key="run").value == "20260102-000000-resnet50-transfer-bbbb"  # the newest
+    notices = " ".join(w.value for w in at.warning)
+    for shown in ("outcome=bogus", "true=NotAnEmotion", "conf=x-y", "page=999"):
+        assert shown in notices, (shown, notices)
+
+
+def test_valid_url_values_give_no_notice(make_app, fake_store):
+    at = _open(make_app, fake_store, run=RUN, outcome="all", true="Fear", page="2")
+    assert not any("Ignored from the URL" in w.value for w in at.warning)
 
 
 def test_detail_view_and_missing_images(make_app, fake_store):
@@ -102,3 +119,19 @@ def test_opacity_changes_thumbnails(make_app, fake_store, alpha):
     at.slider(key="alpha").set_value(alpha).run()
     after = [img.value for img in at.image]
     assert before != after
+
+
+def test_details_button_opens_the_thumbnail_and_all_rows_download(make_app, fake_store):
+    at = _open(make_app, fake_store, run=RUN, outcome="all", per_page="12")
+    assert at.selectbox(key="img").value is None
+    first = _gallery_captions(at)[3].split(":")[0]
+    at.button(key=f"open-{first}").click().run()
+    assert at.selectbox(key="img").value == first
+    assert any(c == f"gradcam CAM for predicted: {c.split(': ')[-1]}" for img in at.image for c in img.captions)
+    assert all(" · gradcam" in c for c in _gallery_captions(at))  # the caption names the CAM method
+    assert any("download holds all 300" in e.label for e in at.expander)
+    everything = queries.load_prediction_page(queries.create_store_ref(fake_store), RUN,
+                                              queries.ErrorFilters(correct="all"), None)
+    assert len(everything) == 300  # what that download writes, not the 12 of the page
+    assert queries.ErrorFilters(true_labels=("Anger",), genders=("female",)).describe() == \
+        "test-wrong-true-Anger-gender-female"

@@ -23,8 +23,13 @@ def test_sections_and_tables(make_app, fake_store):
                               "Faithfulness and sanity checks"]
     tables = [d.value for d in at.dataframe]
     assert any({"emotion", "correct", "mouth", "background"} <= set(t.columns) for t in tables)
-    assert any({"method", "metric", "value", "passed"} <= set(t.columns) for t in tables)
-    assert any("passed" in s.value for s in at.success) and any("FAILED" in e.value for e in at.error)
+    checks = next(t for t in tables if {"check", "baseline", "rule", "result"} <= set(t.columns))
+    assert set(checks["emotion"]) == {"all"}  # per emotion only when asked
+    assert not at.success and not at.error  # no more green/red boxes: one table and a verdict per method
+    assert any(m.value.startswith("**gradcam**: passes") for m in at.markdown)
+    at.toggle(key="xm_all").set_value(True).run()
+    checks = next(d.value for d in at.dataframe if "rule" in d.value.columns)
+    assert len(set(checks["emotion"])) > 1
 
 
 def test_emotion_selection_changes_galleries(make_app, fake_store):

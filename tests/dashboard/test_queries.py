@@ -57,9 +57,12 @@ def test_reading_does_not_keep_the_file_open(tmp_path, fake_store):
     r = queries.create_store_ref(db)
     queries.load_runs(r)
     queries.load_prediction_page(r, RUN, queries.ErrorFilters(), 5, 0)
-    con = duckdb.connect(str(db))  # a writer can take the file right after
+    # A connection left open in this process would make this writable open fail ("different configuration").
+    con = duckdb.connect(str(db))
     con.execute("UPDATE runs SET recipe = 'changed' WHERE run_id = ?", [RUN])
     con.close()
+    changed = queries.create_store_ref(db)
+    assert queries.load_runs(changed).set_index("run_id").loc[RUN, "recipe"] == "changed"
 
 
 def test_a_new_run_shows_after_a_refresh(tmp_path, fake_store):
@@ -82,7 +85,7 @@ def test_busy_store_raises_store_busy(tmp_path, fake_store, monkeypatch):
 
     db = tmp_path / "b.duckdb"
     shutil.copy(fake_store, db)
-    monkeypatch.setattr(queries, "LOCK_WAIT_S", 0.01)
+    monkeypatch.setattr(queries, "BUSY_TIMEOUT_S", 0.2)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import duckdb, sys
         con = duckdb.connect({str(db)!r})
@@ -131,6 +134,10 @@ def test_region_energy_is_the_mean_of_every_stored_row(fake_store, ref):
     expected = _sql(fake_store, f"""SELECT p.true_label, p.correct, count(*), {', '.join(f'avg(h.{c})' for c in
                                     queries.ENERGY_COLUMNS)} {_PRED_MAPS} GROUP BY ALL ORDER BY 1, 2 DESC""",
                     [RUN, "gradcam"])
+    # natural order: correct first, then misclassified, each in class order (not alphabetical)
+    from pipeline.constants import EMOTIONS
+    rank = {e: i for i, e in enumerate(EMOTIONS)}
+    expected = sorted(expected, key=lambda r: (not r[1], rank[r[0]]))
     assert energy[["emotion", "correct", "n"]].values.tolist() == [list(r[:3]) for r in expected]
     assert np.allclose(energy[cols].to_numpy(float), np.array([r[3:] for r in expected], float), atol=1e-6)
     assert queries.load_region_energy(ref, RUN, "gradcam", "val").empty

@@ -1,0 +1,167 @@
+"""Dashboard pages in a real browser: fresh loads against a bare one-line Streamlit page, and in-app navigation.
+
+    python bench/bench_browser.py [--db bench/out/dashboard_1m.duckdb] [--n 1000000] [--repeats 3]
+
+Serves `dashboard/app.py` on the store (built once by tests/dashboard/fake_store.py
+with --n predictions, as bench_dashboard.py builds it) and, in the same run, a
+bare app whose script is one `st.write` line, each with `streamlit run` on its
+own port. Debian's chromium (Playwright, `--no-sandbox`) then loads every page
+in a fresh browser context (no cache, no session) and stops the clock when the
+script has finished (`data-test-script-state="notRunning"` after the page's
+title showed) and the network is idle. The target of issue 11: every page
+within 1.3x the bare page measured in the same run. Then, in one context, it
+clicks through the navigation and times each page switch the same way.
+Prints figures, never asserts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+PAGES = [("", "Overview"), ("performance", "Performance"), ("errors", "Error explorer"),
+         ("explanations", "Explanations"), ("fairness", "Fairness audit"), ("compare", "Compare runs"),
+         ("export", "Export")]
+TARGET = 1.3
+SETTLED = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(script: Path, env: dict[str, str]):
+    """`streamlit run script` on a free port until the block ends; yields its URL."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"streamlit run {script} did not start")
+                time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def _settle(page, title: str | None) -> None:
+    if title:
+        page.get_by_role("heading", name=title, level=1).first.wait_for()
+    page.wait_for_selector(SETTLED)
+    page.wait_for_load_state("networkidle")
+    page.wait_for_selector(SETTLED)
+
+
+def time_fresh_load(browser, url: str, title: str | None) -> float:
+    """Seconds from navigation to script finished and network idle, in a new context."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        t0 = time.perf_counter()
+        page.goto(url)
+        _settle(page, title)
+        return time.perf_counter() - t0
+    finally:
+        context.close()
+
+
+def time_navigation(browser, url: str) -> dict[str, float]:
+    """Seconds per in-app page switch (sidebar link click), Overview loaded first, in one context."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    out = {}
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        _settle(page, "Overview")
+        for _, title in [*PAGES[1:], PAGES[0]]:
+            link = page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title)
+            t0 = time.perf_counter()
+            link.click()
+            _settle(page, title)
+            out[title] = time.perf_counter() - t0
+    finally:
+        context.close()
+    return out
+
+
+def ensure_store(db: Path, n: int) -> None:
+    if db.exists():
+        return
+    from tests.dashboard.fake_store import create_fake_store
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    print(f"building {db} with {n:,} predictions ...", flush=True)
+    t0 = time.perf_counter()
+    create_fake_store(db, n_predictions=n, second_run_predictions=20_000, image_dir=None)
+    print(f"  built in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path, default=ROOT / "bench" / "out" / "dashboard_1m.duckdb")
+    parser.add_argument("--n", type=int, default=1_000_000, help="test predictions of the main run (when built)")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh loads per page (the median is reported)")
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    ensure_store(args.db, args.n)
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = Path(tmp) / "bare.py"
+        bare.write_text('import streamlit as st\nst.write("hello")\n')
+        with serve(bare, {}) as bare_url, serve(ROOT / "dashboard" / "app.py", {"FER_RESULTS_DB": str(args.db)}) \
+                as app_url, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            for path, title in PAGES:  # warm the servers (imports, first cache fill): not measured
+                time_fresh_load(browser, f"{app_url}/{path}", title)
+            time_fresh_load(browser, bare_url, None)
+            print(f"store {args.db}; fresh browser context per load, median of {args.repeats}; load average "
+                  f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+            bare_s = statistics.median(time_fresh_load(browser, bare_url, None) for _ in range(args.repeats))
+            print(f"{'page':18s} {'fresh load s':>12s} {'x bare':>7s}")
+            print(f"{'(bare one-liner)':18s} {bare_s:12.2f} {1.0:7.2f}")
+            for path, title in PAGES:
+                s = statistics.median(time_fresh_load(browser, f"{app_url}/{path}", title)
+                                      for _ in range(args.repeats))
+                flag = "" if s <= TARGET * bare_s else f"  (over {TARGET}x)"
+                print(f"{title:18s} {s:12.2f} {s / bare_s:7.2f}{flag}", flush=True)
+            print("in-app navigation (sidebar click to script finished and network idle):")
+            for title, s in time_navigation(browser, app_url).items():
+                print(f"  {title:18s} {s:6.2f} s")
+            browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
