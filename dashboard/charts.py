@@ -337,7 +337,7 @@ def create_reliability_chart(bins: pd.DataFrame, title: str) -> alt.Chart:
         tooltip=["grp", "bin", "n", alt.Tooltip("confidence:Q", format=".3f"), alt.Tooltip("accuracy:Q", format=".3f")])
     sizes = alt.Chart(df).mark_circle(opacity=0.35).encode(x="confidence:Q", y="accuracy:Q", color="grp:N",
                                                              size=alt.Size("n:Q", legend=None))
-    return (diagonal + lines + sizes).properties(width=360, height=300, title=title)
+    return _sized((diagonal + lines + sizes).properties(width=360, height=300, title=title))
 
 
 def create_slice_chart(found: pd.DataFrame, title: str, level: str = "95%") -> alt.Chart:
@@ -352,7 +352,7 @@ def create_slice_chart(found: pd.DataFrame, title: str, level: str = "95%") -> a
         tooltip=["definition", "n", "n_all", alt.Tooltip("error_rate:Q", format=".3f"),
                  alt.Tooltip("rest_error_rate:Q", format=".3f"), alt.Tooltip("p_adjusted:Q", format=".4f")])
     rest = base.mark_tick(color="gray", thickness=2).encode(x="rest_error_rate:Q")
-    return (bars + points + rest).properties(width=360, height=alt.Step(24), title=title)
+    return _sized((bars + points + rest).properties(width=360, height=alt.Step(24), title=title))
 
 def create_gap_change_chart(changes: pd.DataFrame, title: str) -> alt.Chart:
     """Change of each gap (run B - run A) with its paired-bootstrap interval; < 0 = narrowed."""

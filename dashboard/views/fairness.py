@@ -54,12 +54,11 @@ def render_calibration_section(ctx: widgets.RunContext, source: str, split: str,
     attribute = widgets.synced_selectbox("Calibration by", attrs, key="cal_attr", default=attrs[0])
     scalings = list(dict.fromkeys(cal["scaling"]))
     bins = queries.load_calibration_bins(ctx.ref, ctx.run_id, source, split, attribute)
-    for col, scaling in zip(st.columns(len(scalings)), scalings):
-        with col:
-            title = "before scaling" if scaling == "none" else "after temperature scaling"
-            widgets.render_figure(charts.create_reliability_chart(bins[bins["scaling"] == scaling],
-                                                                  f"Reliability by {attribute}, {title}"),
-                                  f"reliability-{attribute}-{scaling}-{source}", ctx.run_id)
+    for scaling in scalings:  # one below the other: side by side their plots were under 300 px wide
+        title = "before scaling" if scaling == "none" else "after temperature scaling"
+        widgets.render_figure(charts.create_reliability_chart(bins[bins["scaling"] == scaling],
+                                                              f"Reliability by {attribute}, {title}"),
+                              f"reliability-{attribute}-{scaling}-{source}", ctx.run_id)
     part = cal[cal["attribute"] == attribute]
     widgets.render_table(part, f"calibration-{attribute}-{source}-{split}", ctx.run_id,
                          caption=f"Calibration by {attribute} ({source}, {split}) with {level} bootstrap CIs",
