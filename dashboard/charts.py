@@ -367,17 +367,17 @@ def create_gap_change_chart(changes: pd.DataFrame, title: str) -> alt.Chart:
                  alt.Tooltip("gap_b:Q", format=".3f"), alt.Tooltip("change:Q", format=".3f"),
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
     rule = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 3]).encode(x="x:Q")
-    return (bars + points + rule).properties(width=420, height=alt.Step(20), title=title)
+    return _sized((bars + points + rule).properties(width=420, height=alt.Step(20), title=title))
 
 
 def create_grouped_bar_chart(df: pd.DataFrame, *, x: str, value: str, group: str, title: str,
                              sort: list[str] | None = None, group_sort: list[str] | None = None) -> alt.Chart:
     """Bars of `value` per `x`, side by side per `group` (long-form df)."""
-    return alt.Chart(df).mark_bar().encode(
+    return _sized(alt.Chart(df).mark_bar().encode(
         x=alt.X(f"{x}:N", sort=sort), xOffset=alt.XOffset(f"{group}:N", sort=group_sort), y=alt.Y(f"{value}:Q"),
         color=alt.Color(f"{group}:N", sort=group_sort, legend=alt.Legend(orient="bottom")),
         tooltip=[x, group, alt.Tooltip(f"{value}:Q", format=".3f")],
-    ).properties(width=460, height=240, title=title)
+    ).properties(width=460, height=240, title=title))
 
 
 def create_twin_recall_chart(recall: pd.DataFrame, variants: list[str], title: str) -> alt.Chart:
