@@ -25,36 +25,59 @@ channel of the target layer and is never a default.
 Maps come out as float32 arrays in [0, 1] (min-max scaled per image, as the
 library does). pipeline.explain.codec stores one as `cam_size`x`cam_size` uint8
 bytes (32x32 = 1 KB), the `heatmaps.cam` column's format.
+
+pytorch-grad-cam is imported on first use, not with this module: its package
+pulls torchvision's model zoo and scikit-learn.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
-                              XGradCAM)
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import scale_cam_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
 from pipeline.constants import ENERGY_COLUMNS
 
+if TYPE_CHECKING:
+    from pytorch_grad_cam.base_cam import BaseCAM
+
+
+class _LazyMethods(Mapping):
+    """Method name -> pytorch-grad-cam class, imported on first look-up: the
+    package's __init__ pulls torchvision's model zoo and scikit-learn (seconds),
+    which `import pipeline.explain.cams` (and the method-name checks of the CLI)
+    should not pay for."""
+
+    def __init__(self, paths: dict[str, str]):
+        self._paths = paths
+
+    def __getitem__(self, name: str) -> type[BaseCAM]:
+        module, cls = self._paths[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
 # Method name (as stored in heatmaps.method) -> pytorch-grad-cam class.
-METHODS: dict[str, type[BaseCAM]] = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "hirescam": HiResCAM,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "eigencam": EigenCAM,
-    "scorecam": ScoreCAM,
-}
+METHODS: Mapping[str, type[BaseCAM]] = _LazyMethods({
+    "gradcam": "pytorch_grad_cam.grad_cam:GradCAM",
+    "gradcam++": "pytorch_grad_cam.grad_cam_plusplus:GradCAMPlusPlus",
+    "hirescam": "pytorch_grad_cam.hirescam:HiResCAM",
+    "xgradcam": "pytorch_grad_cam.xgrad_cam:XGradCAM",
+    "layercam": "pytorch_grad_cam.layer_cam:LayerCAM",
+    "eigencam": "pytorch_grad_cam.eigen_cam:EigenCAM",
+    "scorecam": "pytorch_grad_cam.score_cam:ScoreCAM",
+})
 GRADIENT_METHODS: frozenset[str] = frozenset({"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam"})
 CLASS_AGNOSTIC_METHODS: frozenset[str] = frozenset({"eigencam"})  # same map whatever the target
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam",)
@@ -182,6 +205,8 @@ def _eigen_projection(activations: np.ndarray) -> np.ndarray:
 def _scale(cam: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
     """The library's post-processing: ReLU, min-max per image, resize to (W, H),
     then ReLU and min-max again (its multi-layer aggregation with one layer)."""
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
     cam = scale_cam_image(np.maximum(cam, 0), out_size)
     return scale_cam_image(np.maximum(cam, 0))
 
@@ -289,6 +314,8 @@ def compute_cams_from_activations(inputs: torch.Tensor, acts: np.ndarray, grads:
                 raw = (scorecam_weights[s][:, :, None, None] * acts).sum(axis=1)
                 per_set.append(_scale(raw, out_size))
         else:
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
             inst = _method_instance(method)
             for s in range(len(targets)):
                 cls_targets = [ClassifierOutputTarget(int(t)) for t in targets[s]]

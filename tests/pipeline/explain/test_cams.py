@@ -140,3 +140,19 @@ def test_heatmap_summary_is_the_exact_mean_per_emotion_and_outcome():
                                                      encode_cam(maps[2], 4), encode_cam(maps[1], 4)])
     with pytest.raises(ValueError, match="mix cam sizes"):
         compute_heatmap_summary(mixed, outcomes.assign(correct=True), "test")
+
+
+def test_importing_cams_leaves_pytorch_grad_cam_and_torchvision_unloaded():
+    """pytorch-grad-cam's package pulls torchvision's model zoo and scikit-learn
+    (seconds); the module imports it only when a CAM is computed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, pipeline.explain.cams as c; "
+            "print(sorted(m for m in ('pytorch_grad_cam', 'torchvision', 'sklearn') if m in sys.modules)); "
+            "print(c.METHODS['gradcam'].__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[3]).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "GradCAM"

@@ -127,6 +127,56 @@ def test_road_and_confidence_change_reward_the_real_map(trained):
         compute_road_scores(model, x, cam[:, :10, :10], y)
 
 
+def _smooth_cams(n: int, size: int, gen: torch.Generator) -> np.ndarray:
+    coarse = torch.rand(n, 1, 4, 4, generator=gen)
+    return nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")[:, 0].numpy()
+
+
+@pytest.mark.parametrize("percentile", [20, 80])
+def test_batched_imputation_equals_pytorch_grad_cams(percentile):
+    """Stated tolerance: imputed pixels within 1e-3 of the library's sparse direct
+    solve (the noise it adds has std 0.01); kept pixels are untouched."""
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    from pipeline.explain.faithfulness import noisy_linear_impute
+
+    gen = torch.Generator().manual_seed(percentile)
+    x = torch.randn(5, 3, SIZE, SIZE, generator=gen)
+    cams = _smooth_cams(5, SIZE, gen)
+    keep = torch.from_numpy(np.stack([c < np.percentile(c, percentile) for c in cams]))
+    for noise in (0.0, 0.01):
+        torch.manual_seed(1)
+        ref = torch.stack([NoisyLinearImputer(noise=noise)(x[i], keep[i].float()) for i in range(len(x))])
+        torch.manual_seed(1)
+        ours = noisy_linear_impute(x, keep, noise=noise)
+        assert (ours - ref).abs().max().item() < 1e-3
+        assert torch.equal(ours.permute(0, 2, 3, 1)[keep], x.permute(0, 2, 3, 1)[keep])
+    # an image that keeps nothing has no system to solve: finite values, no error
+    assert torch.isfinite(noisy_linear_impute(x[:1], torch.zeros(1, SIZE, SIZE, dtype=torch.bool))).all()
+    with pytest.raises(ValueError, match="does not match"):
+        noisy_linear_impute(x, keep[:, :4])
+
+
+def test_road_scores_equal_pytorch_grad_cams_metric(trained):
+    """The same seed gives the library's ROAD scores within 1e-4 (its per-image
+    sparse systems against our batched solver; noise drawn in the same order)."""
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model, x, y, _ = trained
+    x, y = x[:8], y[:8]
+    cams = _smooth_cams(len(x), SIZE, torch.Generator().manual_seed(3))
+    targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in y]
+    torch.manual_seed(5)
+    morf = ROADMostRelevantFirstAverage([20, 60])(x, cams, targets, model)
+    lerf = ROADLeastRelevantFirstAverage([20, 60])(x, cams, targets, model)
+    torch.manual_seed(5)
+    ours = compute_road_scores(model, x, cams, y, percentiles=(20, 60))
+    assert np.abs(ours["road_morf"] - morf).max() < 1e-4
+    assert np.abs(ours["road_lerf"] - lerf).max() < 1e-4
+    assert np.abs(morf).max() > 1e-3          # the comparison is not between two zeros
+
+
 def test_gt_localisation_and_baselines_on_constructed_maps():
     masks = np.zeros((3, 10, 10), bool)
     masks[0, :5] = True        # top half
