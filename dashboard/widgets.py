@@ -74,7 +74,9 @@ def ignore_url_value(key: str, label: str, raw: Sequence[str], kept: str) -> Non
         return
     seen.add(key)
     value = ", ".join(raw)
-    container.warning(f"Ignored from the URL: {label} `{key}={value}` does not apply here; showing {kept}.",
+    # escaped, not a code span: a backtick in a shared link would close the span and render what follows
+    container.warning(f"Ignored from the URL: {label} {escape_markdown(f'{key}={value}')} does not apply here; "
+                      f"showing {escape_markdown(kept)}.",
                       icon=":material/link_off:")
 
 
