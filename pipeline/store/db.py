@@ -603,22 +603,22 @@ def transaction(con) -> Iterator["duckdb.DuckDBPyConnection"]:
         return
     con.execute("BEGIN TRANSACTION")
     _IN_TRANSACTION.add(id(con))
+    def rollback() -> None:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+
     try:
         try:
             yield con
         except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
+            rollback()
             raise
         try:
             con.execute("COMMIT")
         except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
+            rollback()
             raise
     finally:
         _IN_TRANSACTION.discard(id(con))
