@@ -5,6 +5,8 @@ return; nothing here reads the store or prints.
 """
 from __future__ import annotations
 
+from pipeline.constants import value_rank
+
 from pipeline.export.tables import format_estimate, format_p_value
 from pipeline.fairness.audit import (FAMILIES, compute_gap_comparison, compute_proxy_accuracy,
                                      compute_strongest_findings, compute_worst_groups, family_of)
@@ -66,7 +68,11 @@ def format_audit_summary(summary: dict, alpha: float = 0.05) -> str:
     for source, agreement in summary["proxies"].items():
         lines.append("")
         lines.append(f"proxy check: {source} against annotations (agreement per annotated group)")
-        for r in compute_proxy_accuracy(agreement, alpha).itertuples(index=False):
+        proxy = compute_proxy_accuracy(agreement, alpha)
+        proxy = proxy.iloc[sorted(range(len(proxy)), key=lambda i: (
+            list(dict.fromkeys(proxy["attribute"])).index(proxy["attribute"].iloc[i]),
+            value_rank(proxy["attribute"].iloc[i], proxy["annotated"].iloc[i])))]  # natural order, not text
+        for r in proxy.itertuples(index=False):
             lines.append(f"  {r.attribute:<7} {r.annotated:<18} {format_estimate(r.accuracy, r.ci_low, r.ci_high, r.n)}")
     if len(summary["results"]) > 1:
         side = compute_gap_comparison({s: r.gaps for s, r in summary["results"].items()})
