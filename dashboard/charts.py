@@ -26,6 +26,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from pipeline.constants import GROUP_SEPARATOR
+
 EXPORT_FORMATS: dict[str, str] = {"svg": "image/svg+xml", "png": "image/png", "pdf": "application/pdf"}
 THUMB = 96
 
@@ -223,7 +225,7 @@ def create_group_metric_chart(cells: pd.DataFrame, title: str, level: str = "95%
 def create_intersection_heatmap(cells: pd.DataFrame, title: str) -> alt.Chart:
     """Groups joined by ' | ' split into row (all but last) × column (last part, the emotion)."""
     df = cells.copy()
-    parts = df["grp"].str.rsplit(" | ", n=1)
+    parts = df["grp"].str.rsplit(GROUP_SEPARATOR, n=1)
     df["group"] = parts.str[0]
     df["emotion"] = parts.str[-1]
     df["label"] = df["n"].astype(str) + np.where(df["low_support"], "*", "")

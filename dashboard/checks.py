@@ -2,48 +2,18 @@
 
 `explain` stores, per method and emotion ('all' and each class), a value with
 a bootstrap CI and n for every metric, and a pass flag on three of them (the
-checks). Each check is judged against a baseline stored beside it; `CHECKS`
-says which, and states the rule `explain` applied in words. The thresholds
-mirror the pipeline's defaults (pipeline/explain/faithfulness.py
-`summarise_gt_localisation`: energy_factor 2.0, pointing_margin 0.10;
-ExplainConfig.sanity_threshold 0.5), not imported because that module
-imports torch; tests/dashboard/test_checks.py recomputes every stored flag
-from the values with these rules, so a drift fails there.
+checks). Each check is judged against a baseline stored beside it; the rules,
+`CHECKS`, live in pipeline/explain/checks.py, where `explain` takes its
+thresholds from; tests/dashboard/test_checks.py recomputes every stored flag
+from the values with them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
+from pipeline.explain.checks import CHECKS
+
 SMALL_N = 30  # below this many images a check's result is an anecdote (the audit's minimum support too)
-
-
-@dataclass(frozen=True)
-class Check:
-    """Passes when value >= factor × baseline + margin, or, with `below`, when value < below."""
-    metric: str              # explanation_metrics.metric carrying the pass flag
-    name: str                # what the check asks, for people
-    baseline: str | None     # the metric it is compared with (None: a fixed threshold, `below`)
-    rule: str                # the pass rule in words
-    factor: float = 1.0
-    margin: float = 0.0
-    below: float | None = None
-
-    def passes(self, value: float, baseline: float | None) -> bool:
-        if self.below is not None:
-            return bool(value < self.below)
-        return bool(value >= self.factor * baseline + self.margin)
-
-
-CHECKS: tuple[Check, ...] = (
-    Check("gt_energy", "energy inside the action-unit regions", "gt_energy_uniform",
-          "passes at 2× or more the share a uniform map puts there", factor=2.0),
-    Check("pointing", "CAM peak inside the action-unit regions", "pointing_shuffled",
-          "passes at 0.10 or more above another image's map (shuffled)", margin=0.10),
-    Check("sanity_spearman", "changes when the model is randomised", None,
-          "passes when the mean Spearman similarity to the randomised model's map is below 0.5", below=0.5),
-)
 
 
 def _ci(low: float, high: float) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pipeline.constants import DEMOGRAPHIC_ATTRIBUTES, ENERGY_COLUMNS, value_rank
+from pipeline.constants import ENERGY_COLUMNS, attribute_rank, group_rank, metric_rank, value_rank
 from pipeline.errors import UserError
 from pipeline.store import db as store
 
@@ -105,38 +105,11 @@ class ErrorFilters:
 # ---------------------------------------------------------------- natural order
 
 SPLIT_ORDER = ("test", "val", "train")
-METRIC_ORDER = ("accuracy", "macro_f1")
-
-
-def _attribute_key(attribute: str) -> tuple:
-    """gender, race, age, then intersections by size (gender×emotion before gender×race×emotion)."""
-    parts = str(attribute).split("×")
-    return (len(parts), tuple(DEMOGRAPHIC_ATTRIBUTES.index(a) if a in DEMOGRAPHIC_ATTRIBUTES else 9 for a in parts),
-            str(attribute))
-
-
-def _group_key(attribute: str, grp: str) -> tuple:
-    """'female | Anger' of 'gender×emotion' by each part's natural order (code order, class order)."""
-    attrs, parts = str(attribute).split("×"), str(grp).split(" | ")
-    if len(attrs) != len(parts):
-        return ((99, str(grp)),)
-    return tuple(value_rank(a, v) for a, v in zip(attrs, parts))
-
-
-def _metric_key(metric: str) -> tuple:
-    """accuracy, macro_f1, then recall:<emotion> in class order."""
-    metric = str(metric)
-    if metric in METRIC_ORDER:
-        return (METRIC_ORDER.index(metric), (0, ""))
-    head, _, emotion = metric.partition(":")
-    return (len(METRIC_ORDER), (head, value_rank("emotion", emotion)))
-
-
 def _value_key(kind: str, value) -> tuple:
     if kind == "attribute":
-        return _attribute_key(value)
+        return attribute_rank(value)
     if kind == "metric":
-        return _metric_key(value)
+        return metric_rank(value)
     if kind == "split":
         return (SPLIT_ORDER.index(value), "") if value in SPLIT_ORDER else (len(SPLIT_ORDER), str(value))
     if kind == "emotion" and value == "all":
@@ -161,7 +134,7 @@ def sort_natural(df: pd.DataFrame, keys: dict[str, str]) -> pd.DataFrame:
     if df.empty:
         return df.reset_index(drop=True)
     def row_key(row) -> tuple:
-        return tuple(_group_key(row["attribute"], row[col]) if kind == "group" else _value_key(kind, row[col])
+        return tuple(group_rank(row["attribute"], row[col]) if kind == "group" else _value_key(kind, row[col])
                      for col, kind in keys.items())
     order = sorted(range(len(df)), key=lambda i: row_key(df.iloc[i]))
     return df.iloc[order].reset_index(drop=True)

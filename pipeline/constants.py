@@ -85,3 +85,34 @@ def value_rank(attribute: str, value: object) -> tuple[int, str]:
 def sort_values(attribute: str, values) -> list:
     """`values` (any iterable) sorted in the attribute's natural order, duplicates kept."""
     return sorted(values, key=lambda v: value_rank(attribute, v))
+
+
+# How the audit joins an intersection's values in a group label: 'female | Asian | Anger'.
+GROUP_SEPARATOR = " | "
+METRIC_ORDER: tuple[str, ...] = ("accuracy", "macro_f1")  # then recall:<emotion> in class order
+
+
+def attribute_rank(attribute: str) -> tuple:
+    """Sort key of an attribute set: single attributes first, then pairs, then triples; within each,
+    by the order of their parts in ATTRIBUTE_ORDER ('gender×emotion' before 'race×emotion')."""
+    parts = str(attribute).split("×")
+    order = tuple(ATTRIBUTE_ORDER)
+    return (len(parts), tuple(order.index(p) if p in order else len(order) for p in parts), str(attribute))
+
+
+def group_rank(attribute: str, grp: str) -> tuple:
+    """Sort key of a group of `attribute`: each part's value in its natural order, part by part."""
+    parts, values = str(attribute).split("×"), str(grp).split(GROUP_SEPARATOR)
+    if len(parts) != len(values):  # a value that itself holds the separator: keep it whole, after the rest
+        return ((len(ATTRIBUTE_ORDER.get(parts[0], ())), str(grp)),)
+    return tuple(value_rank(p, v) for p, v in zip(parts, values))
+
+
+def metric_rank(metric: str) -> tuple:
+    """Sort key of a metric: accuracy, macro-F1, per-emotion recalls in class order, then others by name."""
+    metric = str(metric)
+    if metric in METRIC_ORDER:
+        return (METRIC_ORDER.index(metric), (0, ""))
+    if metric.startswith("recall:"):
+        return (len(METRIC_ORDER), value_rank("emotion", metric.split(":", 1)[1]))
+    return (len(METRIC_ORDER) + 1, (0, metric))

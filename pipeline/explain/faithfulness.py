@@ -29,6 +29,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pipeline.explain.checks import ENERGY_FACTOR, POINTING_MARGIN
+
 SANITY_MODES: tuple[str, ...] = ("cascading", "head", "full")
 
 
@@ -390,7 +392,7 @@ def compute_gt_localisation(cams: np.ndarray, gt_masks: np.ndarray, seed: int = 
 
 
 def summarise_gt_localisation(per_image: pd.DataFrame, emotions: Sequence[str], method: str,
-                              energy_factor: float = 2.0, pointing_margin: float = 0.10,
+                              energy_factor: float = ENERGY_FACTOR, pointing_margin: float = POINTING_MARGIN,
                               n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """explanation_metrics rows from compute_gt_localisation's output: gt_energy,
     gt_energy_uniform, gt_energy_shuffled, pointing, pointing_uniform,

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.constants import ALIGNED_SIZE, ENERGY_COLUMNS, FACE_REGIONS
+from pipeline.explain.checks import SANITY_THRESHOLD
 from pipeline.errors import UserError
 
 
@@ -43,7 +44,7 @@ class ExplainConfig:
     faithfulness_samples: int = 200
     sanity_samples: int = 100
     sanity_mode: str = "cascading"
-    sanity_threshold: float = 0.5
+    sanity_threshold: float = SANITY_THRESHOLD
     road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
     background_threshold: float = 0.5
     n_boot: int = 1000

@@ -27,14 +27,14 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.constants import ATTRIBUTE_ORDER, EMOTIONS, value_rank
+from pipeline.constants import (EMOTIONS, GROUP_SEPARATOR, attribute_rank, group_rank, metric_rank,
+                                value_rank)
 from pipeline.export.latex import escape_latex  # noqa: F401  (re-exported; the LaTeX rules live there)
 from pipeline.export.latex import to_latex as _latex_table
 
 FORMATS = ("csv", "latex", "markdown")
 MISSING = "–"
 PAPER_DIGITS = 2         # decimals of estimates in paper tables: '0.87 [0.83, 0.90]'
-GROUP_SEPARATOR = " | "  # how the audit joins an intersection's values in audit_cells.grp
 LOW_SUPPORT_MARK = "†"   # after n, for groups under the audit's minimum support
 SIGNIFICANT_MARK = "*"   # after the adjusted p-value of a gap significant after the correction
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
@@ -110,33 +110,6 @@ def split_attribute(attribute: str) -> list[str]:
 def split_group(grp: str) -> list[str]:
     """The values of an intersection's group: 'female | Asian | Anger' -> ['female', 'Asian', 'Anger']."""
     return str(grp).split(GROUP_SEPARATOR)
-
-
-_PART_ORDER = tuple(ATTRIBUTE_ORDER)  # gender, race, age, emotion
-
-
-def attribute_rank(attribute: str) -> tuple:
-    """Single attributes first, then pairs, then triples; within each, in the order of their parts."""
-    parts = split_attribute(attribute)
-    return (len(parts), tuple(_PART_ORDER.index(p) if p in _PART_ORDER else len(_PART_ORDER) for p in parts),
-            attribute)
-
-
-def group_rank(attribute: str, grp: str) -> tuple:
-    """Sort key of a group: each part's value in its attribute's natural order, part by part."""
-    parts, values = split_attribute(attribute), split_group(grp)
-    if len(parts) != len(values):  # a value that itself holds the separator: keep it whole
-        return ((len(ATTRIBUTE_ORDER.get(parts[0], ())), str(grp)),)
-    return tuple(value_rank(p, v) for p, v in zip(parts, values))
-
-
-def metric_rank(metric: str) -> tuple:
-    """accuracy, macro-F1, then per-emotion recalls in class order, then anything else by name."""
-    if metric in METRIC_NAMES:
-        return (list(METRIC_NAMES).index(metric), (0, ""))
-    if metric.startswith("recall:"):
-        return (len(METRIC_NAMES), value_rank("emotion", metric.split(":", 1)[1]))
-    return (len(METRIC_NAMES) + 1, (0, metric))
 
 
 def _comparison_rank(comparison: str) -> tuple:

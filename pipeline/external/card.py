@@ -224,7 +224,7 @@ def _toml_value(value: Any) -> str:
 def render_card(*, name: str, format: str, file: str, classes, input: InputSpec, output: str = "logits",
                 target_layer: str | None = None, notes: str = "") -> str:
     """The TOML text of a card (what export-model writes); load_card reads it back."""
-    lines = [f"# fer-trust model card (see README, 'Bring your own model')",
+    lines = ["# fer-trust model card (see README, 'Bring your own model')",
              f"name = {_toml_value(name)}", f"format = {_toml_value(format)}", f"file = {_toml_value(file)}",
              f"classes = {_toml_value(list(classes))}", f"output = {_toml_value(output)}"]
     if target_layer:

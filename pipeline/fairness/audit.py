@@ -74,16 +74,14 @@ Proxy check
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from pipeline.constants import AGE_GROUPS, DEMOGRAPHIC_ATTRIBUTES, GENDERS, RACES
+from pipeline.constants import AGE_GROUPS, DEMOGRAPHIC_ATTRIBUTES, GENDERS, GROUP_SEPARATOR, RACES
 
-GROUP_SEPARATOR = " | "
 ATTRIBUTE_SEPARATOR = "×"
 EMOTION = "emotion"
 CORRECTIONS = ("holm", "fdr_bh")

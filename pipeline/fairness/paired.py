@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline.constants import GROUP_SEPARATOR
+
 EXACT_BELOW = 25      # discordant pairs under which McNemar's exact binomial test is used
 
 
@@ -69,7 +71,7 @@ def _group_columns(frame: pd.DataFrame, config: PairedConfig) -> list[tuple[str,
         for i, a in enumerate(present):
             for b in present[i + 1:]:
                 both = frame[a].notna() & frame[b].notna()
-                label = (frame[a].astype(str) + " | " + frame[b].astype(str)).where(both, None)
+                label = (frame[a].astype(str) + GROUP_SEPARATOR + frame[b].astype(str)).where(both, None)
                 out.append((f"{a}×{b}", label))
     return out
 

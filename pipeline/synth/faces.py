@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import shutil
 import zipfile
@@ -36,7 +35,7 @@ import numpy as np
 
 from pipeline.constants import AGE_GROUPS, EMOTIONS, GENDERS, RACES
 from pipeline.errors import DatasetError, UserError
-from pipeline.synth.draw import (ACTION_UNITS, ALIGNED, FEATURE_OFFSETS, LIGHT_GRADIENT_MAX, LIGHT_OFFSET_MAX,
+from pipeline.synth.draw import (ALIGNED, FEATURE_OFFSETS, LIGHT_GRADIENT_MAX, LIGHT_OFFSET_MAX,
                                      NOISE_SIGMA_RANGE, FaceParams, compute_max_feature_light, render_face)
 
 GENERATOR = "fer-trust-synthetic"

@@ -11,7 +11,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from pipeline.cli import main
 from pipeline.store import db as store

@@ -12,7 +12,7 @@ from pipeline.data.loaders import load_dataset
 from pipeline.synth.draw import ALIGNED, compute_cue_boxes, render_face
 from pipeline.synth.faces import BALANCED, SynthConfig, generate_dataset, sample_face_params
 from pipeline.synth.twins import (compute_cue_shift, compute_twin_recall, create_twin_images, create_twin_variants,
-                                  render_as_loaded, select_test_faces)
+                                  select_test_faces)
 
 CUE = SynthConfig(n=60, seed=4, workers=1, test_fraction=0.5, bias="race=2:cue=Happiness@0.9", **BALANCED)
 
