@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
+    # Long on purpose: a benchmark script: generate, train, measure and print, in order.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bias", default="race=2:cue=Happiness@0.9")
     parser.add_argument("--n", type=int, default=7000)

@@ -70,6 +70,8 @@ def load_fer2013(root: Path, num_classes: int = 7, variant: str = "aligned", val
     """Load FER2013 from its CSV (see the module docstring). variant, val_fraction, seed
     and verify_images are accepted for a uniform signature and do not change the result
     (pixel rows are always validated)."""
+    # Long on purpose: one pass over the CSV that validates, counts and reports each bad row with its line
+    # number; split helpers would each re-walk the rows.
     check_options(num_classes, variant, val_fraction)
     path = find_fer2013_csv(Path(root))
     classes = emotions_for(num_classes)

@@ -93,6 +93,8 @@ def _class_folders(split_dir: Path, root: Path, skipped: list[tuple[str, str]]) 
 def load_folder(root: Path, num_classes: int = 7, variant: str = "aligned", val_fraction: float = 0.1,
                 seed: int = 0, verify_images: bool = False) -> FaceDataset:
     """Load a folder-per-class dataset (see the module docstring). `variant` is not used."""
+    # Long on purpose: one walk of the folder tree that maps class folders, counts skips and assigns splits
+    # together, so every skip is reported once.
     check_options(num_classes, variant, val_fraction)
     root = check_root(Path(root), "folder dataset")
     if not root.is_dir():

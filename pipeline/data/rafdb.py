@@ -182,6 +182,8 @@ def _image_name(entry: _Entry, variant: str) -> str:
 
 def _load_raf_layout(root: Path, num_classes: int, variant: str, val_fraction: float, seed: int,
                      verify_images: bool, name: str, label_source: str = "hard") -> FaceDataset:
+    # Long on purpose: reads the label, soft-label and attribute files of one RAF-DB layout and cross-checks
+    # them line by line (file:line in every message); the checks share the parsed state.
     check_options(num_classes, variant, val_fraction)
     if label_source not in LABEL_SOURCES:
         raise UserError(f"label_source must be one of {', '.join(LABEL_SOURCES)}, got {label_source!r}")

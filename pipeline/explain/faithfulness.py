@@ -112,6 +112,8 @@ def noisy_linear_impute(images: torch.Tensor, keep: torch.Tensor, noise: float =
     tests). An image that keeps no pixel (the
     library's solver fails on it) gets zeros plus noise.
     """
+    # Long on purpose: one conjugate-gradient solve for the whole batch; the stencil, the solve and the
+    # library-order noise share tensors and splitting them would copy the batch.
     if images.ndim != 4 or keep.shape != (images.shape[0], *images.shape[-2:]):
         raise ValueError(f"keep {tuple(keep.shape)} does not match images {tuple(images.shape)}")
     h, w = images.shape[-2:]

@@ -54,6 +54,8 @@ def compute_region_map(landmarks: Sequence[Sequence[float]] | np.ndarray | None,
     (width, height); None = ALIGNED_TEMPLATE in a 100x100 crop. The grid covers
     the whole image (as the model's square input does).
     """
+    # Long on purpose: the region geometry (one ellipse or band per facial region from the landmarks) reads
+    # best as one table of shapes.
     if landmarks is None:
         pts = ALIGNED_TEMPLATE.copy()
         image_size = (ALIGNED_SIZE, ALIGNED_SIZE)

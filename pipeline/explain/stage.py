@@ -350,6 +350,8 @@ def _progress_bar(config: ExplainConfig, total: int, desc: str):
 
 def run_explain(config: ExplainConfig) -> dict[str, Any]:
     """Compute and store a run's explanations; returns a summary dict (see `format_summary`)."""
+    # Long on purpose: the stage's wiring: each step is a function above, called in order; what is left is the
+    # sequence itself.
     from pipeline.explain.cams import compute_heatmap_summary, resolve_target_layer, validate_methods
     from pipeline.explain.faithfulness import summarise_gt_localisation
     from pipeline.explain.regions import compute_failure_tags

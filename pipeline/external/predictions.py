@@ -85,6 +85,8 @@ def _class_columns(columns: Sequence[str]) -> dict[str, str]:
 
 def match_predictions(table: pd.DataFrame, dataset, *, source: str = "predictions file") -> MatchedPredictions:
     """Match a predictions table with a dataset's records; pure (no I/O)."""
+    # Long on purpose: matching by image_id or path, label or probability columns, and counting every
+    # unmatched row are one pass so the report names each cause once.
     from pipeline.external.card import canonical_class
 
     if "image_id" in table.columns:

@@ -548,6 +548,8 @@ def compute_audit(frame: pd.DataFrame, classes: Sequence[str], config: AuditConf
             attribute in `config.attributes` (labels as strings, missing = NaN/None).
         classes: the model's classes, in order.
     """
+    # Long on purpose: the audit's wiring: cells, gaps, families and corrections in order, over the
+    # confusion tensors built here (one per attribute set).
     missing = [c for c in ("true_label", "pred_label", *config.attributes) if c not in frame.columns]
     if missing:
         raise ValueError(f"audit frame lacks columns {missing}")

@@ -131,6 +131,8 @@ def connect(path: str | Path = DEFAULT_DB, read_only: bool = False, timeout_s: f
     `check` (default) a store of another schema version raises
     SchemaMismatchError. The caller closes the connection (or use `open_store`).
     """
+    # Long on purpose: the lock-retry loop: one bounded loop that opens, classifies each DuckDB error and
+    # waits, with its messages.
     import duckdb
 
     path = Path(path).expanduser().absolute()

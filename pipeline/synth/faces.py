@@ -147,6 +147,8 @@ def parse_bias(text: str | None) -> dict | None:
 
     Raises UserError with the offending part named.
     """
+    # Long on purpose: one parser for the bias grammar (SUBGROUP:EFFECT) with a clear error for each
+    # malformed part.
     if text is None or str(text).strip() == "":
         return None
     text = str(text).strip()
@@ -285,6 +287,8 @@ def _sample_emotion(rng, config: SynthConfig, exclude: tuple[str, ...] = ()) -> 
 
 def sample_face_params(config: SynthConfig, index: int, bias: dict | None = None) -> tuple[FaceParams, dict]:
     """Parameters and ground truth of image `index` (0-based), from its own RNG (seed, index)."""
+    # Long on purpose: draws every face parameter from one generator in a fixed order; splitting it would
+    # change the order of the draws and so every generated face.
     rng = np.random.default_rng(np.random.SeedSequence([int(config.seed), int(index)]))
     split = "train" if index < config.n_train else "test"
     gender = _choice(rng, config.gender_shares)

@@ -91,6 +91,8 @@ def augment_batch(x: np.ndarray | torch.Tensor, meta: Mapping[str, Any], config:
     with value 0 = the mean colour, as torchvision's RandomErasing after Normalize).
     Random numbers are drawn on the CPU from `generator`, so results do not depend
     on the device."""
+    # Long on purpose: each transform draws from the one generator in a fixed order, so a seed gives the same
+    # batch; the order is the contract.
     t = _to_float_nchw(x, int(meta["image_size"]), device)
     n, _, h, w = t.shape
     dev = t.device

@@ -327,6 +327,8 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
       resumable, `finished` False).
     progress: tqdm bars per epoch; None = only when stderr is a TTY.
     """
+    # Long on purpose: the training loop: epochs, batches, AMP, group DRO, checkpoints and early stopping
+    # share the loop's state (optimizer, scaler, RNG, weights) and must resume exactly.
     from tqdm.auto import tqdm
 
     device = torch.device(device)

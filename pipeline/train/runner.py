@@ -340,6 +340,8 @@ def find_run_dir(db: Path, run_or_dir: str) -> Path:
 
 def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
     """Train a recipe on a dataset, evaluate on val and test, store the run."""
+    # Long on purpose: the train stage's sequence (resume or start, record the run, train, evaluate, store in
+    # one transaction) inside one failure guard that must cover all of it.
     import torch
 
     from pipeline.store import db as store
@@ -485,6 +487,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
 
 def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
     """Evaluate a trained run's best model on (another) dataset; stored as kind 'evaluate'."""
+    # Long on purpose: the evaluate stage's sequence inside one failure guard that must cover all of it.
     import torch
 
     from pipeline.store import db as store
