@@ -249,6 +249,18 @@ def load_store_status(ref: StoreRef) -> StoreStatus:
         return StoreStatus("unreadable", f"{ref.path} could not be opened as a DuckDB file: {exc}")
 
 
+@st.cache_data(persist="disk", show_spinner="Checking that every table of the store reads back "
+                                            "(once per version of the file) …")
+def load_damaged_tables(ref: StoreRef, _con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """store.find_damaged_tables, kept on disk per state of the file (path, size, mtime, WAL).
+
+    The check reads every block of every table: 5 s of CPU on a 10M-prediction store
+    (7.8 GB, bench/bench_dashboard.py), where every other query of a page takes well under
+    one. Kept on disk, it is paid once per version of the file, not per server start.
+    `_con` (not part of the cache key): the caller's open connection to that file."""
+    return store.find_damaged_tables(_con)
+
+
 def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
     if not store.schema_version(con) and not con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main'").fetchone()[0]:
@@ -259,7 +271,7 @@ def _check_store(ref: StoreRef, con: duckdb.DuckDBPyConnection) -> StoreStatus:
         return StoreStatus("old-schema", str(exc))
     # and the columns themselves, should a store claim the version without them; an older store
     # lacks the tables added since (pages that read them say to re-run the stage that writes them)
-    damaged = store.find_damaged_tables(con)
+    damaged = load_damaged_tables(ref, con)
     if damaged:
         return StoreStatus(
             "damaged",
