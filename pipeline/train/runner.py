@@ -78,6 +78,8 @@ class EvaluateRunConfig:
     batch_size: int = 256
     quiet: bool = False
     checkpoint: str | None = None          # a checkpoint file the user passed, instead of the run's own
+    shard: Any = None                      # distributed.Shard: predict only this block, write it as Parquet
+    merge_shards: bool = False             # store the run from the shards already written
 
 
 @dataclass
@@ -486,18 +488,30 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
 # --------------------------------------------------------------------------- evaluate
 
 def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
-    """Evaluate a trained run's best model on (another) dataset; stored as kind 'evaluate'."""
+    """Evaluate a trained run's best model on (another) dataset; stored as kind 'evaluate'.
+
+    Sharded (`config.shard`, or every rank under torchrun): each shard predicts its
+    contiguous block of the images and writes it as Parquet beside the store
+    (pipeline.store.shards); the merge (`config.merge_shards`, or rank 0 after a
+    barrier under torchrun) builds the run's tables from all shards' probabilities,
+    exactly as one process would from its own, and stores one run in one transaction.
+    """
     # Long on purpose: the evaluate stage's sequence inside one failure guard that must cover all of it.
     import torch
 
     from pipeline.store import db as store
     from pipeline.data.loaders import load_dataset
+    from pipeline.train.distributed import current_world
     from pipeline.train.evaluation import compute_class_mapping
     from pipeline.train.models import hash_checkpoint, load_run_model, resolve_run_checkpoint
     from pipeline.train.loop import predict_probabilities
 
     db = Path(config.db)
     device = resolve_device(config.device)
+    world = current_world()
+    if config.shard is not None and world.size > 1:
+        raise UserError(f"--shard {config.shard.label} is for separate jobs; under torchrun each of the "
+                        f"{world.size} processes already takes its own shard: drop --shard")
     with store.open_store(db, read_only=True) as con:
         parent = store.get_run(con, config.run)
     if parent["kind"] != "train" or not parent.get("checkpoint_path"):
@@ -511,6 +525,15 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
         mapping = compute_class_mapping(meta["classes"], dataset.classes)
     except ValueError as exc:
         raise UserError(f"cannot evaluate run {parent['run_id']} on {spec.name} at {spec.root}: {exc}") from None
+    predict = lambda images: predict_probabilities(model, images, meta, device, config.batch_size)  # noqa: E731
+    sharded = config.shard is not None or config.merge_shards or world.size > 1
+    if sharded:
+        settings = {"stage": "evaluate", "parent_run_id": parent["run_id"], "checkpoint_sha256": checkpoint_sha,
+                    "dataset": spec.as_kwargs(), "fingerprint": dataset.fingerprint, "splits": list(config.splits)}
+        probs_of = _evaluate_shards(config, db=db, settings=settings, dataset=dataset, meta=meta,
+                                    predict=predict, world=world, log=log)
+        if probs_of is None:
+            return RunOutcome("", "shard", {"shard": (config.shard or world.shard).label})
     run_id = store.new_run_id(f"eval-{parent['recipe']}")
     started_at = _utcnow()
     run_row = {
@@ -525,14 +548,17 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
                    "evaluated_classes": list(mapping.classes), "unmappable_classes": list(mapping.unmappable),
                    "device": device, "torch_version": str(torch.__version__)},
     }
+    if sharded:
+        run_row["config"]["shards"] = probs_of.shards
     store.start_run(db, run_row)
     with terminate_as_interrupt(), marking_failed(db, run_id, log, resumable=False):
         t0 = time.perf_counter()
-        arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
-                                   not config.quiet and sys.stderr.isatty())
-        result = evaluate_mapped_splits(
-            lambda images: predict_probabilities(model, images, meta, device, config.batch_size),
-            arrays, mapping, dataset.classes, config.splits)
+        if sharded:
+            arrays, predict = probs_of.arrays, probs_of.lookup
+        else:
+            arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
+                                       not config.quiet and sys.stderr.isatty())
+        result = evaluate_mapped_splits(predict, arrays, mapping, dataset.classes, config.splits)
         if result is None:
             raise UserError(f"no image of {spec.name} at {spec.root} (splits {', '.join(config.splits)}) "
                             f"has a class the model knows ({', '.join(meta['classes'])})")
@@ -541,13 +567,78 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
         n_unmappable = sum(unmappable.values())
         run_row["config"].update(unmappable={"count": n_unmappable, "by_class": unmappable},
                                  headline_split=headline_split)
-        run_row.update(finished_at=_utcnow(), eval_seconds=time.perf_counter() - t0, test_accuracy=acc,
-                       test_macro_f1=f1, n_test=n)
+        run_row.update(finished_at=_utcnow(), test_accuracy=acc, test_macro_f1=f1, n_test=n,
+                       eval_seconds=probs_of.seconds if sharded else time.perf_counter() - t0)
         store.save_run(db, run_row, tables)
+    if sharded:
+        from pipeline.store.shards import remove_shards
+
+        remove_shards(probs_of.folder)
     return RunOutcome(run_id, "complete", {
         "parent_run_id": parent["run_id"], "accuracy": acc, "macro_f1": f1, "n": n, "split": headline_split,
         "classes": list(mapping.classes), "unmappable": n_unmappable, "unmappable_by_class": unmappable,
     })
+
+
+@dataclass
+class ShardedProbabilities:
+    """All shards' probabilities, merged: `arrays` as from load_split_arrays but holding row numbers
+    into `probs` instead of images, so `lookup(rows)` stands in for the model."""
+    arrays: dict[str, tuple[list, np.ndarray]]
+    probs: np.ndarray
+    folder: Path
+    shards: dict[str, Any]
+    seconds: float
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        return self.probs[rows]
+
+
+def _evaluate_shards(config: EvaluateRunConfig, *, db: Path, settings: dict[str, Any], dataset, meta,
+                     predict: Callable[[np.ndarray], np.ndarray], world, log: Callable[[str], None]
+                     ) -> ShardedProbabilities | None:
+    """Predict this process's shard and write it; then, on the merging process, load all shards.
+    Returns None on a process that does not merge (a --shard job, or a rank other than 0)."""
+    from pipeline.data.images import load_images_array
+    from pipeline.store.shards import load_shards, shard_folder, write_shard
+    from pipeline.train.distributed import barrier, shard_slice
+
+    folder = shard_folder(db, settings["parent_run_id"], "evaluate", settings)
+    records = [r for split in config.splits for r in dataset.split(split)]
+    if not config.merge_shards:
+        shard = config.shard or world.shard
+        part = records[shard_slice(len(records), shard)]
+        t0 = time.perf_counter()
+        size = min(int(meta["image_size"]), dataset.image_size) if dataset.image_size else int(meta["image_size"])
+        images = load_images_array(part, size, progress=not config.quiet and sys.stderr.isatty())
+        probs = predict(images) if len(part) else np.zeros((0, len(meta["classes"])), np.float32)
+        frame = pd.DataFrame({"split": [r.split for r in part], "image_id": [r.image_id for r in part],
+                              "probs": [p.astype(np.float32) for p in probs]})
+        path = write_shard(folder, shard.index, shard.count, {"probabilities": frame},
+                           {**settings, "seconds": time.perf_counter() - t0, "n_images": len(records)})
+        log(f"shard {shard.label}: {len(part)} of {len(records)} images predicted, written to {path}")
+        if world.size > 1:
+            barrier()
+        if not world.is_main or world.size == 1:
+            return None
+    hint = "the same evaluate command with --shard {shard}"
+    metas, tables = load_shards(folder, rerun_hint=hint, expected_count=world.size if world.size > 1 else None)
+    frame = tables["probabilities"]
+    expected = [(r.split, r.image_id) for r in records]
+    got = list(zip(frame["split"], frame["image_id"]))
+    if got != expected:
+        raise UserError(f"the shards under {folder} cover {len(got)} images, the dataset's splits "
+                        f"{', '.join(config.splits)} {len(expected)} (or in another order): was the dataset "
+                        f"changed since they ran? Delete {folder} and run the shards again")
+    probs = np.stack(frame["probs"].to_numpy()) if len(frame) else np.zeros((0, len(meta["classes"])), np.float32)
+    arrays, start = {}, 0
+    for split in config.splits:
+        split_records = dataset.split(split)
+        arrays[split] = (split_records, np.arange(start, start + len(split_records)))
+        start += len(split_records)
+    return ShardedProbabilities(arrays=arrays, probs=probs.astype(np.float32), folder=folder,
+                                shards={"count": len(metas), "folder": str(folder)},
+                                seconds=float(sum(m.get("seconds", 0.0) for m in metas)))
 
 
 def evaluate_mapped_splits(predict: Callable[[np.ndarray], np.ndarray], arrays, mapping, dataset_classes,
