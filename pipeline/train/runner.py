@@ -340,8 +340,42 @@ def find_run_dir(db: Path, run_or_dir: str) -> Path:
 
 # --------------------------------------------------------------------------- train
 
+def _silent(message: str) -> None:
+    """The log of a torchrun rank other than 0."""
+
+
+def _checkpoint_meta(recipe: Recipe, classes: list[str], run_id: str, run_config: dict[str, Any]) -> dict[str, Any]:
+    """The meta saved in a checkpoint: the model's input contract and the run's settings."""
+    return {
+        "arch": recipe.arch, "classes": classes, "num_classes": len(classes), "image_size": recipe.image_size,
+        "mean": list(recipe.mean), "std": list(recipe.std), "recipe": recipe.name, "preset": recipe.preset,
+        "head_dropout": recipe.head_dropout, "run_id": run_id, "config": run_config,
+    }
+
+
+def _train_worker(*, recipe: Recipe, spec: DatasetSpec, dataset, groups, model, device: str, resume_state,
+                  config: TrainRunConfig, run_id: str) -> RunOutcome:
+    """A torchrun rank other than 0: decode, train its share of each batch, and leave the rest to rank 0."""
+    from pipeline.train.loop import fit
+
+    classes = list(dataset.classes)
+    arrays = load_split_arrays(dataset, recipe.image_size, ("train", "val"), False)
+    train = _split_tensors(*arrays["train"], len(classes), groups)
+    val = _split_tensors(*arrays["val"], len(classes))
+    result = fit(model, train, val, _checkpoint_meta(recipe, classes, run_id, {}), recipe.train, device,
+                 resume=resume_state, stop_after=config.stop_after, progress=False, log=_silent)
+    return RunOutcome(run_id, "worker", {"epochs": len(result.history)})
+
+
 def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
-    """Train a recipe on a dataset, evaluate on val and test, store the run."""
+    """Train a recipe on a dataset, evaluate on val and test, store the run.
+
+    Under torchrun (an initialised process group) every rank trains its share of each
+    batch with DDP (see pipeline.train.loop); rank 0 alone records the run, writes
+    the checkpoints and the log, evaluates and stores; the other ranks return a
+    RunOutcome with status 'worker' once training is done. `--resume` reads the
+    rank-0 checkpoint, so a run continues in any number of processes.
+    """
     # Long on purpose: the train stage's sequence (resume or start, record the run, train, evaluate, store in
     # one transaction) inside one failure guard that must cover all of it.
     import torch
@@ -349,15 +383,19 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     from pipeline.store import db as store
     from pipeline.data.loaders import load_dataset
     from pipeline.train.models import create_model, hash_checkpoint, load_checkpoint, save_checkpoint
+    from pipeline.train.distributed import barrier, broadcast_object, current_world
     from pipeline.train.loop import fit, predict_probabilities, seed_everything
 
     db = Path(config.db)
     device = resolve_device(config.device)
+    world = current_world()
+    if not world.is_main:
+        log = _silent  # rank 0 speaks for the group
     progress = False if config.quiet else None
     resume_state = None
     if config.resume:
         run_dir = find_run_dir(db, config.resume)
-        if db.is_file():
+        if db.is_file() and world.is_main:
             with store.open_store(db, read_only=True) as con:
                 runs = store.list_runs(con, include_incomplete=True)
             done = runs[(runs["run_id"] == run_dir.name) & (runs["status"] == "complete")]
@@ -377,15 +415,16 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     else:
         recipe, spec, weights = config.recipe, config.dataset, config.weights
         spec = dataclasses.replace(spec, root=str(Path(spec.root).resolve()))
-        run_id = store.new_run_id(recipe.name)
+        run_id, started_at = broadcast_object((store.new_run_id(recipe.name), _utcnow()) if world.is_main else None)
         run_dir = runs_dir_for(db) / run_id
-        started_at = _utcnow()
 
     run_config = {
         "dataset": spec.as_kwargs(), "recipe": _jsonable(recipe), "preset": recipe.preset, "weights": weights,
         "device": device, "seed": recipe.train.seed, "started_at": started_at.isoformat(),
         "torch_version": str(torch.__version__),
     }
+    if world.size > 1:
+        run_config["distributed"] = {"world_size": world.size, "backend": "nccl" if device.startswith("cuda") else "gloo"}
     run_row = {
         "run_id": run_id, "kind": "train", "parent_run_id": None, "dataset": spec.name,
         "dataset_root": str(Path(spec.root).resolve()), "dataset_fingerprint": "", "is_synthetic": False,
@@ -414,6 +453,10 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
         log(f"skipped {len(dataset.skipped)} dataset entries (see `python -m pipeline inspect` for all): "
             + "; ".join(f"{path}: {reason}" for path, reason in dataset.skipped[:3])
             + (" ..." if len(dataset.skipped) > 3 else ""))
+    barrier()  # every rank has read the store (the command's check, a resume's look-up) before rank 0 writes it
+    if not world.is_main:
+        return _train_worker(recipe=recipe, spec=spec, dataset=dataset, groups=groups, model=model, device=device,
+                             resume_state=resume_state, config=config, run_id=run_id)
     if config.resume:
         store.reopen_run(db, run_row)
     else:
@@ -426,11 +469,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
             f"in {time.perf_counter() - t0:.1f}s")
         if not arrays["train"][0]:
             raise UserError(f"dataset {spec.name} at {spec.root} has no training images")
-        meta = {
-            "arch": recipe.arch, "classes": classes, "num_classes": len(classes), "image_size": recipe.image_size,
-            "mean": list(recipe.mean), "std": list(recipe.std), "recipe": recipe.name, "preset": recipe.preset,
-            "head_dropout": recipe.head_dropout, "run_id": run_id, "config": run_config,
-        }
+        meta = _checkpoint_meta(recipe, classes, run_id, run_config)
 
         def on_checkpoint(state: dict, is_best: bool) -> None:
             if is_best:
