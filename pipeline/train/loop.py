@@ -334,12 +334,19 @@ def _group_loss(sample_losses: torch.Tensor, idx: torch.Tensor, cells: torch.Ten
 
 def _wrap_distributed(model: nn.Module, device: torch.device, dro: GroupDRO | None, world) -> nn.Module:
     """`model` itself in a world of one; else DistributedDataParallel over it (which starts every rank
-    from rank 0's weights), with group DRO's cell losses summed over the ranks."""
+    from rank 0's weights), with group DRO's cell losses summed over the ranks. On CUDA the BatchNorm
+    layers become SyncBatchNorm (in place: the state dict keeps its keys), so they normalise over the
+    global batch as one process does; SyncBatchNorm is CUDA-only, so on CPU each rank normalises its own
+    share (the gap this leaves is measured in tests/pipeline/train/test_distributed.py)."""
     if world.size == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     from pipeline.train.distributed import all_reduce_sum
+
+    if device.type == "cuda":
+        for name, child in list(model.named_children()):
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
 
     if dro is not None:
         dro.reduce = lambda t: all_reduce_sum(t, str(device)).to(t.device)
