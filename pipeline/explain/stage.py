@@ -361,7 +361,8 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
     the localisation metrics from the merged per-image frames, then stores it all
     with `save_explanations` in one transaction. So every row equals one process's
     except the shuffled-map localisation baselines (gt_energy_shuffled,
-    pointing_shuffled), whose derangement is drawn within each shard's images.
+    pointing_shuffled), whose derangement is drawn within each shard's images, and
+    the pass flag of 'pointing', which compares with pointing_shuffled.
     A process that only wrote its shard returns {"shard": "K/N", ...}.
     """
     # Long on purpose: the stage's wiring: each step is a function above, called in order; what is left is the
