@@ -11,7 +11,8 @@ sample (explanation_metrics): faithfulness (ROAD, confidence change), the
 model-randomisation sanity check and, on the synthetic set, localisation of the
 ground-truth action-unit regions against uniform and shuffled baselines.
 
-Rules: each function below does one job and only `save_explanations` writes; a
+Rules: each function below does one job and only `save_explanations` writes the
+store (a sharded run's Parquet shards: see `run_explain`); a
 method's rows are replaced as a whole, every method in one transaction, so a
 crash leaves the store as it was. `run_explain(ExplainConfig(...))` is what the
 command, the demo and the benches call.
@@ -381,9 +382,9 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
     if not db.is_file():
         raise UserError(f"results store {db} does not exist; run `python -m pipeline demo` or pass --db PATH")
     world = current_world()
-    if shard is not None and world.size > 1:
-        raise UserError(f"--shard {shard.label} is for separate jobs; under torchrun each of the {world.size} "
-                        f"processes already takes its own shard: drop --shard")
+    if (shard is not None or merge_shards) and world.size > 1:
+        raise UserError(f"--shard/--merge-shards are for separate jobs; under torchrun each of the {world.size} "
+                        f"processes takes its own shard and rank 0 merges: drop them")
     with store.open_store(db, read_only=True) as con:
         run, preds = load_stored_predictions(con, config.run, config.split)
     device = resolve_device(config.device)

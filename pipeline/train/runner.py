@@ -12,6 +12,12 @@ runs stay intact and no half run looks complete. Checkpoints go to
 runs/<run_id>/{best,last}.pt beside the store; the SHA-256 of best.pt is stored
 with the run and checked whenever the model is loaded again
 (`models.load_run_model`).
+
+Under torchrun (pipeline.train.distributed) `train` runs DDP with rank 0 alone
+touching the store and the checkpoints, and `evaluate` is sharded: each rank
+writes its images' probabilities as a Parquet shard (pipeline.store.shards) and
+rank 0 stores the one run from all of them; `--shard K/N` and `--merge-shards`
+do the same across jobs that share no process group.
 """
 from __future__ import annotations
 
@@ -424,7 +430,8 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
         "torch_version": str(torch.__version__),
     }
     if world.size > 1:
-        run_config["distributed"] = {"world_size": world.size, "backend": "nccl" if device.startswith("cuda") else "gloo"}
+        run_config["distributed"] = {"world_size": world.size,
+                                     "backend": "nccl" if device.startswith("cuda") else "gloo"}
     run_row = {
         "run_id": run_id, "kind": "train", "parent_run_id": None, "dataset": spec.name,
         "dataset_root": str(Path(spec.root).resolve()), "dataset_fingerprint": "", "is_synthetic": False,
@@ -548,9 +555,9 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
     db = Path(config.db)
     device = resolve_device(config.device)
     world = current_world()
-    if config.shard is not None and world.size > 1:
-        raise UserError(f"--shard {config.shard.label} is for separate jobs; under torchrun each of the "
-                        f"{world.size} processes already takes its own shard: drop --shard")
+    if (config.shard is not None or config.merge_shards) and world.size > 1:
+        raise UserError(f"--shard/--merge-shards are for separate jobs; under torchrun each of the {world.size} "
+                        f"processes takes its own shard and rank 0 merges: drop them")
     with store.open_store(db, read_only=True) as con:
         parent = store.get_run(con, config.run)
     if parent["kind"] != "train" or not parent.get("checkpoint_path"):

@@ -24,7 +24,8 @@ TRAIN = ["--recipe", "lightcnn-softlabel", "--batch-size", "16", "--image-size",
 
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=2 -m pipeline -- ARGS`, as the README gives it."""
-    launcher = [shutil.which("torchrun")] if shutil.which("torchrun") else [sys.executable, "-m", "torch.distributed.run"]
+    found = shutil.which("torchrun")
+    launcher = [found] if found else [sys.executable, "-m", "torch.distributed.run"]
     out = subprocess.run([*launcher, "--standalone", "--nproc_per_node=2", "-m", "pipeline", "--", *args],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -38,7 +39,8 @@ def _runs(db) -> pd.DataFrame:
 
 def _frame(db, table, run_id, sort):
     with store.open_store(db, read_only=True) as con:
-        return store.load_frame(con, table, run_id=run_id).drop(columns="run_id").sort_values(sort).reset_index(drop=True)
+        frame = store.load_frame(con, table, run_id=run_id)
+    return frame.drop(columns="run_id").sort_values(sort).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,8 @@ SHUFFLED = ("gt_energy_shuffled", "pointing_shuffled")   # drawn within each sha
 def _explanations(db, run_id):
     heat = _frame(db, "heatmaps", run_id, ["method", "image_id", "target"])
     metrics = _frame(db, "explanation_metrics", run_id, ["method", "metric", "emotion"])
-    return {"heatmaps": heat, "heatmap_summary": _frame(db, "heatmap_summary", run_id, ["method", "emotion", "correct"]),
+    summary = _frame(db, "heatmap_summary", run_id, ["method", "emotion", "correct"])
+    return {"heatmaps": heat, "heatmap_summary": summary,
             "failure_tags": _frame(db, "failure_tags", run_id, ["image_id", "method", "tag"]),
             # pointing passes by a margin over pointing_shuffled, so its flag is shard-dependent too
             "metrics": metrics[~metrics["metric"].isin(SHUFFLED)].reset_index(drop=True).assign(

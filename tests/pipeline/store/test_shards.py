@@ -12,7 +12,8 @@ HINT = "the same command with --shard {shard}"
 
 def _frame(ids):
     return pd.DataFrame({"image_id": ids, "cam": [bytes([i]) * 4 for i in range(len(ids))],
-                         "probs": [[0.25, 0.75]] * len(ids), "gt_hit": [True, None][:len(ids)] + [False] * (len(ids) - 2)})
+                         "probs": [[0.25, 0.75]] * len(ids),
+                         "gt_hit": [True, None][:len(ids)] + [False] * (len(ids) - 2)})
 
 
 def test_shards_merge_in_shard_order_whatever_order_they_were_written(tmp_path):
