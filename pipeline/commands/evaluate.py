@@ -9,6 +9,9 @@ stored as its own run: kind 'evaluate' (parent_run_id = the trained run) for
 Examples:
   python -m pipeline evaluate --run latest --dataset fer2013 --root ~/data/fer2013
   python -m pipeline evaluate --model models/resnet18.toml --dataset rafdb --root data/rafdb
+  torchrun --nproc_per_node=2 -m pipeline -- evaluate --run latest --dataset rafdb --root data/rafdb
+  python -m pipeline evaluate --run latest --dataset rafdb --root data/rafdb --shard 2/4   # one job of four
+  python -m pipeline evaluate --run latest --dataset rafdb --root data/rafdb --merge-shards
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ SHARED_HELP = {'run': "trained run: id, unique prefix or 'latest' (default {defa
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from pipeline.commands.options import add_shard_options
 
     parser.epilog = __doc__.split("\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -40,6 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="PATH",
                         help="a checkpoint file you trust, instead of the run's own runs/<id>/best.pt "
                              "(loaded weights-only; its SHA-256 is stored with the new run)")
+    add_shard_options(parser, "evaluate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from pipeline.errors import UserError
         from pipeline.external.evaluate import ExternalEvaluateConfig, run_evaluate_model
+        from pipeline.train.distributed import launched_world
 
+        if args.shard or args.merge_shards or launched_world().size > 1:
+            raise UserError(f"--model {args.model} is evaluated in one process: drop --shard/--merge-shards "
+                            f"and run it without torchrun")
         if args.run != "latest":
             raise UserError(f"give --run {args.run} (a trained run) or --model {args.model} (a model card), not both")
         outcome = run_evaluate_model(ExternalEvaluateConfig(card=args.model, dataset=spec, splits=splits,
@@ -59,9 +68,20 @@ def run(args: argparse.Namespace) -> int:
         s = outcome.summary
         what = f"model {s['model']} ({s['format']})"
     else:
-        outcome = run_evaluate(EvaluateRunConfig(run=args.run, dataset=spec, splits=splits,
-                                                 device=args.device, db=args.db, batch_size=args.batch_size,
-                                                 quiet=args.quiet, checkpoint=args.checkpoint))
+        from pipeline.commands.options import parse_shard_options
+        from pipeline.train.distributed import launched_group
+
+        shard, merge = parse_shard_options(args)
+        with launched_group(args.device) as (world, device):
+            outcome = run_evaluate(EvaluateRunConfig(run=args.run, dataset=spec, splits=splits, device=device,
+                                                     db=args.db, batch_size=args.batch_size, quiet=args.quiet,
+                                                     checkpoint=args.checkpoint, shard=shard, merge_shards=merge),
+                                   log=print if world.is_main or shard else _silent)
+        if outcome.status == "shard":
+            if world.is_main:
+                print(f"shard {outcome.summary['shard']} written; once every shard is, store the run with "
+                      f"the same command and --merge-shards instead of --shard")
+            return 0
         s = outcome.summary
         what = f"run {s['parent_run_id']}"
     print(f"evaluated {what} on {args.dataset} ({s['split']}, classes {', '.join(s['classes'])}): "
@@ -74,3 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{s['unmappable']} images excluded as unmappable (classes the model lacks: {detail})")
     print(f"stored as run {outcome.run_id} in {args.db}")
     return 0
+
+
+def _silent(message: str) -> None:
+    """The log of a torchrun rank other than 0: rank 0 speaks for the group."""

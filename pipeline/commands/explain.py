@@ -4,18 +4,22 @@ Examples:
   python -m pipeline explain --run latest
   python -m pipeline explain --run 20261122 --methods gradcam,gradcam++,layercam --limit 500
   python -m pipeline explain --run latest --target-layer block2 --faithfulness-samples 100
+  torchrun --nproc_per_node=2 -m pipeline -- explain --run latest
+  python -m pipeline explain --run latest --shard 1/4   # one job of four; then --merge-shards
 
 What is computed and stored is described in pipeline/explain/stage.py.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 
 SHARED_OPTIONS = ('db', 'run', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from pipeline.commands.options import add_shard_options
     from pipeline.explain.stage import ExplainConfig as C
 
     parser.epilog = __doc__.split("\n", 1)[1]
@@ -39,12 +43,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="which layers to re-initialise: the target layer and after (cascading, default), "
                              "only after it (head), or all (full)")
     parser.add_argument("--n-boot", type=int, default=C.n_boot, help=f"bootstrap resamples for CIs (default {C.n_boot})")
+    add_shard_options(parser, "explain")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.commands.options import parse_shard_options
     from pipeline.errors import UserError
     from pipeline.explain.cams import validate_methods
     from pipeline.explain.stage import ExplainConfig, format_summary, run_explain
+    from pipeline.train.distributed import launched_group
 
     try:
         methods = validate_methods(args.methods.split(","))
@@ -55,5 +62,15 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, batch_size=args.batch_size, cam_size=args.cam_size,
         faithfulness_samples=args.faithfulness_samples, sanity_samples=args.sanity_samples,
         sanity_mode=args.sanity_mode, n_boot=args.n_boot, seed=args.seed, device=args.device, quiet=args.quiet)
-    print(format_summary(run_explain(config)))
+    shard, merge = parse_shard_options(args)
+    with launched_group(args.device) as (world, device):
+        if world.size > 1:  # one progress bar per process would interleave
+            config = replace(config, device=device, quiet=True)
+        summary = run_explain(config, shard=shard, merge_shards=merge)
+    if "shard" in summary:
+        if shard is not None:
+            print(f"shard {summary['shard']}: {summary['n_images']} images explained, written to {summary['path']}; "
+                  f"once every shard is, store them with the same command and --merge-shards instead of --shard")
+        return 0
+    print(format_summary(summary))
     return 0

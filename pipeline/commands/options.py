@@ -55,3 +55,24 @@ def create_parent_parser(names: Sequence[str], help_overrides: Mapping[str, str]
         else:
             parent.add_argument(f"--{name}", default=default, help=text)
     return parent
+
+
+def add_shard_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """--shard K/N and --merge-shards, for the stages that split their images (evaluate, explain)."""
+    group = parser.add_argument_group(
+        "sharding (see README, 'Scaling out'; under torchrun each process takes its shard by itself)")
+    group.add_argument("--shard", metavar="K/N",
+                       help=f"{command} only the K-th of N equal blocks of the images (K counted from 1) and "
+                            f"write them as Parquet beside the store, for job arrays on separate machines")
+    group.add_argument("--merge-shards", action="store_true",
+                       help="store the result from the N shards written before (names any that are missing)")
+
+
+def parse_shard_options(args: argparse.Namespace):
+    """(distributed.Shard or None, merge) from --shard/--merge-shards; UserError when both are given."""
+    from pipeline.errors import UserError
+    from pipeline.train.distributed import parse_shard
+
+    if args.shard and args.merge_shards:
+        raise UserError(f"give --shard {args.shard} (compute one shard) or --merge-shards (store them all), not both")
+    return (parse_shard(args.shard) if args.shard else None), bool(args.merge_shards)

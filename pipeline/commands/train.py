@@ -4,6 +4,7 @@ Examples:
   python -m pipeline train --dataset synthetic --root data/synthetic --recipe lightcnn-softlabel
   python -m pipeline train --dataset rafdb --root ~/data/RAF-DB --recipe resnet50-transfer --weights imagenet
   python -m pipeline train --resume 20261122-0315   # continue an interrupted run from its last checkpoint
+  torchrun --nproc_per_node=2 -m pipeline -- train --dataset rafdb --root ~/data/RAF-DB   # DDP; --batch-size is global
 """
 from __future__ import annotations
 
@@ -108,6 +109,7 @@ def build_recipe(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UserError
+    from pipeline.train.distributed import launched_group
     from pipeline.train.runner import DatasetSpec, TrainRunConfig, resolve_device, run_train
 
     if args.resume is None and (args.dataset is None or args.root is None):
@@ -116,10 +118,12 @@ def run(args: argparse.Namespace) -> int:
     spec = DatasetSpec(name=args.dataset or "", root=args.root or "", num_classes=recipe.num_classes,
                        variant=args.variant, val_fraction=args.val_fraction, seed=args.seed,
                        label_source=args.label_source)
-    device = resolve_device(args.device)
-    config = TrainRunConfig(dataset=spec, recipe=recipe, weights=recipe.weights, device=device, db=args.db,
-                            resume=args.resume, stop_after=args.stop_after, quiet=args.quiet)
-    outcome = run_train(config)
+    with launched_group(args.device) as (world, device):
+        config = TrainRunConfig(dataset=spec, recipe=recipe, weights=recipe.weights, device=resolve_device(device),
+                                db=args.db, resume=args.resume, stop_after=args.stop_after, quiet=args.quiet)
+        outcome = run_train(config)
+    if outcome.status == "worker":
+        return 0
     s = outcome.summary
     if outcome.status == "stopped":
         print(f"run {outcome.run_id} stopped after {s['epochs']} epochs; "

@@ -11,7 +11,8 @@ sample (explanation_metrics): faithfulness (ROAD, confidence change), the
 model-randomisation sanity check and, on the synthetic set, localisation of the
 ground-truth action-unit regions against uniform and shuffled baselines.
 
-Rules: each function below does one job and only `save_explanations` writes; a
+Rules: each function below does one job and only `save_explanations` writes the
+store (a sharded run's Parquet shards: see `run_explain`); a
 method's rows are replaced as a whole, every method in one transaction, so a
 crash leaves the store as it was. `run_explain(ExplainConfig(...))` is what the
 command, the demo and the benches call.
@@ -348,13 +349,29 @@ def _progress_bar(config: ExplainConfig, total: int, desc: str):
     return bar.update, bar.close
 
 
-def run_explain(config: ExplainConfig) -> dict[str, Any]:
-    """Compute and store a run's explanations; returns a summary dict (see `format_summary`)."""
+def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False) -> dict[str, Any]:
+    """Compute and store a run's explanations; returns a summary dict (see `format_summary`).
+
+    Sharded (`shard`, a pipeline.train.distributed.Shard, or every rank under torchrun):
+    the shard explains its contiguous block of the selected images and writes its
+    heatmaps, failure tags and per-image localisation as Parquet beside the store
+    (pipeline.store.shards); shard 1 alone also runs the checks (faithfulness and
+    sanity) on the same seeded sample of all images that one process would draw.
+    The merge (`merge_shards`, or rank 0 after a barrier under torchrun) computes the
+    aggregates from the merged rows: heatmap_summary from the merged heatmaps and
+    the localisation metrics from the merged per-image frames, then stores it all
+    with `save_explanations` in one transaction. So every row equals one process's
+    except the shuffled-map localisation baselines (gt_energy_shuffled,
+    pointing_shuffled), whose derangement is drawn within each shard's images, and
+    the pass flag of 'pointing', which compares with pointing_shuffled.
+    A process that only wrote its shard returns {"shard": "K/N", ...}.
+    """
     # Long on purpose: the stage's wiring: each step is a function above, called in order; what is left is the
     # sequence itself.
     from pipeline.explain.cams import compute_heatmap_summary, resolve_target_layer, validate_methods
     from pipeline.explain.faithfulness import summarise_gt_localisation
     from pipeline.explain.regions import compute_failure_tags
+    from pipeline.train.distributed import current_world
     from pipeline.train.models import load_run_model
     from pipeline.train.runner import resolve_device
 
@@ -364,6 +381,10 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
     db = Path(config.db)
     if not db.is_file():
         raise UserError(f"results store {db} does not exist; run `python -m pipeline demo` or pass --db PATH")
+    world = current_world()
+    if (shard is not None or merge_shards) and world.size > 1:
+        raise UserError(f"--shard/--merge-shards are for separate jobs; under torchrun each of the {world.size} "
+                        f"processes takes its own shard and rank 0 merges: drop them")
     with store.open_store(db, read_only=True) as con:
         run, preds = load_stored_predictions(con, config.run, config.split)
     device = resolve_device(config.device)
@@ -376,34 +397,85 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
     dataset = load_run_dataset_for(run)
     rng = np.random.default_rng(config.seed)
     targets = select_targets(run["run_id"], preds, dataset, classes, limit=config.limit, rng=rng)
-    regions = RegionContext(targets.records, dataset)
     common = dict(methods=methods, model=model, layer=layer, layer_name=layer_name, meta=meta, config=config,
                   device=device)
+    sharded = shard is not None or merge_shards or world.size > 1
+    if sharded:
+        from pipeline.store.shards import load_shards, shard_folder, write_shard
+        from pipeline.train.distributed import barrier, shard_slice
 
-    update, close = _progress_bar(config, len(targets), f"CAMs ({', '.join(methods)})")
-    heat = compute_heatmap_rows(targets, regions=regions, progress=update, **common)
-    close()
-    preds = targets.preds
-    tags = compute_failure_tags(list(preds["image_id"]), list(preds["true_label"]), list(preds["pred_label"]),
-                                [r.occluder for r in targets.records], heat.background_share,
-                                config.background_threshold)
+        settings = {"stage": "explain", "run_id": run["run_id"], "checkpoint_sha256": run.get("checkpoint_sha256"),
+                    "layer": layer_name, **{k: v for k, v in vars(config).items()
+                                            if k not in ("db", "run", "device", "quiet")}}
+        folder = shard_folder(db, run["run_id"], "explain", settings)
+        mine = shard or world.shard
+    if sharded and not merge_shards:
+        block = shard_slice(len(targets), mine)
+        part = ExplainTargets(run_id=targets.run_id, preds=targets.preds.iloc[block].reset_index(drop=True),
+                              records=targets.records[block], pred_idx=targets.pred_idx[block],
+                              true_idx=targets.true_idx[block], wrong=targets.wrong[block])
+    else:
+        part = targets
+    if not merge_shards:
+        update, close = _progress_bar(config, len(part), f"CAMs ({', '.join(methods)})")
+        heat = compute_heatmap_rows(part, regions=RegionContext(part.records, dataset), progress=update, **common)
+        close()
+        tags = compute_failure_tags(list(part.preds["image_id"]), list(part.preds["true_label"]),
+                                    list(part.preds["pred_label"]), [r.occluder for r in part.records],
+                                    heat.background_share, config.background_threshold)
+        localisation = {m: pd.concat(heat.localisation[m], ignore_index=True) for m in methods
+                        if heat.localisation[m]}
+        check_rows: dict[str, list[dict]] = {m: [] for m in methods}
+        if not sharded or mine.index == 0:
+            n_checked = min(len(targets), max(config.faithfulness_samples, config.sanity_samples))
+            update, close = _progress_bar(config, len(methods) * n_checked, "faithfulness + sanity")
+            check_rows = compute_check_rows(targets, rng=rng, progress=update, **common)
+            close()
+        heat_frames = {m: pd.DataFrame(rows) for m, rows in heat.rows.items()}
+    if sharded and not merge_shards:
+        path = write_shard(folder, mine.index, mine.count, {
+            "heatmaps": pd.concat(list(heat_frames.values()), ignore_index=True),
+            "failure_tags": tags,
+            "localisation": pd.concat([g.assign(method=m) for m, g in localisation.items()], ignore_index=True)
+            if localisation else pd.DataFrame({"method": pd.Series(dtype=str)}),
+            "checks": pd.DataFrame([r for rows in check_rows.values() for r in rows], columns=METRIC_COLUMNS),
+        }, {**settings, "n_images": len(targets)})
+        if world.size > 1:
+            barrier()
+        if world.size == 1 or not world.is_main:
+            return {"shard": mine.label, "run_id": targets.run_id, "n_images": len(part), "path": str(path)}
+    if sharded:
+        _, merged = load_shards(folder, rerun_hint="the same explain command with --shard {shard}",
+                                expected_count=world.size if world.size > 1 else None)
+        heat_all = merged["heatmaps"]
+        got = set(heat_all.loc[heat_all["target"] == "pred", "image_id"]) if len(heat_all) else set()
+        if got != set(targets.preds["image_id"]):
+            raise UserError(f"the shards under {folder} explain {len(got)} images, the run's selection "
+                            f"{len(targets)}: were its predictions replaced since they ran? Delete {folder} "
+                            f"and run the shards again")
+        heat_frames = {m: heat_all[heat_all["method"] == m].reset_index(drop=True) for m in methods}
+        tags = merged["failure_tags"]
+        loc = merged["localisation"]
+        localisation = {m: loc[loc["method"] == m].reset_index(drop=True) for m in methods
+                        if len(loc) and (loc["method"] == m).any()}
+        checks = merged["checks"].assign(passed=lambda f: f["passed"].astype(object).where(f["passed"].notna(), None))
+        check_rows = {m: checks[checks["method"] == m].to_dict("records") for m in methods}
     metric_rows: dict[str, list[dict]] = {m: [] for m in methods}
-    for m in methods:
-        if heat.localisation[m]:
-            g = pd.concat(heat.localisation[m], ignore_index=True)
-            metric_rows[m] += summarise_gt_localisation(g, g["emotion"].tolist(), m, n_boot=config.n_boot,
-                                                        seed=config.seed)
-    n_checked = min(len(targets), max(config.faithfulness_samples, config.sanity_samples))
-    update, close = _progress_bar(config, len(methods) * n_checked, "faithfulness + sanity")
-    for m, rows in compute_check_rows(targets, rng=rng, progress=update, **common).items():
+    for m, g in localisation.items():
+        metric_rows[m] += summarise_gt_localisation(g, g["emotion"].tolist(), m, n_boot=config.n_boot,
+                                                    seed=config.seed)
+    for m, rows in check_rows.items():
         metric_rows[m] += rows
-    close()
 
-    heat_frames = {m: pd.DataFrame(rows) for m, rows in heat.rows.items()}
+    preds = targets.preds
     summaries = {m: compute_heatmap_summary(heat_frames[m], preds, config.split) for m in methods}
     with store.open_store(db) as con:
         save_explanations(con, targets.run_id, heat_frames=heat_frames, summaries=summaries,
                           metric_rows=metric_rows, tags=tags)
+    if sharded:
+        from pipeline.store.shards import remove_shards
+
+        remove_shards(folder)
     return {
         "run_id": targets.run_id, "methods": list(methods), "target_layer": layer_name, "n_images": len(targets),
         "n_misclassified": int(targets.wrong.sum()), "n_heatmaps": int(sum(len(f) for f in heat_frames.values())),

@@ -18,6 +18,20 @@ train split's `groups` codes, built by the caller from `group_attributes`):
 mean 1; `group_dro` minimises the loss of the worst cell with the online
 algorithm of Sagawa et al. (2020, "Distributionally robust neural networks"):
 cell weights q <- q * exp(step * cell loss), loss = sum of q * cell loss.
+
+Under torchrun (an initialised process group, pipeline.train.distributed) the same
+loop trains with DistributedDataParallel: every rank draws the same seeded epoch
+order (so class-balanced and group sampling, soft labels and weights are those of
+one process), takes every world_size-th image of each global batch of
+`batch_size` images, and DDP averages the gradients; rank 0 validates and
+broadcasts the figures early stopping and the scheduler act on, and group DRO
+sums its cell losses over the ranks. Augmentation draws from a per-rank generator
+seeded from (seed, epoch, rank), so a resumed run continues exactly in any world
+size. A world of one runs the loop as it always has.
+
+There is no DataLoader: each split is decoded once (a thread pool, see
+pipeline.data.images) into uint8 memory and batches are augmented on the device;
+on CUDA a batch is staged in pinned memory and copied asynchronously.
 """
 from __future__ import annotations
 
@@ -206,6 +220,9 @@ class GroupDRO:
             raise ValueError(f"dro_step_size must be positive, got {step_size}")
         self.step_size = step_size
         self.q = torch.full((n_cells,), 1.0 / n_cells, dtype=torch.float64, device=device)
+        # Under DDP: sums a (2, n_cells) tensor over the ranks, so that every rank updates q from the
+        # whole global batch's cell losses and the ranks' q stay equal.
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def loss(self, sample_losses: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         n = self.q.shape[0]
@@ -213,7 +230,11 @@ class GroupDRO:
             0, cells, sample_losses)
         counts = torch.bincount(cells, minlength=n).to(sample_losses.dtype)
         cell_loss = sums / counts.clamp(min=1)
-        self.q = self.q * torch.exp(self.step_size * cell_loss.detach().double())
+        observed = cell_loss.detach()
+        if self.reduce is not None:
+            total = self.reduce(torch.stack([sums.detach(), counts]).double())
+            observed = total[0] / total[1].clamp(min=1)
+        self.q = self.q * torch.exp(self.step_size * observed.double())
         self.q = self.q / self.q.sum()
         return (self.q.to(cell_loss.dtype) * cell_loss).sum()
 
@@ -309,6 +330,57 @@ def _group_loss(sample_losses: torch.Tensor, idx: torch.Tensor, cells: torch.Ten
     return sample_losses.mean()
 
 
+# --------------------------------------------------------------------------- distributed pieces
+
+def _wrap_distributed(model: nn.Module, device: torch.device, dro: GroupDRO | None, world) -> nn.Module:
+    """`model` itself in a world of one; else DistributedDataParallel over it (which starts every rank
+    from rank 0's weights), with group DRO's cell losses summed over the ranks. On CUDA the BatchNorm
+    layers become SyncBatchNorm (in place: the state dict keeps its keys), so they normalise over the
+    global batch as one process does; SyncBatchNorm is CUDA-only, so on CPU each rank normalises its own
+    share (the gap this leaves is measured in tests/pipeline/train/test_distributed.py)."""
+    if world.size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    from pipeline.train.distributed import all_reduce_sum
+
+    if device.type == "cuda":
+        for name, child in list(model.named_children()):
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+    if dro is not None:
+        dro.reduce = lambda t: all_reduce_sum(t, str(device)).to(t.device)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _rank_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """The augmentation generator of one rank and epoch (DDP only): independent streams, and a
+    resumed run draws what it would have drawn, whatever the world size before."""
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _stage(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A gathered uint8 batch, in pinned memory when it goes to a GPU (the copy is then asynchronous)."""
+    return images.pin_memory() if device.type == "cuda" else images
+
+
+def _sum_over_ranks(values: tuple[float, ...], device: torch.device) -> tuple[float, ...]:
+    from pipeline.train.distributed import all_reduce_sum
+
+    return tuple(all_reduce_sum(list(values), str(device)).tolist())
+
+
+def _validate_on_main(model, split: SplitTensors, meta, config, device, batch_size, world) -> tuple[float, float]:
+    """`_validate` on rank 0, broadcast to all ranks so that every rank takes the same decisions."""
+    if world.size == 1:
+        return _validate(model, split, meta, config, device, batch_size)
+    from pipeline.train.distributed import broadcast_object
+
+    figures = _validate(model, split, meta, config, device, batch_size) if world.is_main else None
+    return broadcast_object(figures)
+
+
 # --------------------------------------------------------------------------- the loop
 
 def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str, Any], config: TrainConfig,
@@ -331,6 +403,9 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
     # share the loop's state (optimizer, scaler, RNG, weights) and must resume exactly.
     from tqdm.auto import tqdm
 
+    from pipeline.train.distributed import current_world
+
+    world = current_world()
     device = torch.device(device)
     generator = seed_everything(config.seed, device)
     model.to(device).to(memory_format=torch.channels_last)
@@ -344,7 +419,7 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
     scheduler, per_batch = create_scheduler(optimizer, config, steps)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    show = (sys.stderr.isatty() if progress is None else progress)
+    show = (sys.stderr.isatty() if progress is None else progress) and world.is_main
 
     history: list[dict[str, float]] = []
     start_epoch, best_loss, best_epoch, bad_epochs = 1, math.inf, 0, 0
@@ -368,10 +443,12 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
         if resume.get("stopped_early"):
             start_epoch = config.epochs + 1
 
+    net = _wrap_distributed(model, device, dro, world)
     stopped_early = bool(resume and resume.get("stopped_early"))
     finished = True
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()
+        aug_generator = generator if world.size == 1 else _rank_generator(config.seed, epoch, world.rank)
         model.train()
         for m in frozen:
             m.eval()
@@ -384,13 +461,15 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
                    file=sys.stderr)
         for b in bar:
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            if len(idx) < 2 and len(order) > 1 and b > 0:
-                continue  # a lone sample breaks BatchNorm; it is seen again next epoch
-            x = augment_batch(train.images[idx], meta, config.augment, generator, device)
+            if len(idx) < 2 * world.size and len(order) > 1 and b > 0:
+                continue  # a lone sample (on a rank) breaks BatchNorm; it is seen again next epoch
+            if world.size > 1:
+                idx = idx[world.rank::world.size]
+            x = augment_batch(_stage(train.images[idx], device), meta, config.augment, aug_generator, device)
             y = train.labels[idx].to(device)
             soft = train.soft[idx].to(device) if train.soft is not None else None
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
+                logits = net(x)
                 if cells is None:
                     loss = compute_loss(logits, y, soft, config, weight_dev)
                 else:
@@ -409,7 +488,9 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{total_correct / seen:.3f}")
         bar.close()
 
-        val_loss, val_acc = _validate(model, val, meta, config, device, max(config.batch_size, 128))
+        if world.size > 1:
+            total_loss, total_correct, seen = _sum_over_ranks((total_loss, total_correct, seen), device)
+        val_loss, val_acc = _validate_on_main(model, val, meta, config, device, max(config.batch_size, 128), world)
         monitor = val_loss if not math.isnan(val_loss) else total_loss / max(seen, 1)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None and not per_batch:

@@ -12,6 +12,12 @@ runs stay intact and no half run looks complete. Checkpoints go to
 runs/<run_id>/{best,last}.pt beside the store; the SHA-256 of best.pt is stored
 with the run and checked whenever the model is loaded again
 (`models.load_run_model`).
+
+Under torchrun (pipeline.train.distributed) `train` runs DDP with rank 0 alone
+touching the store and the checkpoints, and `evaluate` is sharded: each rank
+writes its images' probabilities as a Parquet shard (pipeline.store.shards) and
+rank 0 stores the one run from all of them; `--shard K/N` and `--merge-shards`
+do the same across jobs that share no process group.
 """
 from __future__ import annotations
 
@@ -78,6 +84,8 @@ class EvaluateRunConfig:
     batch_size: int = 256
     quiet: bool = False
     checkpoint: str | None = None          # a checkpoint file the user passed, instead of the run's own
+    shard: Any = None                      # distributed.Shard: predict only this block, write it as Parquet
+    merge_shards: bool = False             # store the run from the shards already written
 
 
 @dataclass
@@ -338,8 +346,42 @@ def find_run_dir(db: Path, run_or_dir: str) -> Path:
 
 # --------------------------------------------------------------------------- train
 
+def _silent(message: str) -> None:
+    """The log of a torchrun rank other than 0."""
+
+
+def _checkpoint_meta(recipe: Recipe, classes: list[str], run_id: str, run_config: dict[str, Any]) -> dict[str, Any]:
+    """The meta saved in a checkpoint: the model's input contract and the run's settings."""
+    return {
+        "arch": recipe.arch, "classes": classes, "num_classes": len(classes), "image_size": recipe.image_size,
+        "mean": list(recipe.mean), "std": list(recipe.std), "recipe": recipe.name, "preset": recipe.preset,
+        "head_dropout": recipe.head_dropout, "run_id": run_id, "config": run_config,
+    }
+
+
+def _train_worker(*, recipe: Recipe, spec: DatasetSpec, dataset, groups, model, device: str, resume_state,
+                  config: TrainRunConfig, run_id: str) -> RunOutcome:
+    """A torchrun rank other than 0: decode, train its share of each batch, and leave the rest to rank 0."""
+    from pipeline.train.loop import fit
+
+    classes = list(dataset.classes)
+    arrays = load_split_arrays(dataset, recipe.image_size, ("train", "val"), False)
+    train = _split_tensors(*arrays["train"], len(classes), groups)
+    val = _split_tensors(*arrays["val"], len(classes))
+    result = fit(model, train, val, _checkpoint_meta(recipe, classes, run_id, {}), recipe.train, device,
+                 resume=resume_state, stop_after=config.stop_after, progress=False, log=_silent)
+    return RunOutcome(run_id, "worker", {"epochs": len(result.history)})
+
+
 def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
-    """Train a recipe on a dataset, evaluate on val and test, store the run."""
+    """Train a recipe on a dataset, evaluate on val and test, store the run.
+
+    Under torchrun (an initialised process group) every rank trains its share of each
+    batch with DDP (see pipeline.train.loop); rank 0 alone records the run, writes
+    the checkpoints and the log, evaluates and stores; the other ranks return a
+    RunOutcome with status 'worker' once training is done. `--resume` reads the
+    rank-0 checkpoint, so a run continues in any number of processes.
+    """
     # Long on purpose: the train stage's sequence (resume or start, record the run, train, evaluate, store in
     # one transaction) inside one failure guard that must cover all of it.
     import torch
@@ -347,15 +389,19 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     from pipeline.store import db as store
     from pipeline.data.loaders import load_dataset
     from pipeline.train.models import create_model, hash_checkpoint, load_checkpoint, save_checkpoint
+    from pipeline.train.distributed import barrier, broadcast_object, current_world
     from pipeline.train.loop import fit, predict_probabilities, seed_everything
 
     db = Path(config.db)
     device = resolve_device(config.device)
+    world = current_world()
+    if not world.is_main:
+        log = _silent  # rank 0 speaks for the group
     progress = False if config.quiet else None
     resume_state = None
     if config.resume:
         run_dir = find_run_dir(db, config.resume)
-        if db.is_file():
+        if db.is_file() and world.is_main:
             with store.open_store(db, read_only=True) as con:
                 runs = store.list_runs(con, include_incomplete=True)
             done = runs[(runs["run_id"] == run_dir.name) & (runs["status"] == "complete")]
@@ -375,15 +421,17 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     else:
         recipe, spec, weights = config.recipe, config.dataset, config.weights
         spec = dataclasses.replace(spec, root=str(Path(spec.root).resolve()))
-        run_id = store.new_run_id(recipe.name)
+        run_id, started_at = broadcast_object((store.new_run_id(recipe.name), _utcnow()) if world.is_main else None)
         run_dir = runs_dir_for(db) / run_id
-        started_at = _utcnow()
 
     run_config = {
         "dataset": spec.as_kwargs(), "recipe": _jsonable(recipe), "preset": recipe.preset, "weights": weights,
         "device": device, "seed": recipe.train.seed, "started_at": started_at.isoformat(),
         "torch_version": str(torch.__version__),
     }
+    if world.size > 1:
+        run_config["distributed"] = {"world_size": world.size,
+                                     "backend": "nccl" if device.startswith("cuda") else "gloo"}
     run_row = {
         "run_id": run_id, "kind": "train", "parent_run_id": None, "dataset": spec.name,
         "dataset_root": str(Path(spec.root).resolve()), "dataset_fingerprint": "", "is_synthetic": False,
@@ -412,6 +460,10 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
         log(f"skipped {len(dataset.skipped)} dataset entries (see `python -m pipeline inspect` for all): "
             + "; ".join(f"{path}: {reason}" for path, reason in dataset.skipped[:3])
             + (" ..." if len(dataset.skipped) > 3 else ""))
+    barrier()  # every rank has read the store (the command's check, a resume's look-up) before rank 0 writes it
+    if not world.is_main:
+        return _train_worker(recipe=recipe, spec=spec, dataset=dataset, groups=groups, model=model, device=device,
+                             resume_state=resume_state, config=config, run_id=run_id)
     if config.resume:
         store.reopen_run(db, run_row)
     else:
@@ -424,11 +476,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
             f"in {time.perf_counter() - t0:.1f}s")
         if not arrays["train"][0]:
             raise UserError(f"dataset {spec.name} at {spec.root} has no training images")
-        meta = {
-            "arch": recipe.arch, "classes": classes, "num_classes": len(classes), "image_size": recipe.image_size,
-            "mean": list(recipe.mean), "std": list(recipe.std), "recipe": recipe.name, "preset": recipe.preset,
-            "head_dropout": recipe.head_dropout, "run_id": run_id, "config": run_config,
-        }
+        meta = _checkpoint_meta(recipe, classes, run_id, run_config)
 
         def on_checkpoint(state: dict, is_best: bool) -> None:
             if is_best:
@@ -486,18 +534,30 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
 # --------------------------------------------------------------------------- evaluate
 
 def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) -> RunOutcome:
-    """Evaluate a trained run's best model on (another) dataset; stored as kind 'evaluate'."""
+    """Evaluate a trained run's best model on (another) dataset; stored as kind 'evaluate'.
+
+    Sharded (`config.shard`, or every rank under torchrun): each shard predicts its
+    contiguous block of the images and writes it as Parquet beside the store
+    (pipeline.store.shards); the merge (`config.merge_shards`, or rank 0 after a
+    barrier under torchrun) builds the run's tables from all shards' probabilities,
+    exactly as one process would from its own, and stores one run in one transaction.
+    """
     # Long on purpose: the evaluate stage's sequence inside one failure guard that must cover all of it.
     import torch
 
     from pipeline.store import db as store
     from pipeline.data.loaders import load_dataset
+    from pipeline.train.distributed import current_world
     from pipeline.train.evaluation import compute_class_mapping
     from pipeline.train.models import hash_checkpoint, load_run_model, resolve_run_checkpoint
     from pipeline.train.loop import predict_probabilities
 
     db = Path(config.db)
     device = resolve_device(config.device)
+    world = current_world()
+    if (config.shard is not None or config.merge_shards) and world.size > 1:
+        raise UserError(f"--shard/--merge-shards are for separate jobs; under torchrun each of the {world.size} "
+                        f"processes takes its own shard and rank 0 merges: drop them")
     with store.open_store(db, read_only=True) as con:
         parent = store.get_run(con, config.run)
     if parent["kind"] != "train" or not parent.get("checkpoint_path"):
@@ -511,6 +571,15 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
         mapping = compute_class_mapping(meta["classes"], dataset.classes)
     except ValueError as exc:
         raise UserError(f"cannot evaluate run {parent['run_id']} on {spec.name} at {spec.root}: {exc}") from None
+    predict = lambda images: predict_probabilities(model, images, meta, device, config.batch_size)  # noqa: E731
+    sharded = config.shard is not None or config.merge_shards or world.size > 1
+    if sharded:
+        settings = {"stage": "evaluate", "parent_run_id": parent["run_id"], "checkpoint_sha256": checkpoint_sha,
+                    "dataset": spec.as_kwargs(), "fingerprint": dataset.fingerprint, "splits": list(config.splits)}
+        probs_of = _evaluate_shards(config, db=db, settings=settings, dataset=dataset, meta=meta,
+                                    predict=predict, world=world, log=log)
+        if probs_of is None:
+            return RunOutcome("", "shard", {"shard": (config.shard or world.shard).label})
     run_id = store.new_run_id(f"eval-{parent['recipe']}")
     started_at = _utcnow()
     run_row = {
@@ -525,14 +594,17 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
                    "evaluated_classes": list(mapping.classes), "unmappable_classes": list(mapping.unmappable),
                    "device": device, "torch_version": str(torch.__version__)},
     }
+    if sharded:
+        run_row["config"]["shards"] = probs_of.shards
     store.start_run(db, run_row)
     with terminate_as_interrupt(), marking_failed(db, run_id, log, resumable=False):
         t0 = time.perf_counter()
-        arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
-                                   not config.quiet and sys.stderr.isatty())
-        result = evaluate_mapped_splits(
-            lambda images: predict_probabilities(model, images, meta, device, config.batch_size),
-            arrays, mapping, dataset.classes, config.splits)
+        if sharded:
+            arrays, predict = probs_of.arrays, probs_of.lookup
+        else:
+            arrays = load_split_arrays(dataset, int(meta["image_size"]), config.splits,
+                                       not config.quiet and sys.stderr.isatty())
+        result = evaluate_mapped_splits(predict, arrays, mapping, dataset.classes, config.splits)
         if result is None:
             raise UserError(f"no image of {spec.name} at {spec.root} (splits {', '.join(config.splits)}) "
                             f"has a class the model knows ({', '.join(meta['classes'])})")
@@ -541,13 +613,78 @@ def run_evaluate(config: EvaluateRunConfig, log: Callable[[str], None] = print) 
         n_unmappable = sum(unmappable.values())
         run_row["config"].update(unmappable={"count": n_unmappable, "by_class": unmappable},
                                  headline_split=headline_split)
-        run_row.update(finished_at=_utcnow(), eval_seconds=time.perf_counter() - t0, test_accuracy=acc,
-                       test_macro_f1=f1, n_test=n)
+        run_row.update(finished_at=_utcnow(), test_accuracy=acc, test_macro_f1=f1, n_test=n,
+                       eval_seconds=probs_of.seconds if sharded else time.perf_counter() - t0)
         store.save_run(db, run_row, tables)
+    if sharded:
+        from pipeline.store.shards import remove_shards
+
+        remove_shards(probs_of.folder)
     return RunOutcome(run_id, "complete", {
         "parent_run_id": parent["run_id"], "accuracy": acc, "macro_f1": f1, "n": n, "split": headline_split,
         "classes": list(mapping.classes), "unmappable": n_unmappable, "unmappable_by_class": unmappable,
     })
+
+
+@dataclass
+class ShardedProbabilities:
+    """All shards' probabilities, merged: `arrays` as from load_split_arrays but holding row numbers
+    into `probs` instead of images, so `lookup(rows)` stands in for the model."""
+    arrays: dict[str, tuple[list, np.ndarray]]
+    probs: np.ndarray
+    folder: Path
+    shards: dict[str, Any]
+    seconds: float
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        return self.probs[rows]
+
+
+def _evaluate_shards(config: EvaluateRunConfig, *, db: Path, settings: dict[str, Any], dataset, meta,
+                     predict: Callable[[np.ndarray], np.ndarray], world, log: Callable[[str], None]
+                     ) -> ShardedProbabilities | None:
+    """Predict this process's shard and write it; then, on the merging process, load all shards.
+    Returns None on a process that does not merge (a --shard job, or a rank other than 0)."""
+    from pipeline.data.images import load_images_array
+    from pipeline.store.shards import load_shards, shard_folder, write_shard
+    from pipeline.train.distributed import barrier, shard_slice
+
+    folder = shard_folder(db, settings["parent_run_id"], "evaluate", settings)
+    records = [r for split in config.splits for r in dataset.split(split)]
+    if not config.merge_shards:
+        shard = config.shard or world.shard
+        part = records[shard_slice(len(records), shard)]
+        t0 = time.perf_counter()
+        size = min(int(meta["image_size"]), dataset.image_size) if dataset.image_size else int(meta["image_size"])
+        images = load_images_array(part, size, progress=not config.quiet and sys.stderr.isatty())
+        probs = predict(images) if len(part) else np.zeros((0, len(meta["classes"])), np.float32)
+        frame = pd.DataFrame({"split": [r.split for r in part], "image_id": [r.image_id for r in part],
+                              "probs": [p.astype(np.float32) for p in probs]})
+        path = write_shard(folder, shard.index, shard.count, {"probabilities": frame},
+                           {**settings, "seconds": time.perf_counter() - t0, "n_images": len(records)})
+        log(f"shard {shard.label}: {len(part)} of {len(records)} images predicted, written to {path}")
+        if world.size > 1:
+            barrier()
+        if not world.is_main or world.size == 1:
+            return None
+    hint = "the same evaluate command with --shard {shard}"
+    metas, tables = load_shards(folder, rerun_hint=hint, expected_count=world.size if world.size > 1 else None)
+    frame = tables["probabilities"]
+    expected = [(r.split, r.image_id) for r in records]
+    got = list(zip(frame["split"], frame["image_id"]))
+    if got != expected:
+        raise UserError(f"the shards under {folder} cover {len(got)} images, the dataset's splits "
+                        f"{', '.join(config.splits)} {len(expected)} (or in another order): was the dataset "
+                        f"changed since they ran? Delete {folder} and run the shards again")
+    probs = np.stack(frame["probs"].to_numpy()) if len(frame) else np.zeros((0, len(meta["classes"])), np.float32)
+    arrays, start = {}, 0
+    for split in config.splits:
+        split_records = dataset.split(split)
+        arrays[split] = (split_records, np.arange(start, start + len(split_records)))
+        start += len(split_records)
+    return ShardedProbabilities(arrays=arrays, probs=probs.astype(np.float32), folder=folder,
+                                shards={"count": len(metas), "folder": str(folder)},
+                                seconds=float(sum(m.get("seconds", 0.0) for m in metas)))
 
 
 def evaluate_mapped_splits(predict: Callable[[np.ndarray], np.ndarray], arrays, mapping, dataset_classes,
