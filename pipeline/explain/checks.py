@@ -12,6 +12,8 @@ from dataclasses import dataclass
 ENERGY_FACTOR = 2.0      # gt_energy passes at this many times the uniform map's share
 POINTING_MARGIN = 0.10   # pointing passes this far above another image's map
 SANITY_THRESHOLD = 0.5   # sanity passes when the randomised model's map correlates below this
+# The method gradient-free maps are compared with when both are computed (metric 'agree_gradcam_spearman').
+AGREEMENT_REFERENCE = "gradcam"
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,9 @@ def describe_sanity_skip(*, model_source: str, gradient_free: bool) -> str | Non
     dashboard shows the same words.
     """
     if model_source not in ("checkpoint", "pytorch"):
+        article = "an" if model_source[:1].lower() in "aeiou" else "a"
         return (f"it re-initialises the model's weights layer by layer, which needs the model as a PyTorch "
-                f"module (a trained run or a pytorch card); this run's model is a {model_source} file")
+                f"module (a trained run or a pytorch card); this run's model is {article} {model_source} file")
     if gradient_free:
         return ("it is run for the CAM methods only: on a randomised copy a gradient-free map would cost its "
                 "whole perturbation sweep per image again")

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.constants import ALIGNED_SIZE, ENERGY_COLUMNS, FACE_REGIONS
-from pipeline.explain.checks import SANITY_THRESHOLD
+from pipeline.explain.checks import AGREEMENT_REFERENCE, SANITY_THRESHOLD
 from pipeline.errors import UserError
 
 
@@ -120,10 +120,6 @@ def select_targets(run_id: str, preds: pd.DataFrame, dataset, classes: list[str]
     true_idx = np.where(true_known, preds["true_label"].map(cls_index).fillna(-1).to_numpy(np.int64), pred_idx)
     return ExplainTargets(run_id=run_id, preds=preds, records=[by_id[i] for i in preds["image_id"]],
                           pred_idx=pred_idx, true_idx=true_idx, wrong=true_known & (true_idx != pred_idx))
-
-
-# What the gradient-free maps are compared with (explanation_metrics 'agree_<reference>_spearman').
-REFERENCE_METHOD = "gradcam"
 
 
 def list_methods() -> tuple[str, ...]:
@@ -459,10 +455,11 @@ def compute_agreement_rows(heat_frames: dict[str, pd.DataFrame], preds: pd.DataF
     from pipeline.explain.perturbation import summarise_agreement
 
     out: dict[str, list[dict]] = {}
-    ref = heat_frames.get(REFERENCE_METHOD)
+    ref = heat_frames.get(AGREEMENT_REFERENCE)
     if ref is None or ref.empty:
         return out
-    key = ["image_id", *ENERGY_COLUMNS]
+    energy = list(ENERGY_COLUMNS)
+    key = ["image_id", *energy]
     ref = ref.loc[ref["target"] == "pred", key]
     for m in gradient_free:
         if m not in heat_frames or heat_frames[m].empty:
@@ -472,9 +469,9 @@ def compute_agreement_rows(heat_frames: dict[str, pd.DataFrame], preds: pd.DataF
             preds[["image_id", "true_label"]], on="image_id", validate="1:1")
         if both.empty:
             continue
-        energies = {m: both[ENERGY_COLUMNS].to_numpy(np.float64),
-                    REFERENCE_METHOD: both[[f"{c}_ref" for c in ENERGY_COLUMNS]].to_numpy(np.float64)}
-        out[m] = summarise_agreement(energies, both["true_label"].tolist(), REFERENCE_METHOD, n_boot=n_boot,
+        energies = {m: both[energy].to_numpy(np.float64),
+                    AGREEMENT_REFERENCE: both[[f"{c}_ref" for c in energy]].to_numpy(np.float64)}
+        out[m] = summarise_agreement(energies, both["true_label"].tolist(), AGREEMENT_REFERENCE, n_boot=n_boot,
                                      seed=seed)
     return out
 

@@ -405,7 +405,10 @@ def compute_card_cams(model: CardModel, x01: torch.Tensor, target_sets, methods,
     if out_size is None:
         out_size = (int(x01.shape[-1]), int(x01.shape[-2]))
     x = x01.detach().requires_grad_(True)  # so the activation is in the graph even with frozen weights
-    with torch.enable_grad():
+    # Unoptimised execution: from its third call the profiling executor fuses the tapped graph into one
+    # DifferentiableGraph whose outputs (logits, activation) are siblings, and the gradient of the logits
+    # with respect to the activation is then "not used in the graph".
+    with torch.enable_grad(), torch.jit.optimized_execution(False):
         logits, act = model.activations_and_logits(x, name)
         grads = []
         if any(m in GRADIENT_METHODS for m in methods):
