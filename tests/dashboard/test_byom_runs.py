@@ -30,7 +30,7 @@ def byom_store(demo_store, tmp_path_factory):
     return {"db": db, "runs": runs}
 
 
-@pytest.mark.parametrize("kind", ["onnx", "torchscript", "predictions"])
+@pytest.mark.parametrize("kind", ["onnx", "predictions"])
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_runs_on_external_and_predictions_runs(make_app, byom_store, kind, page):
     at = open_page(make_app, byom_store["db"], f"views/{page}.py", run=byom_store["runs"][kind])
