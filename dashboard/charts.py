@@ -20,6 +20,12 @@ becomes a grey placeholder, never an exception.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
+import pickle
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import altair as alt
@@ -27,6 +33,61 @@ import numpy as np
 import pandas as pd
 
 from pipeline.constants import GROUP_SEPARATOR
+
+# Altair validates every object against the Vega-Lite JSON schema as it is built and again on
+# to_dict(): on the Fairness page that was about 1 s of a 1.3 s script run (measured with yappi
+# on a 1M-prediction store). The builders here are fixed code that tests/dashboard/test_charts.py
+# validates with a plain `to_dict()` (validate=True), so the served pages skip both checks.
+alt.utils.schemapi.disable_debug_mode()
+_THEME_LOCK = threading.Lock()  # alt.theme is process-global; Streamlit serves sessions in threads
+
+
+def _fingerprint(value) -> bytes:
+    """A content key of a builder argument: frames by their values, index and dtypes."""
+    if isinstance(value, pd.DataFrame):
+        h = hashlib.blake2b(pickle.dumps((list(value.columns), [str(t) for t in value.dtypes])))
+        h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+        return h.digest()
+    return pickle.dumps(value)
+
+
+class _Memo:
+    """A small thread-safe LRU of built charts and of their page specs.
+
+    Building an Altair chart costs 50-300 ms (shorthand parsing and copies), paid on every
+    rerun of a page for the same data; keyed by content, a page seen once redraws at once.
+    Callers treat the returned charts as read-only (Altair's methods return copies)."""
+
+    def __init__(self, size: int = 512):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, build):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = build()
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+_CHARTS, _SPECS = _Memo(), _Memo()
+
+
+def memoized(builder):
+    """Cache `builder`'s chart by the content of its arguments (see `_Memo`)."""
+    @functools.wraps(builder)
+    def wrapper(*args, **kwargs):
+        try:
+            key = (builder.__name__, tuple(_fingerprint(a) for a in args),
+                   tuple(sorted((k, _fingerprint(v)) for k, v in kwargs.items())))
+        except (TypeError, pickle.PicklingError):
+            return builder(*args, **kwargs)
+        return _CHARTS.get(key, lambda: builder(*args, **kwargs))
+    return wrapper
 
 EXPORT_FORMATS: dict[str, str] = {"svg": "image/svg+xml", "png": "image/png", "pdf": "application/pdf"}
 THUMB = 96
@@ -124,6 +185,7 @@ def _in_order(values) -> list:
     return list(dict.fromkeys(values))
 
 
+@memoized
 def create_confusion_chart(confusion: pd.DataFrame, classes: list[str], normalise: bool = True) -> alt.Chart:
     """Confusion heatmap (rows = true, columns = predicted), a click selects a cell ('cell' selection)."""
     df = confusion.copy()
@@ -150,6 +212,7 @@ def create_confusion_chart(confusion: pd.DataFrame, classes: list[str], normalis
     return _sized((rect + text).properties(width=alt.Step(56), height=alt.Step(40), title="Confusion matrix"))
 
 
+@memoized
 def create_class_metrics_chart(metrics: pd.DataFrame, classes: list[str] | None = None) -> alt.Chart:
     df = metrics[~metrics["label"].isin(["macro avg", "weighted avg", "accuracy"])]
     long = df.melt(id_vars=["label"], value_vars=["precision", "recall", "f1"], var_name="metric")
@@ -160,6 +223,7 @@ def create_class_metrics_chart(metrics: pd.DataFrame, classes: list[str] | None 
     ).properties(width=420, height=260, title="Per-class precision, recall, F1"))
 
 
+@memoized
 def create_training_curves_chart(epochs: pd.DataFrame) -> alt.Chart:
     long = epochs.melt(id_vars=["epoch"], value_vars=["train_loss", "val_loss", "train_acc", "val_acc"],
                        var_name="series").dropna(subset=["value"])
@@ -171,6 +235,7 @@ def create_training_curves_chart(epochs: pd.DataFrame) -> alt.Chart:
     return _sized(chart)
 
 
+@memoized
 def create_class_distribution_chart(dist: pd.DataFrame, classes: list[str]) -> alt.Chart:
     return _sized(alt.Chart(dist).mark_bar().encode(
         x=alt.X("label:N", sort=classes, title="emotion"), y=alt.Y("n:Q", title="images"),
@@ -179,6 +244,7 @@ def create_class_distribution_chart(dist: pd.DataFrame, classes: list[str]) -> a
     ).properties(width=420, height=240, title="Class distribution"))
 
 
+@memoized
 def create_probabilities_chart(classes: list[str], probs: list[float], true_label: str) -> alt.Chart:
     df = pd.DataFrame({"emotion": list(classes), "probability": [float(p) for p in probs]})
     df["is_true"] = df["emotion"] == true_label
@@ -189,6 +255,7 @@ def create_probabilities_chart(classes: list[str], probs: list[float], true_labe
     ).properties(width=320, height=alt.Step(22), title="Class probabilities (blue = true class)"))
 
 
+@memoized
 def create_region_energy_chart(energy: pd.DataFrame, regions: list[str], classes: list[str] | None = None) -> alt.Chart:
     """Mean CAM energy share per region (columns) and emotion (rows, class order), correct | misclassified."""
     long = energy.melt(id_vars=["emotion", "correct", "n"], value_vars=regions, var_name="region",
@@ -202,6 +269,7 @@ def create_region_energy_chart(energy: pd.DataFrame, regions: list[str], classes
         column=alt.Column("outcome:N", title=None, sort=["correct", "misclassified"])))
 
 
+@memoized
 def create_group_metric_chart(cells: pd.DataFrame, title: str, level: str = "95%") -> alt.Chart:
     """Point + CI error bar per group, n in the tooltip and label; low-support groups hollow.
     `level`: the intervals' confidence level, for the axis title."""
@@ -222,6 +290,7 @@ def create_group_metric_chart(cells: pd.DataFrame, title: str, level: str = "95%
     return _sized((bars + points).properties(width=520, height=alt.Step(26), title=title))
 
 
+@memoized
 def create_intersection_heatmap(cells: pd.DataFrame, title: str) -> alt.Chart:
     """Groups joined by ' | ' split into row (all but last) × column (last part, the emotion)."""
     df = cells.copy()
@@ -248,6 +317,7 @@ def rank_gaps(gaps: pd.DataFrame) -> pd.DataFrame:
     return key.sort_values(["_sig", "_size"], kind="stable").drop(columns=["_sig", "_size"])
 
 
+@memoized
 def create_gap_chart(gaps: pd.DataFrame, title: str | None = None, level: str = "95%",
                      limit: int | None = GAP_ROWS) -> alt.Chart:
     """Forest plot: gap + CI per comparison, significant and largest first (at most `limit` rows,
@@ -274,6 +344,7 @@ def create_gap_chart(gaps: pd.DataFrame, title: str | None = None, level: str = 
     return _sized((bars + points + rule).properties(width=520, height=alt.Step(22), title=title))
 
 
+@memoized
 def create_proxy_chart(agreement: pd.DataFrame, attribute: str) -> alt.Chart:
     df = agreement[agreement["attribute"] == attribute].copy()
     df["share"] = df["n"] / df.groupby(["source", "annotated"])["n"].transform("sum")
@@ -287,6 +358,7 @@ def create_proxy_chart(agreement: pd.DataFrame, attribute: str) -> alt.Chart:
                                            title=f"{attribute}: annotated vs inferred"))
 
 
+@memoized
 def create_compare_chart(df: pd.DataFrame, x: str, value: str, title: str, sort: list[str] | None = None) -> alt.Chart:
     """Bars per `x` value (in `sort` order, else the data's), one per run side by side; value axis 0..1."""
     runs = _in_order(df["run_id"])
@@ -298,6 +370,7 @@ def create_compare_chart(df: pd.DataFrame, x: str, value: str, title: str, sort:
     ).properties(width=alt.Step(max(56, 16 * len(runs) + 16)), height=240, title=title))
 
 
+@memoized
 def create_explanation_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:
     df = metrics[metrics["emotion"] == "all"].dropna(subset=["value"])
     base = alt.Chart(df).encode(y=alt.Y("metric:N", title=None), yOffset="method:N", color="method:N")
@@ -310,6 +383,18 @@ def create_explanation_metrics_chart(metrics: pd.DataFrame) -> alt.Chart:
 
 
 # ---------------------------------------------------------------- export
+
+
+def create_page_spec(chart: alt.TopLevelMixin) -> dict:
+    """The Vega-Lite spec a page draws: unvalidated (see the note at the top), data inline, and
+    without Altair's default theme (its fixed 300 px view size), as `st.altair_chart` converts."""
+    def build():
+        with _THEME_LOCK, alt.theme.enable("none"):
+            return chart.to_dict(validate=False)
+    # Keyed by the chart object (kept alive beside its spec, so its id is not reused): the
+    # memoized builders return the same object for the same data.
+    kept, spec = _SPECS.get(id(chart), lambda: (chart, build()))
+    return copy.deepcopy(spec) if kept is chart else build()  # a copy: Streamlit may amend what it is given
 
 
 def export_chart(chart: alt.TopLevelMixin, fmt: str, scale: float = 2.0) -> bytes:
@@ -326,6 +411,7 @@ def export_chart(chart: alt.TopLevelMixin, fmt: str, scale: float = 2.0) -> byte
     raise ValueError(f"unknown figure format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
 
 
+@memoized
 def create_reliability_chart(bins: pd.DataFrame, title: str) -> alt.Chart:
     """Reliability diagram: accuracy against mean confidence per bin, one line per group, with
     the diagonal of perfect calibration; point size is the bin's image count."""
@@ -342,6 +428,7 @@ def create_reliability_chart(bins: pd.DataFrame, title: str) -> alt.Chart:
     return _sized((diagonal + lines + sizes).properties(width=360, height=300, title=title))
 
 
+@memoized
 def create_slice_chart(found: pd.DataFrame, title: str, level: str = "95%") -> alt.Chart:
     """Error rate + CI per slice against its rest's error rate (tick), significant slices filled."""
     df = found.copy()
@@ -356,6 +443,7 @@ def create_slice_chart(found: pd.DataFrame, title: str, level: str = "95%") -> a
     rest = base.mark_tick(color="gray", thickness=2).encode(x="rest_error_rate:Q")
     return _sized((bars + points + rest).properties(width=360, height=alt.Step(24), title=title))
 
+@memoized
 def create_gap_change_chart(changes: pd.DataFrame, title: str) -> alt.Chart:
     """Change of each gap (run B - run A) with its paired-bootstrap interval; < 0 = narrowed."""
     df = changes.copy()
@@ -372,6 +460,7 @@ def create_gap_change_chart(changes: pd.DataFrame, title: str) -> alt.Chart:
     return _sized((bars + points + rule).properties(width=420, height=alt.Step(20), title=title))
 
 
+@memoized
 def create_grouped_bar_chart(df: pd.DataFrame, *, x: str, value: str, group: str, title: str,
                              sort: list[str] | None = None, group_sort: list[str] | None = None) -> alt.Chart:
     """Bars of `value` per `x`, side by side per `group` (long-form df)."""
@@ -382,6 +471,7 @@ def create_grouped_bar_chart(df: pd.DataFrame, *, x: str, value: str, group: str
     ).properties(width=460, height=240, title=title))
 
 
+@memoized
 def create_twin_recall_chart(recall: pd.DataFrame, variants: list[str], title: str) -> alt.Chart:
     """Recall per emotion (x) and variant (colour), from compute_twin_recall's frame."""
     df = recall.drop(columns="n").reset_index(names="emotion").melt(

@@ -404,10 +404,11 @@ def render_figure(chart, view: str, run_id: str, *, select: bool = False, key: s
 
     width: "content" (default: the builder sizes the chart; stretching squashed layered
     charts in narrow columns) or "stretch" (the page's full width)."""
+    spec = charts.create_page_spec(chart)
     if select:
-        state = st.altair_chart(chart, on_select="rerun", key=key or f"chart-{view}", width=width)
+        state = st.vega_lite_chart(spec=spec, on_select="rerun", key=key or f"chart-{view}", width=width)
     else:
-        st.altair_chart(chart, width=width)
+        st.vega_lite_chart(spec=spec, width=width)
         state = None
     render_figure_downloads(chart, view, run_id)
     return state

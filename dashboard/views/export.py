@@ -1,8 +1,9 @@
 """Export: every table and figure of the selected run in one place, as CSV/LaTeX/Markdown and SVG/PNG/PDF.
 
 The same downloads sit under each table and figure on the other pages; this
-page lists them all for the selected run, building each file only when its
-button is pressed, and offers the run's paper kit (pipeline.export.kit) as one zip.
+page lists them all for the selected run in two pickers (tables, figures),
+building each file only when its button is pressed, and offers the run's paper
+kit (pipeline.export.kit) as one zip.
 """
 from __future__ import annotations
 
@@ -88,14 +89,16 @@ if outdated:
     st.info(f"No region-energy tables or figures for {', '.join(outdated)}: the heatmaps were stored by an "
             f"older version of the pipeline, without the summary these views read. Re-run "
             f"`python -m pipeline explain --run {rid} --methods {','.join(outdated)} --db {ref.path}` to add them.")
+# One picker per kind instead of a download menu per file: ~40 menus of three buttons each made this
+# the slowest page to draw (bench/bench_browser.py).
 st.subheader(f"Tables ({len(tables)})")
-for view, (df, caption) in tables.items():
-    a, b = st.columns([4, 1], vertical_alignment="center")
-    a.write(f"{view} — {caption} ({len(df):,} {'row' if len(df) == 1 else 'rows'})")
-    widgets.render_table_downloads(df, view, rid, caption=caption, container=b)
+view = st.selectbox("Table", list(tables), key="export-table",
+                    format_func=lambda v: f"{v} — {tables[v][1]} ({len(tables[v][0]):,} "
+                                          f"{'row' if len(tables[v][0]) == 1 else 'rows'})")
+if view is not None:
+    widgets.render_table_downloads(tables[view][0], view, rid, caption=tables[view][1], label=f"Download {view}")
 
 st.subheader(f"Figures ({len(figures)})")
-for view, chart in figures.items():
-    a, b = st.columns([4, 1], vertical_alignment="center")
-    a.write(view)
-    widgets.render_figure_downloads(chart, view, rid, container=b)
+fig_view = st.selectbox("Figure", list(figures), key="export-figure")
+if fig_view is not None:
+    widgets.render_figure_downloads(figures[fig_view], fig_view, rid)

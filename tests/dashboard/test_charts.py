@@ -60,3 +60,17 @@ def test_interval_charts_name_their_confidence_level():
     gap = json.dumps(charts.create_gap_chart(gaps, level="99%").to_dict())
     assert "value (90% CI)" in group and "95%" not in group
     assert "Gaps with 99% CI" in gap
+
+
+def test_builders_are_memoized_by_content_and_page_specs_match_the_validated_spec():
+    confusion = pd.DataFrame({"true_label": ["Fear", "Anger"], "pred_label": ["Anger", "Anger"], "n": [3, 4]})
+    a = charts.create_confusion_chart(confusion, ["Fear", "Anger"])
+    assert charts.create_confusion_chart(confusion.copy(), ["Fear", "Anger"]) is a  # same content, same chart
+    changed = confusion.assign(n=[3, 5])
+    assert charts.create_confusion_chart(changed, ["Fear", "Anger"]) is not a
+    assert charts.create_confusion_chart(confusion, ["Fear", "Anger"], normalise=False) is not a
+    page = charts.create_page_spec(a)
+    full = a.to_dict()  # validated against the Vega-Lite schema
+    assert page["layer"] == full["layer"] and page["datasets"] == full["datasets"]
+    page["layer"].clear()  # a page's copy may be amended without touching the cached one
+    assert charts.create_page_spec(a)["layer"] == full["layer"]

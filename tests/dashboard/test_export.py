@@ -68,4 +68,11 @@ def test_export_page_lists_every_table_and_figure(make_app, app_store):
     n_tables = int(heads[0].split("(")[1].rstrip(")"))
     n_figures = int(heads[1].split("(")[1].rstrip(")"))
     assert n_tables >= 5 and n_figures >= 5
-    assert len(at.download_button) == 3 * n_tables + 3 * n_figures + 1  # + the paper kit
+    assert len(at.download_button) == 3 + 3 + 1  # the picked table's and figure's formats, the paper kit
+    table_picker, figure_picker = at.selectbox(key="export-table"), at.selectbox(key="export-figure")
+    assert len(table_picker.options) == n_tables and len(figure_picker.options) == n_figures
+    for view in list(figure_picker.options)[:3]:  # every figure picked offers its three formats
+        figure_picker.set_value(view).run()
+        assert not at.exception, [e.value for e in at.exception]
+        names = [b.proto.label for b in at.download_button]
+        assert names[-3:] == ["SVG", "PNG", "PDF"]
