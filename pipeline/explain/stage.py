@@ -161,7 +161,7 @@ class ExplainModel:
     model: a pipeline.external.models.RunModel (a trained run's checkpoint or an external run's card):
       `explain(images, ...)` makes every method's maps from uint8 images, `prepare(images)` is the input
       of `model.module` (what ROAD and the confidence change perturb).
-    methods: the methods to compute, CAM family first as asked.
+    methods: the methods to compute, in the order asked.
     layer_name: the CAM methods' target layer (None when only gradient-free methods are computed).
     sanity_skipped: {method: why the randomisation sanity check is not run on it}.
     """
@@ -521,6 +521,10 @@ def run_explain(config: ExplainConfig) -> dict[str, Any]:
             validate_explain_methods(config.methods)
         except ValueError as exc:
             raise UserError(f"--methods: {exc}") from None
+    for name, value in (("--rise-masks", config.rise_masks), ("--perturbation-batch-size",
+                                                               config.perturbation_batch_size)):
+        if value < 1:
+            raise UserError(f"{name} {value}: give a positive number")
     db = Path(config.db)
     if not db.is_file():
         raise UserError(f"results store {db} does not exist; run `python -m pipeline demo` or pass --db PATH")
