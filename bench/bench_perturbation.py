@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     occ = OcclusionConfig(batch_size=args.batch)
     rise = RiseConfig(n_masks=args.rise_masks, batch_size=args.batch)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {n} images per measurement, "
-          f"predict batch {args.batch}; occlusion window = side/4, stride = window/2; RISE {rise.n_masks} masks, "
+          f"Grad-CAM batch {min(n, args.batch)} images, occlusion/RISE batch {args.batch} perturbed images per "
+          f"forward pass; occlusion window = side/4, stride = window/2; RISE {rise.n_masks} masks, "
           f"grid {rise.grid}, p {rise.p_keep}")
     print(f"{'model':<15}{'input':>6}{'runtime':>13}  {'method':<22}{'ms/image':>10}{'x Grad-CAM':>12}{'passes/img':>12}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -360,6 +360,15 @@ def load_explainer_methods(ref: StoreRef, run_id: str) -> list[str]:
 
 
 @st.cache_data(show_spinner=False)
+def load_heatmap_layers(ref: StoreRef, run_id: str) -> dict[str, str]:
+    """{method: the layer its maps were read at} of a run's heatmaps ('input' for gradient-free methods)."""
+    df = _read(ref, """
+        SELECT method, min(target_layer) AS target_layer FROM heatmaps WHERE run_id = ?
+        GROUP BY method ORDER BY method""", [run_id])
+    return dict(zip(df["method"], df["target_layer"]))
+
+
+@st.cache_data(show_spinner=False)
 def load_failure_tag_counts(ref: StoreRef, run_id: str) -> pd.DataFrame:
     """Failure-mode tags with their number of (image, method) rows (count(*): count(DISTINCT) costs 20x)."""
     return _read(ref, """

@@ -246,21 +246,29 @@ def describe_missing_heatmaps(run: dict) -> str:
     return f"This run stores no explanations. Run `python -m pipeline explain --run {run['run_id']}{methods}` on it."
 
 
-def describe_checks_not_run(run: dict, methods: Sequence[str], metrics: pd.DataFrame) -> str | None:
-    """Which methods have no randomisation sanity check, and why (it re-initialises the weights)."""
-    checked = set(metrics.loc[metrics["metric"] == "sanity_spearman", "method"]) if len(metrics) else set()
-    missing = [m for m in methods if m not in checked]
-    if not missing:
-        return None
-    card = _run_config(run).get("card") or {}
-    if card and card.get("format") != "pytorch":
-        why = (f"it re-initialises the model's weights, which needs a PyTorch module; this run's model is a "
-               f"{card.get('format')} file")
-    else:
-        why = ("it re-initialises the model's weights and re-computes the maps: run for the CAM methods only "
-               "(for occlusion and RISE it would cost a perturbation sweep per image again), or not requested "
-               "(--sanity-samples 0)")
-    return f"No randomisation sanity check for {', '.join(missing)}: {why}."
+def describe_checks_not_run(run: dict, layers: dict[str, str], metrics: pd.DataFrame) -> list[str]:
+    """Which explanation checks a run's methods lack, and why, one line each. `layers`: {method: the
+    layer its maps were read at}, 'input' for the gradient-free methods (queries.load_heatmap_layers)."""
+    from pipeline.explain.checks import AGREEMENT_REFERENCE, describe_sanity_skip
+    from pipeline.explain.codec import INPUT_LAYER
+
+    source = (_run_config(run).get("card") or {}).get("format") or "checkpoint"
+    stored = {m: set(metrics.loc[metrics["method"] == m, "metric"]) for m in layers} if len(metrics) else {}
+    lines, by_reason = [], {}
+    for m, layer in layers.items():
+        if "sanity_spearman" not in stored.get(m, ()):
+            why = describe_sanity_skip(model_source=source, gradient_free=layer == INPUT_LAYER)
+            by_reason.setdefault(why or "not requested (--sanity-samples 0)", []).append(m)
+    lines += [f"No randomisation sanity check for {', '.join(ms)}: {why}." for why, ms in by_reason.items()]
+    free = [m for m, layer in layers.items() if layer == INPUT_LAYER]
+    if free and AGREEMENT_REFERENCE not in layers:
+        how = ("the model has no gradients (ONNX)" if source == "onnx" else
+               f"explain it with --methods {AGREEMENT_REFERENCE},{','.join(free)} to compare them")
+        lines.append(f"No agreement with Grad-CAM for {', '.join(free)}: this run has no Grad-CAM maps; {how}.")
+    if stored and not any("gt_energy" in v for v in stored.values()):
+        lines.append("No localisation of the action-unit regions: it needs their ground truth, which only the "
+                     "synthetic set has.")
+    return lines
 
 
 def describe_source(row: dict) -> str:

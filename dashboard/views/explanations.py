@@ -1,10 +1,13 @@
-"""Explanations: correct vs misclassified galleries, mean CAM and region energies per emotion, faithfulness."""
+"""Explanations: correct vs misclassified galleries, mean map and region energies per emotion, explanation
+checks (with the ones that do not apply to a method or model, and why), agreement of gradient-free maps
+with Grad-CAM."""
 from __future__ import annotations
 
 import streamlit as st
 
 from dashboard import charts, checks, queries, widgets
-from pipeline.explain.codec import decode_cam
+from pipeline.explain.checks import AGREEMENT_REFERENCE
+from pipeline.explain.codec import INPUT_LAYER, decode_cam
 from pipeline.constants import FACE_REGIONS
 
 GALLERY = 8
@@ -23,9 +26,16 @@ method = widgets.synced_selectbox("Method", methods, key="xmethod", container=c1
 split = widgets.synced_selectbox("Split", splits, key="split", container=c2)
 emotion = widgets.synced_selectbox("Emotion", ctx.classes, key="emotion", container=c3)
 alpha = widgets.synced_slider("CAM opacity", key="alpha", lo=0.0, hi=1.0, default=0.5, step=0.05, container=c4)
+layers = queries.load_heatmap_layers(ctx.ref, ctx.run_id)
+if layers.get(method) == INPUT_LAYER:
+    st.caption(f"{method} is gradient-free: its map is how much the class probability drops when parts of the "
+               "input are hidden (occlusion: a sliding window; RISE: random masks), so it explains any model, "
+               "ONNX included.")
+elif method in layers:
+    st.caption(f"{method} reads the model's gradients at layer {layers[method]}.")
 
 st.subheader(f"{emotion}: correct versus misclassified")
-st.caption(f"Most confident first; the {method} CAM for the predicted class, left, and the true class, right. "
+st.caption(f"Most confident first; the {method} map for the predicted class, left, and the true class, right. "
            "Details opens the image in the Error explorer.")
 for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", "Misclassified")):
     # No method filter: it would cost a join with every stored CAM; images without a CAM show plain.
@@ -64,7 +74,7 @@ if outdated:
             f"`python -m pipeline explain --run {ctx.run_id} --methods {method} --db {ctx.ref.path}` "
             f"(with the options it was explained with, such as --split or --limit) to store it.")
 elif len(means):
-    st.caption("Mean CAM for the predicted class over every explained image, correct (top) and "
+    st.caption(f"Mean {method} map for the predicted class over every explained image, correct (top) and "
                "misclassified (bottom).")
     for correct, label in ((True, "correct"), (False, "misclassified")):
         sub = means[means["correct"] == correct].set_index("emotion")
@@ -87,7 +97,7 @@ elif len(energy):
     widgets.render_figure(charts.create_region_energy_chart(energy, regions, ctx.classes),
                           f"region-energy-{method}-{split}", ctx.run_id)
     widgets.render_table(energy, f"region-energy-table-{method}-{split}", ctx.run_id,
-                         caption=f"Mean CAM energy share per facial region ({method}, {split})")
+                         caption=f"Mean energy share of the map per facial region ({method}, {split})")
 else:
     st.write("No region energies stored.")
 
@@ -107,8 +117,17 @@ if len(em):
     with st.expander("Every stored metric (faithfulness, localisation and their baselines)"):
         widgets.render_table(em if per_emotion else em[em["emotion"] == "all"], "explanation-metrics-table",
                              ctx.run_id, caption="Faithfulness, sanity checks and localisation per method")
-    not_run = widgets.describe_checks_not_run(ctx.run, methods, em)
-    if not_run:
-        st.caption(not_run)
+    for line in widgets.describe_checks_not_run(ctx.run, layers, em):
+        st.caption(line)
+    agree = em[em["metric"] == f"agree_{AGREEMENT_REFERENCE}_spearman"]
+    if len(agree):
+        st.subheader("Gradient-free maps against Grad-CAM")
+        shown = agree if per_emotion else agree[agree["emotion"] == "all"]
+        widgets.render_table(shown[["method", "emotion", "value", "ci_low", "ci_high", "n"]],
+                             "explanation-agreement", ctx.run_id,
+                             caption="Spearman rank correlation of each image's region energies with Grad-CAM's "
+                                     "(predicted class; 1 = the same ranking of facial regions), mean over images")
+        st.caption("The action-unit localisation of each method against the uniform and shuffled baselines is in "
+                   "the checks table above (synthetic set).")
 else:
     st.write("No faithfulness or sanity-check results stored for this run.")

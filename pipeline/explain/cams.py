@@ -61,6 +61,9 @@ class _LazyMethods(Mapping):
         module, cls = self._paths[name].split(":")
         return getattr(importlib.import_module(module), cls)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would import the class to answer
+        return name in self._paths
+
     def __iter__(self):
         return iter(self._paths)
 

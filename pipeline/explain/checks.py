@@ -12,6 +12,8 @@ from dataclasses import dataclass
 ENERGY_FACTOR = 2.0      # gt_energy passes at this many times the uniform map's share
 POINTING_MARGIN = 0.10   # pointing passes this far above another image's map
 SANITY_THRESHOLD = 0.5   # sanity passes when the randomised model's map correlates below this
+# The method gradient-free maps are compared with when both are computed (metric 'agree_gradcam_spearman').
+AGREEMENT_REFERENCE = "gradcam"
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,22 @@ CHECKS: tuple[Check, ...] = (
           f"passes when the mean Spearman similarity to the randomised model's map is below {SANITY_THRESHOLD:g}",
           below=SANITY_THRESHOLD),
 )
+
+
+def describe_sanity_skip(*, model_source: str, gradient_free: bool) -> str | None:
+    """Why the randomisation sanity check is not run for a method, or None when it is.
+
+    model_source: 'checkpoint' (trained here) or a model card's format ('pytorch', 'torchscript', 'onnx').
+    gradient_free: the method perturbs the input (occlusion, RISE) instead of reading a layer.
+    The check re-initialises the model's weights layer by layer and recomputes the maps, so it
+    needs the model as a PyTorch module; `explain` skips it where these reasons say, and the
+    dashboard shows the same words.
+    """
+    if model_source not in ("checkpoint", "pytorch"):
+        article = "an" if model_source[:1].lower() in "aeiou" else "a"
+        return (f"it re-initialises the model's weights layer by layer, which needs the model as a PyTorch "
+                f"module (a trained run or a pytorch card); this run's model is {article} {model_source} file")
+    if gradient_free:
+        return ("it is run for the CAM methods only: on a randomised copy a gradient-free map would cost its "
+                "whole perturbation sweep per image again")
+    return None

@@ -8,6 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_CAM_SIZE = 32
+# What heatmaps.target_layer says for a map made by perturbing the input (occlusion, RISE) rather than
+# read at a layer of the network: the dashboard tells gradient-free methods by it.
+INPUT_LAYER = "input"
 
 
 def encode_cam(cam: np.ndarray, size: int = DEFAULT_CAM_SIZE) -> bytes:

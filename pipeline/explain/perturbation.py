@@ -50,8 +50,6 @@ class RiseConfig:
 
 # Method name (as stored in heatmaps.method) -> its settings class.
 PERTURBATION_METHODS: dict[str, type] = {"occlusion": OcclusionConfig, "rise": RiseConfig}
-# What heatmaps.target_layer says for maps computed by perturbing the input.
-INPUT_LAYER = "input"
 
 
 def _as_targets(target_sets: Sequence[Sequence[int]] | np.ndarray, n: int) -> np.ndarray:

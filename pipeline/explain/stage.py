@@ -1,15 +1,27 @@
-"""The explain stage: CAMs, region energies, failure tags and explanation checks for a stored run.
+"""The explain stage: heatmaps, region energies, failure tags and explanation checks for a stored run.
+
+Any run with a model: a trained run (its checkpoint) or an external one (the model
+card `evaluate --model` recorded); `load_explain_model` loads it and says which
+methods apply. The CAM family (pytorch-grad-cam's formulas, pipeline.explain.cams)
+needs gradients at a target layer: trained runs, PyTorch and TorchScript cards.
+The gradient-free methods (occlusion, RISE: pipeline.explain.perturbation) only
+need predictions, so they explain ONNX models too. Runs of imported predictions
+have no model and are refused.
 
 For every image of the run's split (default test) that has a stored prediction,
-computes a CAM for the predicted class and, when it differs, for the true class,
+computes a map for the predicted class and, when it differs, for the true class,
 with each method; stores it at `cam_size` (uint8, 1 KB at 32x32, see
 pipeline.explain.codec) with its energy share per facial region (heatmaps) and
 their mean per true emotion and outcome (heatmap_summary: the mean map and mean
 energies the dashboard shows, computed here from the maps being stored), tags the
 misclassified images (failure_tags), and measures the explanations on a seeded
-sample (explanation_metrics): faithfulness (ROAD, confidence change), the
-model-randomisation sanity check and, on the synthetic set, localisation of the
-ground-truth action-unit regions against uniform and shuffled baselines.
+sample (explanation_metrics): faithfulness (ROAD, confidence change: any map), the
+model-randomisation sanity check (CAM methods on models whose weights are a
+PyTorch module; where it is skipped, pipeline.explain.checks.describe_sanity_skip
+says why) and, on the synthetic set, localisation of the ground-truth action-unit
+regions against uniform and shuffled baselines. When Grad-CAM and a gradient-free
+method are computed together, their agreement (rank correlation of region
+energies per image, 'agree_gradcam_spearman') is stored under the gradient-free method.
 
 Rules: each function below does one job and only `save_explanations` writes the
 store (a sharded run's Parquet shards: see `run_explain`); a
@@ -27,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.constants import ALIGNED_SIZE, ENERGY_COLUMNS, FACE_REGIONS
-from pipeline.explain.checks import SANITY_THRESHOLD
+from pipeline.explain.checks import AGREEMENT_REFERENCE, SANITY_THRESHOLD
 from pipeline.errors import UserError
 
 
@@ -35,7 +47,7 @@ from pipeline.errors import UserError
 class ExplainConfig:
     db: str
     run: str = "latest"
-    methods: tuple[str, ...] = ("gradcam",)
+    methods: tuple[str, ...] | None = None  # None: what fits the model (see default_methods)
     target_layer: str | None = None
     split: str = "test"
     limit: int | None = None               # explain a seeded sample of this many images
@@ -47,6 +59,8 @@ class ExplainConfig:
     sanity_mode: str = "cascading"
     sanity_threshold: float = SANITY_THRESHOLD
     road_percentiles: tuple[int, ...] = (20, 40, 60, 80)
+    rise_masks: int = 500                  # RISE's random masks per image
+    perturbation_batch_size: int = 64      # perturbed images per forward pass (occlusion, RISE)
     background_threshold: float = 0.5
     n_boot: int = 1000
     seed: int = 0
@@ -107,6 +121,116 @@ def select_targets(run_id: str, preds: pd.DataFrame, dataset, classes: list[str]
     true_idx = np.where(true_known, preds["true_label"].map(cls_index).fillna(-1).to_numpy(np.int64), pred_idx)
     return ExplainTargets(run_id=run_id, preds=preds, records=[by_id[i] for i in preds["image_id"]],
                           pred_idx=pred_idx, true_idx=true_idx, wrong=true_known & (true_idx != pred_idx))
+
+
+def list_methods() -> tuple[str, ...]:
+    """Every method `explain` knows: the CAM family, then the gradient-free ones."""
+    from pipeline.explain.cams import METHODS
+    from pipeline.explain.perturbation import PERTURBATION_METHODS
+
+    return (*METHODS, *PERTURBATION_METHODS)
+
+
+def validate_explain_methods(methods) -> tuple[str, ...]:
+    """The method names, lower-cased and de-duplicated (ValueError naming a bad one)."""
+    known = list_methods()
+    out: list[str] = []
+    for m in methods:
+        key = m.strip().lower()
+        if key not in known:
+            raise ValueError(f"unknown explanation method {m!r}; choose from {', '.join(known)}")
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise ValueError(f"no explanation method given; choose from {', '.join(known)}")
+    return tuple(out)
+
+
+def default_methods(has_gradients: bool) -> tuple[str, ...]:
+    """Grad-CAM for models with gradients (trained runs, PyTorch and TorchScript cards); occlusion and
+    RISE for the others (ONNX)."""
+    from pipeline.explain.cams import DEFAULT_METHODS
+    from pipeline.explain.perturbation import PERTURBATION_METHODS
+
+    return DEFAULT_METHODS if has_gradients else tuple(PERTURBATION_METHODS)
+
+
+@dataclass
+class ExplainModel:
+    """A stored run's model as the explain stage uses it, and what applies to it.
+
+    model: a pipeline.external.models.RunModel (a trained run's checkpoint or an external run's card):
+      `explain(images, ...)` makes every method's maps from uint8 images, `prepare(images)` is the input
+      of `model.module` (what ROAD and the confidence change perturb).
+    methods: the methods to compute, in the order asked.
+    layer_name: the CAM methods' target layer (None when only gradient-free methods are computed).
+    sanity_skipped: {method: why the randomisation sanity check is not run on it}.
+    """
+    model: Any
+    methods: tuple[str, ...]
+    layer_name: str | None
+    sanity_skipped: dict[str, str]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.image_size)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.model.classes)
+
+    def is_gradient_free(self, method: str) -> bool:
+        from pipeline.explain.perturbation import PERTURBATION_METHODS
+
+        return method in PERTURBATION_METHODS
+
+    def layer_of(self, method: str) -> str:
+        """heatmaps.target_layer of `method`'s maps."""
+        from pipeline.explain.codec import INPUT_LAYER
+
+        return INPUT_LAYER if self.is_gradient_free(method) else str(self.layer_name)
+
+
+def load_explain_model(db: str | Path, run: dict, device: str, *, methods: tuple[str, ...] | None,
+                       target_layer: str | None) -> ExplainModel:
+    """The run's model (any kind: trained, or external through its card) with the methods that apply.
+
+    `methods` None gives default_methods. UserError, naming the run and its card, for runs without a
+    model (imported predictions), for gradient methods on an ONNX model, for CAM methods a TorchScript
+    model cannot run, and for an unknown target layer (listing the candidates).
+    """
+    from pipeline.explain.cams import CLASS_AGNOSTIC_METHODS, GRADIENT_METHODS
+    from pipeline.explain.checks import describe_sanity_skip
+    from pipeline.explain.perturbation import PERTURBATION_METHODS
+    from pipeline.external.models import load_run_model
+
+    model = load_run_model(db, run, device)  # checkpoint: runs folder, SHA-256, weights-only; card: file SHA-256
+    methods = validate_explain_methods(methods) if methods is not None else default_methods(model.has_gradients)
+    cam_methods = [m for m in methods if m not in PERTURBATION_METHODS]
+    where = f"run {run['run_id']}" + (f" (model card {model.card.path})" if model.card is not None else "")
+    if cam_methods and not model.has_gradients:
+        raise UserError(f"{', '.join(cam_methods)} need the model's gradients, and the model of {where} is an "
+                        f"{model.source} file without them; use --methods {','.join(PERTURBATION_METHODS)} "
+                        "(the default for it)")
+    if model.source == "torchscript":
+        unsupported = [m for m in cam_methods if m not in GRADIENT_METHODS | CLASS_AGNOSTIC_METHODS]
+        if unsupported:
+            raise UserError(f"{', '.join(unsupported)} cannot run on the TorchScript model of {where}; use "
+                            f"{', '.join(sorted(GRADIENT_METHODS | CLASS_AGNOSTIC_METHODS))} or "
+                            f"{', '.join(PERTURBATION_METHODS)}")
+    layer_name = model.resolve_layer(target_layer)[1] if cam_methods else None
+    skipped = {m: why for m in methods
+               if (why := describe_sanity_skip(model_source=model.source,
+                                               gradient_free=m in PERTURBATION_METHODS)) is not None}
+    return ExplainModel(model=model, methods=tuple(methods), layer_name=layer_name, sanity_skipped=skipped)
+
+
+def _perturbation_settings(config: ExplainConfig):
+    """The occlusion and RISE settings of an explain run (RISE's masks seeded by config.seed)."""
+    from pipeline.explain.perturbation import OcclusionConfig, RiseConfig
+
+    return (OcclusionConfig(batch_size=config.perturbation_batch_size),
+            RiseConfig(n_masks=config.rise_masks, batch_size=config.perturbation_batch_size, seed=config.seed))
 
 
 def _image_sizes(records, dataset) -> list[tuple[float, float]]:
@@ -189,38 +313,39 @@ def _heatmap_row(common: dict, *, image_id: str, target_label: str, cam: np.ndar
     return row
 
 
-def compute_heatmap_rows(targets: ExplainTargets, *, methods: tuple[str, ...], model, layer, layer_name: str,
-                         meta: dict, regions: RegionContext, config: ExplainConfig, device: str,
+def compute_heatmap_rows(targets: ExplainTargets, *, methods: tuple[str, ...], model: ExplainModel,
+                         regions: RegionContext, config: ExplainConfig,
                          progress: Callable[[int], None] | None = None) -> HeatmapResults:
     """Every image's maps (predicted class; true class when misclassified) with region energies.
 
-    Images are decoded `config.chunk` at a time and explained in batches of
-    `config.batch_size`; `progress(n)` is called after each batch.
+    Any method of `model.methods`: the CAM family at the model's target layer, the gradient-free
+    ones (occlusion, RISE) from one perturbation sweep per batch serving both targets. Images are
+    decoded `config.chunk` at a time and explained in batches of `config.batch_size`; `progress(n)`
+    is called after each batch.
     """
     from pipeline.data.images import load_images_array
-    from pipeline.explain.cams import compute_cams
     from pipeline.explain.faithfulness import compute_gt_localisation
     from pipeline.explain.regions import compute_peak_regions, compute_region_energies
-    from pipeline.train.augment import preprocess_batch
 
     n, grid, preds, records = len(targets), regions.grid, targets.preds, targets.records
+    occlusion, rise = _perturbation_settings(config)
     out = HeatmapResults({m: [] for m in methods}, {m: np.full(n, np.nan) for m in methods},
                          {m: [] for m in methods})
     for start in range(0, n, config.chunk):
         idx = np.arange(start, min(start + config.chunk, n))
-        images = load_images_array([records[i] for i in idx], int(meta["image_size"]))
+        images = load_images_array([records[i] for i in idx], model.image_size)
         maps = regions.region_maps(idx)
         masks = regions.gt_stack(idx)
         chunk_cams = {m: np.empty((2, len(idx), grid, grid), np.float32) for m in methods}
         for b in range(0, len(idx), config.batch_size):
             sl = slice(b, b + config.batch_size)
-            x = preprocess_batch(images[sl], meta, device)
-            cams, _ = compute_cams(model, x, [targets.pred_idx[idx[sl]], targets.true_idx[idx[sl]]], methods,
-                                   layer, (grid, grid))
+            cams = model.model.explain(images[sl], [targets.pred_idx[idx[sl]], targets.true_idx[idx[sl]]], methods,
+                                       layer_name=model.layer_name, out_size=(grid, grid), occlusion=occlusion,
+                                       rise=rise)
             for m in methods:
                 chunk_cams[m][:, sl] = cams[m]
             if progress is not None:
-                progress(len(x))
+                progress(len(images[sl]))
         for m in methods:
             for t_i, target in enumerate(("pred", "true")):
                 rows_here = np.ones(len(idx), bool) if target == "pred" else targets.wrong[idx]
@@ -236,14 +361,14 @@ def compute_heatmap_rows(targets: ExplainTargets, *, methods: tuple[str, ...], m
                 if target == "pred":
                     out.background_share[m][idx] = energies[:, FACE_REGIONS.index("background")]
                 labels = preds["pred_label"] if target == "pred" else preds["true_label"]
-                common = {"run_id": targets.run_id, "method": m, "target": target, "target_layer": layer_name,
+                common = {"run_id": targets.run_id, "method": m, "target": target, "target_layer": model.layer_of(m),
                           "cam_size": config.cam_size}
                 out.rows[m] += [_heatmap_row(common, image_id=records[idx[j]].image_id,
                                              target_label=labels.iloc[idx[j]], cam=cams_t[k], energies=energies[k],
                                              peak=peaks[k], gt=None if gt is None else gt.iloc[k])
                                 for k, j in enumerate(sel)]
             if masks is not None:
-                # The localisation aggregates use the CAM of the true class (the expression drawn).
+                # The localisation aggregates use the map of the true class (the expression drawn).
                 true_cams = np.where(targets.wrong[idx][:, None, None], chunk_cams[m][1], chunk_cams[m][0])
                 g = compute_gt_localisation(true_cams, masks, seed=config.seed + start)
                 g["emotion"] = preds["true_label"].iloc[idx].to_numpy()
@@ -251,36 +376,38 @@ def compute_heatmap_rows(targets: ExplainTargets, *, methods: tuple[str, ...], m
     return out
 
 
-def compute_check_rows(targets: ExplainTargets, *, methods: tuple[str, ...], model, layer, layer_name: str,
-                       meta: dict, config: ExplainConfig, device: str, rng: np.random.Generator,
+def compute_check_rows(targets: ExplainTargets, *, methods: tuple[str, ...], model: ExplainModel,
+                       config: ExplainConfig, rng: np.random.Generator,
                        progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
     """Faithfulness (ROAD, confidence change) and the randomisation sanity check on a seeded sample.
 
     One explanation_metrics row per method, metric and emotion ('all' included),
-    each with a bootstrap interval. Kept as one loop (over 60 lines): each batch's
-    CAM feeds both checks, so splitting it would compute the maps twice.
+    each with a bootstrap interval. ROAD and the confidence change apply to any map; the sanity
+    check runs only for the methods not in `model.sanity_skipped` (it re-initialises the weights).
+    Kept as one loop (over 60 lines): each batch's map feeds both checks, so splitting it would
+    compute the maps twice.
     """
     import torch
 
     from pipeline.data.images import load_images_array
-    from pipeline.explain.cams import compute_cams, resolve_target_layer
     from pipeline.explain.faithfulness import (compute_confidence_change, compute_map_similarity,
                                                compute_road_scores, create_randomized_model, summarise)
-    from pipeline.train.augment import preprocess_batch
 
     rows: dict[str, list[dict]] = {m: [] for m in methods}
     n = len(targets)
     n_sample = min(n, max(config.faithfulness_samples, config.sanity_samples))
     if n_sample <= 0:
         return rows
+    run_model = model.model
+    occlusion, rise = _perturbation_settings(config)
     sample = np.sort(rng.choice(n, n_sample, replace=False))
-    images = load_images_array([targets.records[i] for i in sample], int(meta["image_size"]))
-    x_all = preprocess_batch(images, meta, device)
+    images = load_images_array([targets.records[i] for i in sample], model.image_size)
+    x_all = run_model.prepare(images)
     emotions = targets.preds["true_label"].iloc[sample].tolist()
-    random_model = random_layer = None
-    if config.sanity_samples > 0:
-        random_model = create_randomized_model(model, layer, x_all[:1], config.sanity_mode, config.seed)
-        random_layer, _ = resolve_target_layer(random_model, layer_name)
+    random_module = None
+    if config.sanity_samples > 0 and any(m not in model.sanity_skipped for m in methods):
+        layer, _ = run_model.resolve_layer(model.layer_name)
+        random_module = create_randomized_model(run_model.module, layer, x_all[:1], config.sanity_mode, config.seed)
     torch.manual_seed(config.seed)  # ROAD's imputation noise
     for m in methods:
         per: dict[str, list[np.ndarray]] = {}
@@ -288,20 +415,20 @@ def compute_check_rows(targets: ExplainTargets, *, methods: tuple[str, ...], mod
             sl = slice(b, b + config.batch_size)
             x = x_all[sl]
             tgt = targets.pred_idx[sample[sl]]
-            cams, _ = compute_cams(model, x, [tgt], [m], layer)
-            cam = cams[m][0]
+            cam = run_model.explain(images[sl], [tgt], [m], layer_name=model.layer_name, occlusion=occlusion,
+                                    rise=rise)[m][0]
             pos = np.arange(b, min(b + config.batch_size, n_sample))
             batch_emotions = np.array(emotions[b:b + len(pos)], object)
             f_sel = pos < config.faithfulness_samples
             if f_sel.any():
                 xs, cs, ts = x[f_sel], cam[f_sel], tgt[f_sel]
-                for k, v in {**compute_road_scores(model, xs, cs, ts, config.road_percentiles),
-                             **compute_confidence_change(model, xs, cs, ts)}.items():
+                for k, v in {**compute_road_scores(run_model.module, xs, cs, ts, config.road_percentiles),
+                             **compute_confidence_change(run_model.module, xs, cs, ts)}.items():
                     per.setdefault(k, []).append(v)
                 per.setdefault("_f_emotions", []).append(batch_emotions[f_sel])
             s_sel = pos < config.sanity_samples
-            if random_model is not None and s_sel.any():
-                rcams, _ = compute_cams(random_model, x[s_sel], [tgt[s_sel]], [m], random_layer)
+            if random_module is not None and m not in model.sanity_skipped and s_sel.any():
+                rcams = run_model.compute_cams(x[s_sel], [tgt[s_sel]], [m], model.layer_name, module=random_module)
                 sim = compute_map_similarity(cam[s_sel], rcams[m][0])
                 per.setdefault("sanity_spearman", []).append(sim["spearman"])
                 per.setdefault("sanity_ssim", []).append(sim["ssim"])
@@ -318,6 +445,36 @@ def compute_check_rows(targets: ExplainTargets, *, methods: tuple[str, ...], mod
                     r["passed"] = bool(r["value"] < config.sanity_threshold)
             rows[m] += metric
     return rows
+
+
+def compute_agreement_rows(heat_frames: dict[str, pd.DataFrame], preds: pd.DataFrame, *,
+                           gradient_free: tuple[str, ...], n_boot: int, seed: int) -> dict[str, list[dict]]:
+    """How far each gradient-free method's maps agree with Grad-CAM's on the same images:
+    explanation_metrics rows 'agree_gradcam_spearman' (the per-image Spearman correlation of the
+    predicted-class maps' region energies, mean over images, per true emotion and 'all', bootstrap CI),
+    {method: rows} for the gradient-free methods, when Grad-CAM was computed in the same run. Pure."""
+    from pipeline.explain.perturbation import summarise_agreement
+
+    out: dict[str, list[dict]] = {}
+    ref = heat_frames.get(AGREEMENT_REFERENCE)
+    if ref is None or ref.empty:
+        return out
+    energy = list(ENERGY_COLUMNS)
+    key = ["image_id", *energy]
+    ref = ref.loc[ref["target"] == "pred", key]
+    for m in gradient_free:
+        if m not in heat_frames or heat_frames[m].empty:
+            continue
+        own = heat_frames[m].loc[heat_frames[m]["target"] == "pred", key]
+        both = own.merge(ref, on="image_id", suffixes=("", "_ref"), validate="1:1").merge(
+            preds[["image_id", "true_label"]], on="image_id", validate="1:1")
+        if both.empty:
+            continue
+        energies = {m: both[energy].to_numpy(np.float64),
+                    AGREEMENT_REFERENCE: both[[f"{c}_ref" for c in energy]].to_numpy(np.float64)}
+        out[m] = summarise_agreement(energies, both["true_label"].tolist(), AGREEMENT_REFERENCE, n_boot=n_boot,
+                                     seed=seed)
+    return out
 
 
 METRIC_COLUMNS = ["method", "metric", "emotion", "value", "ci_low", "ci_high", "n", "passed"]
@@ -368,16 +525,23 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
     """
     # Long on purpose: the stage's wiring: each step is a function above, called in order; what is left is the
     # sequence itself.
-    from pipeline.explain.cams import compute_heatmap_summary, resolve_target_layer, validate_methods
+    from pipeline.explain.cams import compute_heatmap_summary
     from pipeline.explain.faithfulness import summarise_gt_localisation
     from pipeline.explain.regions import compute_failure_tags
     from pipeline.train.distributed import current_world
-    from pipeline.train.models import load_run_model
     from pipeline.train.runner import resolve_device
 
     from pipeline.store import db as store
 
-    methods = validate_methods(config.methods)
+    if config.methods is not None:
+        try:
+            validate_explain_methods(config.methods)
+        except ValueError as exc:
+            raise UserError(f"--methods: {exc}") from None
+    for name, value in (("--rise-masks", config.rise_masks), ("--perturbation-batch-size",
+                                                               config.perturbation_batch_size)):
+        if value < 1:
+            raise UserError(f"{name} {value}: give a positive number")
     db = Path(config.db)
     if not db.is_file():
         raise UserError(f"results store {db} does not exist; run `python -m pipeline demo` or pass --db PATH")
@@ -388,24 +552,20 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
     with store.open_store(db, read_only=True) as con:
         run, preds = load_stored_predictions(con, config.run, config.split)
     device = resolve_device(config.device)
-    model, meta = load_run_model(db, run, device)  # models.load_run_model: runs folder, SHA-256, weights-only
-    classes = list(meta["classes"])
-    try:
-        layer, layer_name = resolve_target_layer(model, config.target_layer)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    # Any run kind: a trained run's checkpoint or an external run's card; the methods that apply to it.
+    model = load_explain_model(db, run, device, methods=config.methods, target_layer=config.target_layer)
+    methods = model.methods
     dataset = load_run_dataset_for(run)
     rng = np.random.default_rng(config.seed)
-    targets = select_targets(run["run_id"], preds, dataset, classes, limit=config.limit, rng=rng)
-    common = dict(methods=methods, model=model, layer=layer, layer_name=layer_name, meta=meta, config=config,
-                  device=device)
+    targets = select_targets(run["run_id"], preds, dataset, model.classes, limit=config.limit, rng=rng)
+    common = dict(methods=methods, model=model, config=config)
     sharded = shard is not None or merge_shards or world.size > 1
     if sharded:
         from pipeline.store.shards import load_shards, shard_folder, write_shard
         from pipeline.train.distributed import barrier, shard_slice
 
         settings = {"stage": "explain", "run_id": run["run_id"], "checkpoint_sha256": run.get("checkpoint_sha256"),
-                    "layer": layer_name, **{k: v for k, v in vars(config).items()
+                    "layer": model.layer_name, **{k: v for k, v in vars(config).items()
                                             if k not in ("db", "run", "device", "quiet")}}
         folder = shard_folder(db, run["run_id"], "explain", settings)
         mine = shard or world.shard
@@ -417,7 +577,7 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
     else:
         part = targets
     if not merge_shards:
-        update, close = _progress_bar(config, len(part), f"CAMs ({', '.join(methods)})")
+        update, close = _progress_bar(config, len(part), f"maps ({', '.join(methods)})")
         heat = compute_heatmap_rows(part, regions=RegionContext(part.records, dataset), progress=update, **common)
         close()
         tags = compute_failure_tags(list(part.preds["image_id"]), list(part.preds["true_label"]),
@@ -468,6 +628,10 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
         metric_rows[m] += rows
 
     preds = targets.preds
+    free = tuple(m for m in methods if model.is_gradient_free(m))
+    for m, rows in compute_agreement_rows(heat_frames, preds, gradient_free=free, n_boot=config.n_boot,
+                                          seed=config.seed).items():
+        metric_rows[m] += rows
     summaries = {m: compute_heatmap_summary(heat_frames[m], preds, config.split) for m in methods}
     with store.open_store(db) as con:
         save_explanations(con, targets.run_id, heat_frames=heat_frames, summaries=summaries,
@@ -477,7 +641,9 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
 
         remove_shards(folder)
     return {
-        "run_id": targets.run_id, "methods": list(methods), "target_layer": layer_name, "n_images": len(targets),
+        "run_id": targets.run_id, "methods": list(methods), "target_layer": model.layer_name,
+        "model_source": model.model.source, "sanity_skipped": dict(model.sanity_skipped),
+        "n_images": len(targets),
         "n_misclassified": int(targets.wrong.sum()), "n_heatmaps": int(sum(len(f) for f in heat_frames.values())),
         "n_tags": int(len(tags)), "metrics": pd.DataFrame([r for rows in metric_rows.values() for r in rows]),
         "heatmaps": pd.concat(list(heat_frames.values()), ignore_index=True).drop(columns=["cam"]),
@@ -486,9 +652,10 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A few lines for the terminal: counts, then the headline metrics per method."""
+    """A few lines for the terminal: counts, then the headline metrics per method, then the checks not run."""
+    layer = f"layer {summary['target_layer']}" if summary.get("target_layer") else "gradient-free only"
     lines = [f"explained run {summary['run_id']}: {summary['n_images']} images "
-             f"({summary['n_misclassified']} misclassified), layer {summary['target_layer']}, "
+             f"({summary['n_misclassified']} misclassified), {layer}, "
              f"{summary['n_heatmaps']} heatmaps, {summary['n_tags']} failure tags"]
     metrics = summary["metrics"]
     if len(metrics):
@@ -499,4 +666,6 @@ def format_summary(summary: dict[str, Any]) -> str:
                 flag = "" if r["passed"] is None or r["passed"] != r["passed"] else (" ok" if r["passed"] else " FAIL")
                 parts.append(f"{r['metric']}={r['value']:.3f}{flag}")
             lines.append(f"  {method}: " + ", ".join(parts))
+    for method, why in (summary.get("sanity_skipped") or {}).items():
+        lines.append(f"  {method}: no randomisation sanity check: {why}")
     return "\n".join(lines)

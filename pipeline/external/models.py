@@ -22,7 +22,7 @@ wrong into UserErrors naming the card: an input the model rejects, an output
 width that differs from the class list, NaN outputs, "probabilities" that do not
 sum to 1, and an unknown target layer (listing the candidate layers).
 
-`load_run_model(run)` is how the explain stage gets any stored run's model: a
+`load_run_model(db, run)` is how the explain stage gets any stored run's model: a
 `RunModel` over a trained run's checkpoint or the card an external run
 recorded (checked against the model file's SHA-256), with one way to prepare
 inputs, compute CAMs and predict for the gradient-free methods.
@@ -405,7 +405,10 @@ def compute_card_cams(model: CardModel, x01: torch.Tensor, target_sets, methods,
     if out_size is None:
         out_size = (int(x01.shape[-1]), int(x01.shape[-2]))
     x = x01.detach().requires_grad_(True)  # so the activation is in the graph even with frozen weights
-    with torch.enable_grad():
+    # Unoptimised execution: from its third call the profiling executor fuses the tapped graph into one
+    # DifferentiableGraph whose outputs (logits, activation) are siblings, and the gradient of the logits
+    # with respect to the activation is then "not used in the graph".
+    with torch.enable_grad(), torch.jit.optimized_execution(False):
         logits, act = model.activations_and_logits(x, name)
         grads = []
         if any(m in GRADIENT_METHODS for m in methods):
@@ -507,15 +510,19 @@ class RunModel:
         return {m: out[m] for m in methods}
 
 
-def load_run_model(run: dict, device: str = "cpu") -> RunModel:
-    """The model of a stored run: a trained run's checkpoint, or the model card an external run
-    recorded. UserError for runs without a model (imported predictions) or with a missing file."""
+def load_run_model(db: str | Path, run: dict, device: str = "cpu") -> RunModel:
+    """The model of stored run `run` of the store `db`: a trained run's checkpoint (through
+    train.models.load_run_model: the store's runs folder, its SHA-256, weights-only), or the model
+    card an external run recorded (its model file checked against the SHA-256 stored with the run).
+    UserError for runs without a model (imported predictions) or with a missing or changed file."""
     from pipeline.explain.perturbation import create_predict_fn
     from pipeline.train.augment import preprocess_batch
 
     run_id = run["run_id"]
     if run.get("kind") == "predictions":
-        raise UserError(f"run {run_id} holds imported predictions: there is no model to explain")
+        source = (run.get("config") or {}).get("source_file", "a predictions file")
+        raise UserError(f"run {run_id} holds predictions imported from {source}: there is no model to explain; "
+                        "explain a run made by `train` or `evaluate --model CARD`")
     card_config = (run.get("config") or {}).get("card")
     if card_config:
         from pipeline.external.card import file_sha256, load_card
@@ -529,15 +536,9 @@ def load_run_model(run: dict, device: str = "cpu") -> RunModel:
         unit = lambda images: load_unit_batch(images, size, "cpu")  # noqa: E731
         return RunModel(module=model, classes=list(card.classes), image_size=size, prepare=unit, to_unit=unit,
                         predict=create_predict_fn(model), source=card.format, card=card)
-    from pathlib import Path
+    from pipeline.train.models import load_run_model as load_trained_model
 
-    from pipeline.train.models import load_model_from_checkpoint
-
-    ckpt = run.get("checkpoint_path")
-    if not ckpt or not Path(ckpt).is_file():
-        raise UserError(f"checkpoint of run {run_id} not found ({ckpt or 'none recorded'}); "
-                        "restore the run folder or re-train the run")
-    model, meta = load_model_from_checkpoint(ckpt, device)
+    model, meta = load_trained_model(db, run, device)
     size = int(meta["image_size"])
     mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(meta["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)

@@ -125,3 +125,84 @@ def test_explain_names_a_missing_run_or_checkpoint(trained_run, tmp_path, capsys
     assert "gone.pt" in err and run["run_id"] in err
 
 
+
+
+def test_trained_runs_get_gradient_free_maps_with_their_checks_and_agreement(trained_run, capsys):
+    from pipeline.store import db as store
+    from pipeline.cli import main
+    from pipeline.constants import FACE_REGIONS
+
+    db, run, preds = trained_run
+    assert main(["explain", "--db", str(db), "--run", run["run_id"], "--methods", "gradcam,occlusion,rise",
+                 "--faithfulness-samples", "4", "--sanity-samples", "4", "--n-boot", "30", "--rise-masks", "30",
+                 "--perturbation-batch-size", "50", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "occlusion: no randomisation sanity check" in out and "gradcam: no randomisation" not in out
+    with store.open_store(db, read_only=True) as con:
+        heat = store.load_frame(con, "heatmaps", run_id=run["run_id"])
+        metrics = store.load_frame(con, "explanation_metrics", run_id=run["run_id"])
+    for method in ("occlusion", "rise"):
+        h = heat[heat["method"] == method]
+        assert (h["target_layer"] == "input").all() and (h["target"] == "pred").sum() == len(preds)
+        energies = h[[f"e_{r}" for r in FACE_REGIONS]].to_numpy(float)
+        ok = ~np.isnan(energies).any(axis=1)
+        np.testing.assert_allclose(energies[ok].sum(axis=1), 1.0, atol=1e-5)
+        m = metrics[metrics["method"] == method]
+        overall = set(m.loc[m["emotion"] == "all", "metric"])
+        assert {"gt_energy", "gt_energy_uniform", "gt_energy_shuffled", "road_morf", "conf_drop",
+                "agree_gradcam_spearman"} <= overall, overall
+        assert not any(k.startswith("sanity") for k in overall)
+        agree = m[m["metric"] == "agree_gradcam_spearman"]
+        assert set(agree["emotion"]) - {"all"} <= set(preds["true_label"]) and len(agree) > 1
+        assert ((agree["value"] >= -1) & (agree["value"] <= 1)).all()
+    assert "sanity_spearman" in set(metrics.loc[metrics["method"] == "gradcam", "metric"])
+    assert not (metrics["method"].eq("gradcam") & metrics["metric"].str.startswith("agree")).any()
+
+
+def _heat(method: str, energies: np.ndarray) -> "pd.DataFrame":
+    import pandas as pd
+
+    from pipeline.constants import ENERGY_COLUMNS
+
+    frame = pd.DataFrame(energies, columns=list(ENERGY_COLUMNS))
+    return frame.assign(image_id=[f"img{i}" for i in range(len(frame))], target="pred", method=method)
+
+
+def test_agreement_rows_rank_region_energies_against_gradcam():
+    import pandas as pd
+
+    from pipeline.constants import ENERGY_COLUMNS
+    from pipeline.explain.stage import compute_agreement_rows
+
+    rng = np.random.default_rng(0)
+    ref = rng.dirichlet(np.ones(len(ENERGY_COLUMNS)), size=8)
+    preds = pd.DataFrame({"image_id": [f"img{i}" for i in range(8)], "true_label": ["Fear", "Anger"] * 4})
+    frames = {"gradcam": _heat("gradcam", ref), "occlusion": _heat("occlusion", ref * 2),  # same ranking
+              "rise": _heat("rise", 1 - ref)}                                             # the reverse
+    rows = compute_agreement_rows(frames, preds, gradient_free=("occlusion", "rise"), n_boot=20, seed=0)
+    value = {m: {r["emotion"]: r["value"] for r in rs} for m, rs in rows.items()}
+    assert value["occlusion"] == {"all": pytest.approx(1.0), "Anger": pytest.approx(1.0), "Fear": pytest.approx(1.0)}
+    assert value["rise"]["all"] == pytest.approx(-1.0)
+    assert all(r["metric"] == "agree_gradcam_spearman" and r["n"] > 0 for rs in rows.values() for r in rs)
+    # Without Grad-CAM in the same run there is nothing to agree with.
+    assert compute_agreement_rows({"rise": frames["rise"]}, preds, gradient_free=("rise",), n_boot=20, seed=0) == {}
+
+
+def test_method_names_are_checked_with_the_choices():
+    from pipeline.explain.stage import validate_explain_methods
+
+    assert validate_explain_methods([" GradCAM", "rise", "rise"]) == ("gradcam", "rise")
+    with pytest.raises(ValueError, match="'shap'.*occlusion, rise"):
+        validate_explain_methods(["gradcam", "shap"])
+
+
+@pytest.mark.parametrize("source, gradient_free, applies", [
+    ("checkpoint", False, True), ("pytorch", False, True), ("checkpoint", True, False),
+    ("torchscript", False, False), ("onnx", True, False)])
+def test_the_sanity_check_needs_weights_and_a_cam_method(source, gradient_free, applies):
+    from pipeline.explain.checks import describe_sanity_skip
+
+    why = describe_sanity_skip(model_source=source, gradient_free=gradient_free)
+    assert (why is None) == applies
+    if source in ("torchscript", "onnx"):
+        assert f"{source} file" in why

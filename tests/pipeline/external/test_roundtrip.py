@@ -6,57 +6,18 @@ the runs added here never change what the other tests see as 'latest'.
 """
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
-import pandas as pd
 import pytest
 
 from pipeline.cli import main
-from pipeline.store import db as store
+from tests.pipeline.external.stores import create_byom_store, dataset_args, latest_run, stored_predictions
 
 
 @pytest.fixture(scope="module")
 def byom(demo_store, tmp_path_factory):
-    """The demo's trained run exported both ways and each export evaluated (runs of kind 'external'),
-    and the run's own test predictions imported from a CSV with two rows of unknown images."""
-    folder = tmp_path_factory.mktemp("byom")
-    db = folder / "results.duckdb"
-    shutil.copy(demo_store, db)
-    with store.open_store(db, read_only=True) as con:
-        runs = store.list_runs(con)
-        train = store.get_run(con, runs[runs["kind"] == "train"]["run_id"].iloc[0])
-        preds = store.load_frame(con, "predictions", run_id=train["run_id"], split="test")
-    cards, external = {}, {}
-    for fmt in ("torchscript", "onnx"):
-        assert main(["export-model", "--run", train["run_id"], "--format", fmt, "--out", str(folder / "out"),
-                     "--db", str(db)]) == 0
-        cards[fmt] = folder / "out" / f"{train['run_id']}-{fmt}.toml"
-        assert main(["evaluate", "--model", str(cards[fmt]), *dataset_args(train), "--db", str(db), "--quiet"]) == 0
-        external[fmt] = latest_run(db, "external")
-    classes = train["classes"]
-    probs = pd.DataFrame(np.stack(preds["probs"]), columns=[c.lower() for c in classes])
-    table = pd.concat([preds[["image_id"]].reset_index(drop=True), probs], axis=1)
-    table = pd.concat([table, pd.DataFrame({"image_id": ["not_in_the_set_1", "not_in_the_set_2"]})
-                       .assign(**{c.lower(): 1.0 / len(classes) for c in classes})], ignore_index=True)
-    table.to_csv(folder / "preds.csv", index=False)
-    return {"db": db, "folder": folder, "train": train, "preds": preds, "cards": cards, "external": external}
-
-
-def dataset_args(run) -> list[str]:
-    ds = run["config"]["dataset"]
-    return ["--dataset", ds["name"], "--root", ds["root"], "--classes", str(ds["num_classes"])]
-
-
-def latest_run(db, kind: str) -> dict:
-    with store.open_store(db, read_only=True) as con:
-        runs = store.list_runs(con)
-        return store.get_run(con, runs[runs["kind"] == kind].sort_values("started_at")["run_id"].iloc[-1])
-
-
-def stored_predictions(db, run_id: str) -> pd.DataFrame:
-    with store.open_store(db, read_only=True) as con:
-        return store.load_frame(con, "predictions", run_id=run_id, split="test")
+    """The demo's trained run exported both ways and each export evaluated (runs of kind 'external', with a
+    PyTorch-card run), and the run's own test predictions in a CSV with two rows of unknown images."""
+    return create_byom_store(demo_store, tmp_path_factory.mktemp("byom"))
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -89,10 +50,11 @@ def test_torchscript_export_gives_the_same_gradcam_maps(byom):
     targets = [[0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]]
     layer, _ = resolve_target_layer(model)
     ref, _ = compute_cams(model, preprocess_batch(images, meta), targets, ["gradcam", "gradcam++"], layer)
-    got = compute_card_cams(scripted, load_unit_batch(images, int(meta["image_size"])), targets,
-                            ["gradcam", "gradcam++"])
-    for m in ref:
-        np.testing.assert_allclose(got[m], ref[m], atol=1e-4)
+    for _ in range(4):  # and again: TorchScript's profiling executor re-optimises the graph from the third call
+        got = compute_card_cams(scripted, load_unit_batch(images, int(meta["image_size"])), targets,
+                                ["gradcam", "gradcam++"])
+        for m in ref:
+            np.testing.assert_allclose(got[m], ref[m], atol=1e-4)
 
 
 def test_import_predictions_reproduces_the_run(byom, capsys):
@@ -119,8 +81,7 @@ def test_import_predictions_reproduces_the_run(byom, capsys):
 def test_audit_and_export_work_on_external_and_predictions_runs(byom, capsys):
     assert main(["import-predictions", str(byom["folder"] / "preds.csv"), *dataset_args(byom["train"]),
                  "--db", str(byom["db"]), "--name", "for-audit"]) == 0
-    for kind in ("external", "predictions"):
-        run = latest_run(byom["db"], kind)
+    for run in (byom["external"]["onnx"], latest_run(byom["db"], "predictions")):
         assert main(["audit", "--run", run["run_id"], "--n-boot", "50", "--n-perm", "50",
                      "--db", str(byom["db"])]) == 0
         assert main(["export", "--run", run["run_id"], "--table", "audit", "--format", "csv",
