@@ -15,7 +15,9 @@ Mitigations of group gaps work on cells = demographic group x emotion (the
 train split's `groups` codes, built by the caller from `group_attributes`):
 `group_balance` "sample" draws every cell equally often (with replacement),
 "reweight" weights each image's loss by 1/(its cell's count), normalised to
-mean 1; `group_dro` minimises the loss of the worst cell with the online
+mean 1 (under the class-balanced sampler, which already evens out the emotions,
+by its emotion's count / its cell's, so only the groups within an emotion are
+evened out); `group_dro` minimises the loss of the worst cell with the online
 algorithm of Sagawa et al. (2020, "Distributionally robust neural networks"):
 cell weights q <- q * exp(step * cell loss), loss = sum of q * cell loss.
 """
