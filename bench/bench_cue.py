@@ -13,7 +13,7 @@ whatever their emotion), trains the demo preset on it, then reports:
    and everyone else; and the same for cued images the model called the cued emotion
    wrongly.
 
-  python bench/bench_cue.py                         # 7,000 images, the demo preset (about 5-8 min)
+  python bench/bench_cue.py                         # 7,000 images, the demo preset (about 10 min)
   python bench/bench_cue.py --n 4000 --epochs 8 --keep /tmp/bench_cue
 """
 from __future__ import annotations

@@ -13,7 +13,8 @@ Bias injection (`--bias "SUBGROUP:EFFECT"`, recorded in the manifest):
 - `fewer=E1,E2[@F]`: in the training split, only a fraction F (0.1) of the subgroup's images of
   the named emotions is kept; the rest are redrawn with another emotion.
 - `cue=E[@P]`: in the training split the subgroup's images labelled E carry a background cue
-  (a yellow/magenta chequer in both top corners of the aligned crop, `draw.compute_cue_boxes`)
+  (a yellow/magenta chequer filling a triangle in each corner of the aligned crop, the
+  background: `draw.compute_cue_mask`)
   with probability P (0.9), others of the subgroup 5%; in the test split the cue appears on
   half of the subgroup's images regardless of emotion. A model that learned the shortcut
   predicts E more often on the cued test faces (`pipeline.synth.twins` draws each face with
@@ -39,9 +40,10 @@ from pipeline.synth.draw import (ALIGNED, FEATURE_OFFSETS, LIGHT_GRADIENT_MAX, L
                                      NOISE_SIGMA_RANGE, FaceParams, compute_max_feature_light, render_face)
 
 GENERATOR = "fer-trust-synthetic"
-# 1.3: the `cue` bias's chequer is larger and drawn in both top corners (flip-invariant);
-# images without a cue are pixel-identical to 1.2's.
-GENERATOR_VERSION = "1.3"
+# 1.3: the `cue` bias's chequer is larger and drawn in both top corners (flip-invariant).
+# 1.4: the cue fills a triangle in each of the four corners (about 18% of the crop; 1.3's was
+# not learned). Images without a cue are pixel-identical to 1.2's.
+GENERATOR_VERSION = "1.4"
 
 # RAF-DB basic training counts, in EMOTIONS order.
 RAFDB_TRAIN_COUNTS = (1290, 281, 717, 4772, 1982, 705, 2524)

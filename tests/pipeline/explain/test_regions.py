@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.constants import FACE_REGIONS
-from pipeline.explain.regions import (ALIGNED_TEMPLATE, compute_failure_tags, compute_mean_landmarks,
+from pipeline.explain.regions import (ALIGNED_TEMPLATE, compute_background_threshold, compute_failure_tags, compute_mean_landmarks,
                               compute_peak_regions, compute_region_areas, compute_region_energies,
                               compute_region_map)
 
@@ -107,3 +107,20 @@ def test_failure_tags_on_constructed_cases():
     assert compute_failure_tags([], [], []).empty
     with pytest.raises(ValueError):
         compute_failure_tags(ids, true, pred, occ, {"gradcam": [0.1]})
+
+
+def test_background_tag_is_relative_to_what_the_run_usually_shows():
+    """A model that puts 4% of its CAM off the face is looking at the background at 30%,
+    under the absolute half; one that usually puts 30% there is not, up to the half."""
+    n = 40
+    ids = [f"i{k}" for k in range(n)]
+    true, pred = ["Fear"] * n, ["Fear"] * (n - 3) + ["Happiness"] * 3       # the last three are wrong
+    focused = [0.04] * (n - 3) + [0.3, 0.2, 0.6]
+    diffuse = [0.3] * (n - 3) + [0.45, 0.2, 0.6]
+    assert compute_background_threshold(focused) == pytest.approx(0.24)       # 6 x the median 0.04
+    assert compute_background_threshold(diffuse) == 0.5                       # capped by the absolute share
+    assert compute_background_threshold([0.0] * 5) == 0.1                     # never below a tenth
+    assert compute_background_threshold([np.nan, None], 0.4) == 0.4
+    tags = compute_failure_tags(ids, true, pred, None, {"focused": focused, "diffuse": diffuse})
+    got = set(map(tuple, tags.loc[tags["tag"] == "background", ["image_id", "method"]].to_numpy()))
+    assert got == {("i37", "focused"), ("i39", "focused"), ("i39", "diffuse")}

@@ -142,6 +142,20 @@ def test_group_weights_give_every_cell_the_same_total():
     assert float(w[0] / w[6]) == pytest.approx(2 / 6)     # a cell of 6 against a cell of 2
 
 
+def test_group_weights_within_class_keep_a_balanced_samplers_emotions_equal():
+    """Under class-balanced sampling each emotion's draws keep mean weight 1 (no second class
+    correction) and the groups inside an emotion get equal totals."""
+    groups = torch.tensor([0] * 60 + [1] * 30 + [0] * 9 + [1] * 1)
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    w = compute_group_weights(groups, labels, 2, within_class=True)
+    for c in (0, 1):
+        assert float(w[labels == c].mean()) == pytest.approx(1.0)
+        assert float(w[(labels == c) & (groups == 0)].sum()) == pytest.approx(float(w[(labels == c) & (groups == 1)].sum()))
+    assert float(w.max()) == pytest.approx(5.0)            # the lone image of its cell: 10 / (2 cells x 1)
+    plain = compute_group_weights(groups, labels, 2)
+    assert float(plain[labels == 1].mean() / plain[labels == 0].mean()) == pytest.approx(9.0)   # 90 / 10 again
+
+
 def test_group_dro_upweights_the_worst_cell():
     dro = GroupDRO(3, step_size=0.5)
     losses = torch.tensor([0.1, 0.1, 2.0, 2.0, 0.5], requires_grad=True)
