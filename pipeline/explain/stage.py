@@ -614,7 +614,13 @@ def run_explain(config: ExplainConfig, *, shard=None, merge_shards: bool = False
                             f"{len(targets)}: were its predictions replaced since they ran? Delete {folder} "
                             f"and run the shards again")
         heat_frames = {m: heat_all[heat_all["method"] == m].reset_index(drop=True) for m in methods}
-        tags = merged["failure_tags"]
+        # Tags again over the whole run: the background rule is relative to the run's usual share.
+        background = ENERGY_COLUMNS[FACE_REGIONS.index("background")]
+        shares = {m: f[f["target"] == "pred"].set_index("image_id")[background].reindex(targets.preds["image_id"])
+                  .astype(float).to_numpy() for m, f in heat_frames.items()}
+        tags = compute_failure_tags(list(targets.preds["image_id"]), list(targets.preds["true_label"]),
+                                    list(targets.preds["pred_label"]), [r.occluder for r in targets.records],
+                                    shares, config.background_threshold)
         loc = merged["localisation"]
         localisation = {m: loc[loc["method"] == m].reset_index(drop=True) for m in methods
                         if len(loc) and (loc["method"] == m).any()}
