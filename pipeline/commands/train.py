@@ -54,7 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "group mitigations (over demographic group x emotion cells of the train split)")
     mitigation.add_argument("--group-balance", choices=("none", "sample", "reweight"),
                             help="sample: draw every group x emotion cell equally often; reweight: weight each "
-                                 "image's loss by 1/(its cell's count)")
+                                 "image's loss by 1/(its cell's count), within its emotion when the sampler "
+                                 "already balances the emotions (see pipeline/train/loop.py)")
     mitigation.add_argument("--group-dro", action="store_true", default=None,
                             help="group DRO: minimise the loss of the worst group x emotion cell")
     mitigation.add_argument("--dro-step-size", type=float, help="group DRO's weight step (default 0.01)")

@@ -86,17 +86,18 @@ CLASS_AGNOSTIC_METHODS: frozenset[str] = frozenset({"eigencam"})  # same map wha
 DEFAULT_METHODS: tuple[str, ...] = ("gradcam",)
 
 
-def validate_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    """The method names, checked against METHODS (ValueError naming the bad one)."""
+def validate_methods(methods: Sequence[str], known: Sequence[str] = METHODS,
+                     what: str = "CAM method") -> tuple[str, ...]:
+    """The method names, lower-cased, de-duplicated and checked against `known` (ValueError naming a bad one)."""
     out = []
     for m in methods:
         key = m.strip().lower()
-        if key not in METHODS:
-            raise ValueError(f"unknown CAM method {m!r}; choose from {', '.join(METHODS)}")
+        if key not in known:
+            raise ValueError(f"unknown {what} {m!r}; choose from {', '.join(known)}")
         if key not in out:
             out.append(key)
     if not out:
-        raise ValueError(f"no CAM method given; choose from {', '.join(METHODS)}")
+        raise ValueError(f"no {what} given; choose from {', '.join(known)}")
     return tuple(out)
 
 

@@ -133,17 +133,9 @@ def list_methods() -> tuple[str, ...]:
 
 def validate_explain_methods(methods) -> tuple[str, ...]:
     """The method names, lower-cased and de-duplicated (ValueError naming a bad one)."""
-    known = list_methods()
-    out: list[str] = []
-    for m in methods:
-        key = m.strip().lower()
-        if key not in known:
-            raise ValueError(f"unknown explanation method {m!r}; choose from {', '.join(known)}")
-        if key not in out:
-            out.append(key)
-    if not out:
-        raise ValueError(f"no explanation method given; choose from {', '.join(known)}")
-    return tuple(out)
+    from pipeline.explain.cams import validate_methods
+
+    return validate_methods(methods, list_methods(), "explanation method")
 
 
 def default_methods(has_gradients: bool) -> tuple[str, ...]:
