@@ -26,8 +26,10 @@ Maps come out as float32 arrays in [0, 1] (min-max scaled per image, as the
 library does). pipeline.explain.codec stores one as `cam_size`x`cam_size` uint8
 bytes (32x32 = 1 KB), the `heatmaps.cam` column's format.
 
-pytorch-grad-cam is imported on first use, not with this module: its package
-pulls torchvision's model zoo and scikit-learn.
+Grad-CAM and Grad-CAM++ (the demo's methods) and the rescaling are written here,
+equal to the library's (tests compare every method); the other methods take their
+formulas from pytorch-grad-cam, imported on first use, not with this module: its
+package pulls torchvision's model zoo, scikit-learn and torch._dynamo (3 s).
 """
 from __future__ import annotations
 
@@ -206,13 +208,43 @@ def _eigen_projection(activations: np.ndarray) -> np.ndarray:
     return np.float32(out)
 
 
-def _scale(cam: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
-    """The library's post-processing: ReLU, min-max per image, resize to (W, H),
-    then ReLU and min-max again (its multi-layer aggregation with one layer)."""
-    from pytorch_grad_cam.utils.image import scale_cam_image
+def _min_max(cams: np.ndarray) -> np.ndarray:
+    """Per-image min-max scaling of (B, H, W), the library's `scale_cam_image` without resizing."""
+    cams = cams - cams.min(axis=(1, 2), keepdims=True)
+    return cams / (np.float32(1e-7) + cams.max(axis=(1, 2), keepdims=True))
 
-    cam = scale_cam_image(np.maximum(cam, 0), out_size)
-    return scale_cam_image(np.maximum(cam, 0))
+
+def _scale(cam: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """The library's post-processing: ReLU, min-max per image, resize to (W, H)
+    (cv2's bilinear resize, as `scale_cam_image` does), then ReLU and min-max
+    again (its multi-layer aggregation with one layer)."""
+    import cv2
+
+    cam = _min_max(np.maximum(cam, 0).astype(np.float32, copy=False))
+    if tuple(cam.shape[-2:][::-1]) != tuple(out_size):
+        cam = np.float32([cv2.resize(c, tuple(out_size)) for c in cam])
+    return _min_max(np.maximum(cam, 0)).astype(np.float32, copy=False)
+
+
+def _gradcam_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM's channel weights: the spatial mean of the gradients."""
+    return grads.mean(axis=(2, 3))
+
+
+def _gradcam_plusplus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Grad-CAM++'s channel weights (Chattopadhyay et al. 2018, eq. 19, with the
+    library's eps and its zeroing of alpha where the gradient is 0)."""
+    g2 = grads ** 2
+    sum_acts = acts.sum(axis=(2, 3), keepdims=True)
+    alpha = g2 / (2 * g2 + sum_acts * g2 * grads + 0.000001)
+    alpha = np.where(grads != 0, alpha, 0)
+    return (np.maximum(grads, 0) * alpha).sum(axis=(2, 3))
+
+
+# Methods whose channel weights are written here (tested equal to the library's), so the
+# default methods never import pytorch-grad-cam (3 s: its package pulls torchvision's
+# model zoo, scikit-learn and torch._dynamo).
+_CHANNEL_WEIGHTS = {"gradcam": _gradcam_weights, "gradcam++": _gradcam_plusplus_weights}
 
 
 def _scorecam_weights(model: nn.Module, inputs: torch.Tensor, activations: torch.Tensor,
@@ -317,6 +349,10 @@ def compute_cams_from_activations(inputs: torch.Tensor, acts: np.ndarray, grads:
             for s in range(len(targets)):
                 raw = (scorecam_weights[s][:, :, None, None] * acts).sum(axis=1)
                 per_set.append(_scale(raw, out_size))
+        elif method in _CHANNEL_WEIGHTS:
+            for s in range(len(targets)):
+                weights = _CHANNEL_WEIGHTS[method](acts, grads[s])
+                per_set.append(_scale((weights[:, :, None, None] * acts).sum(axis=1), out_size))
         else:
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

@@ -142,6 +142,26 @@ def test_heatmap_summary_is_the_exact_mean_per_emotion_and_outcome():
         compute_heatmap_summary(mixed, outcomes.assign(correct=True), "test")
 
 
+def test_the_demo_methods_and_checks_never_import_pytorch_grad_cam():
+    """Grad-CAM, Grad-CAM++ and the confidence change are computed without the library
+    (its import costs seconds); the formulas are the library's (the tests above)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, torch; from pipeline.train.models import create_model; "
+            "from pipeline.explain.cams import compute_cams, resolve_target_layer; "
+            "from pipeline.explain.faithfulness import compute_confidence_change, compute_road_scores; "
+            "m = create_model('lightcnn-half', 4).eval(); x = torch.randn(2, 3, 32, 32); "
+            "cams, _ = compute_cams(m, x, [[0, 1]], ['gradcam', 'gradcam++'], resolve_target_layer(m)[0]); "
+            "compute_confidence_change(m, x, cams['gradcam'][0], [0, 1]); "
+            "compute_road_scores(m, x, cams['gradcam++'][0], [0, 1], percentiles=(50,)); "
+            "print(sorted(k for k in ('pytorch_grad_cam', 'torchvision', 'sklearn') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[3]).stdout.split("\n")
+    assert out[0] == "[]"
+
+
 def test_importing_cams_leaves_pytorch_grad_cam_and_torchvision_unloaded():
     """pytorch-grad-cam's package pulls torchvision's model zoo and scikit-learn
     (seconds); the module imports it only when a CAM is computed."""

@@ -132,10 +132,12 @@ def _smooth_cams(n: int, size: int, gen: torch.Generator) -> np.ndarray:
     return nn.functional.interpolate(coarse, size=(size, size), mode="bilinear")[:, 0].numpy()
 
 
+@pytest.mark.parametrize("solver,tolerance", [("banded", 1e-5), ("cg", 1e-3)])
 @pytest.mark.parametrize("percentile", [20, 80])
-def test_batched_imputation_equals_pytorch_grad_cams(percentile):
-    """Stated tolerance: imputed pixels within 1e-3 of the library's sparse direct
-    solve (the noise it adds has std 0.01); kept pixels are untouched."""
+def test_batched_imputation_equals_pytorch_grad_cams(percentile, solver, tolerance):
+    """Stated tolerance: imputed pixels within 1e-5 (banded Cholesky, exact up to float32)
+    or 1e-3 (conjugate gradients) of the library's sparse direct solve (the noise it adds
+    has std 0.01); kept pixels are untouched."""
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
     from pipeline.explain.faithfulness import noisy_linear_impute
@@ -148,18 +150,36 @@ def test_batched_imputation_equals_pytorch_grad_cams(percentile):
         torch.manual_seed(1)
         ref = torch.stack([NoisyLinearImputer(noise=noise)(x[i], keep[i].float()) for i in range(len(x))])
         torch.manual_seed(1)
-        ours = noisy_linear_impute(x, keep, noise=noise)
-        assert (ours - ref).abs().max().item() < 1e-3
+        ours = noisy_linear_impute(x, keep, noise=noise, solver=solver)
+        assert (ours - ref).abs().max().item() < tolerance
         assert torch.equal(ours.permute(0, 2, 3, 1)[keep], x.permute(0, 2, 3, 1)[keep])
     # an image that keeps nothing has no system to solve: finite values, no error
-    assert torch.isfinite(noisy_linear_impute(x[:1], torch.zeros(1, SIZE, SIZE, dtype=torch.bool))).all()
+    nothing = torch.zeros(1, SIZE, SIZE, dtype=torch.bool)
+    assert torch.isfinite(noisy_linear_impute(x[:1], nothing, solver=solver)).all()
     with pytest.raises(ValueError, match="does not match"):
-        noisy_linear_impute(x, keep[:, :4])
+        noisy_linear_impute(x, keep[:, :4], solver=solver)
+
+
+def test_banded_imputation_on_ragged_masks_equals_the_library():
+    """Non-square images, scattered masks, one kept pixel, whole rows imputed: the band
+    half-width is found per image, and the solution is still the library's."""
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    from pipeline.explain.faithfulness import noisy_linear_impute
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 13, 29, generator=gen)
+    keep = torch.rand(4, 13, 29, generator=gen) < torch.tensor([0.05, 0.5, 0.95, 0.0]).view(4, 1, 1)
+    keep[3, 6, 11] = True                       # one kept pixel
+    keep[1, 4:7] = False                        # whole rows imputed
+    ref = torch.stack([NoisyLinearImputer(noise=0.0)(x[i], keep[i].float()) for i in range(len(x))])
+    ours = noisy_linear_impute(x, keep, noise=0.0)
+    assert (ours - ref).abs().max().item() < 1e-5
 
 
 def test_road_scores_equal_pytorch_grad_cams_metric(trained):
-    """The same seed gives the library's ROAD scores within 1e-4 (its per-image
-    sparse systems against our batched solver; noise drawn in the same order)."""
+    """The same seed gives the library's ROAD scores within 1e-5 (its per-image
+    sparse LU against our banded Cholesky; noise drawn in the same order)."""
     from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
@@ -172,9 +192,24 @@ def test_road_scores_equal_pytorch_grad_cams_metric(trained):
     lerf = ROADLeastRelevantFirstAverage([20, 60])(x, cams, targets, model)
     torch.manual_seed(5)
     ours = compute_road_scores(model, x, cams, y, percentiles=(20, 60))
-    assert np.abs(ours["road_morf"] - morf).max() < 1e-4
-    assert np.abs(ours["road_lerf"] - lerf).max() < 1e-4
+    assert np.abs(ours["road_morf"] - morf).max() < 1e-5
+    assert np.abs(ours["road_lerf"] - lerf).max() < 1e-5
     assert np.abs(morf).max() > 1e-3          # the comparison is not between two zeros
+
+
+def test_confidence_change_equals_pytorch_grad_cams_metric(trained):
+    """Our batched confidence change is the library's CamMultImageConfidenceChange."""
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model, x, y, _ = trained
+    cams = _smooth_cams(len(x), SIZE, torch.Generator().manual_seed(4))
+    ref = np.asarray(CamMultImageConfidenceChange()(x, cams, [ClassifierOutputSoftmaxTarget(int(t)) for t in y],
+                                                    model), np.float64).ravel()
+    ours = compute_confidence_change(model, x, cams, y)
+    np.testing.assert_allclose(ours["conf_drop"], np.maximum(-ref, 0), atol=1e-6)
+    np.testing.assert_array_equal(ours["conf_increase"], (ref > 0).astype(np.float64))
+    assert np.abs(ref).max() > 1e-3          # the comparison is not between two zeros
 
 
 def test_gt_localisation_and_baselines_on_constructed_maps():
