@@ -231,13 +231,16 @@ def noisy_linear_impute(images: torch.Tensor, keep: torch.Tensor, noise: float =
     else:
         out = _solve_cg(images, missing, tol, max_iter)
     if noise:
+        # One draw per image, in order (the library's); added on the CPU through flat indices.
         c = images.shape[1]
-        miss_cpu = missing[:, 0].cpu()
+        flat_missing = missing[:, 0].reshape(len(out), -1).cpu().numpy()
+        noisy = out.float().cpu().reshape(len(out), c, -1)
+        values = noisy.numpy()
         for s in range(len(out)):
-            n = int(miss_cpu[s].sum())
-            if n:
-                draw = torch.randn(c, n, generator=generator).to(out.device)
-                out[s][:, missing[s, 0]] += noise * draw
+            where = np.flatnonzero(flat_missing[s])
+            if len(where):
+                values[s][:, where] += noise * torch.randn(c, len(where), generator=generator).numpy()
+        out = noisy.reshape(out.shape).to(out.device)
     return out.to(images.dtype)
 
 
