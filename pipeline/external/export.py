@@ -40,7 +40,7 @@ def export_run_model(db: str | Path, run: str, fmt: str, out_dir: str | Path) ->
 
     from pipeline.external.card import InputSpec, render_card
     from pipeline.store import db as store
-    from pipeline.train.models import load_model_from_checkpoint
+    from pipeline.train.models import load_run_model
 
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(EXPORT_FORMATS)}")
@@ -55,7 +55,7 @@ def export_run_model(db: str | Path, run: str, fmt: str, out_dir: str | Path) ->
                         "export a train run (see `python -m pipeline runs`)")
     if not Path(ckpt).is_file():
         raise UserError(f"checkpoint {ckpt} of run {row['run_id']} is missing; restore the run folder")
-    model, meta = load_model_from_checkpoint(ckpt, "cpu")
+    model, meta = load_run_model(db, row, "cpu")   # from the store's runs/ folder, SHA-256 checked
     model = model.to(memory_format=torch.contiguous_format).eval()
     size = int(meta["image_size"])
     out = Path(out_dir).expanduser().resolve()

@@ -27,6 +27,7 @@ class TwinsConfig:
     seed: int = 0
     device: str = "cpu"                    # or "auto" (CUDA when present), "cuda", ...
     batch_size: int = 256
+    workers: int = 2                       # processes drawing the twins (as the synthetic set's)
 
 
 def create_twin_frame(twins: pd.DataFrame, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -45,7 +46,7 @@ def create_stored_twins(db: str | Path, run: str, config: TwinsConfig = TwinsCon
     from pipeline.synth.faces import load_synth_config
     from pipeline.synth.twins import create_twin_images, select_test_faces
     from pipeline.train.loop import predict_probabilities
-    from pipeline.train.models import load_model_from_checkpoint
+    from pipeline.train.models import load_run_model
 
     bad = [k for k in config.kinds if k not in TWIN_KINDS]
     if bad or not config.kinds:
@@ -65,14 +66,14 @@ def create_stored_twins(db: str | Path, run: str, config: TwinsConfig = TwinsCon
     from pipeline.train.runner import resolve_device
 
     device = resolve_device(config.device)
-    model, meta = load_model_from_checkpoint(row["checkpoint_path"], device)
+    model, meta = load_run_model(db, row, device)   # from the store's runs/ folder, SHA-256 checked
     classes = [str(c) for c in meta["classes"]]
     synth = load_synth_config(root)
     size = min(int(meta["image_size"]), 100)
     frames = {}
     for kind in config.kinds:
         faces = select_test_faces(synth, classes=classes, kind=kind, n_images=config.n_images, seed=config.seed)
-        twins, images = create_twin_images(faces, kind, size=size)
+        twins, images = create_twin_images(faces, kind, size=size, workers=config.workers)
         probs = predict_probabilities(model, images, meta, device, config.batch_size)
         frames[kind] = create_twin_frame(twins, probs, classes)
         log(f"{kind} twins: {len(faces)} faces, {len(twins)} images predicted")

@@ -71,20 +71,36 @@ def render_as_loaded(params: FaceParams, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size: int
+def _render_chunk(job: tuple[list[FaceParams], int]) -> np.ndarray:
+    params, size = job
+    return np.stack([render_as_loaded(p, size) for p in params])
+
+
+def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size: int, workers: int = 1
                        ) -> tuple[pd.DataFrame, np.ndarray]:
     """Every variant of every face: a frame (image_id, variant, drawn_as, true_label) and the
     images (N, size, size, 3) uint8 in the frame's order. `drawn_as` is the variant the face
-    has in the dataset (its skin group, or whether it carries the cue)."""
-    rows, images = [], []
+    has in the dataset (its skin group, or whether it carries the cue). `workers` processes
+    draw them (drawing is deterministic, so the images do not depend on it)."""
+    rows, twins = [], []
     for params, meta in faces:
         drawn_as = RACES[meta["race"]] if kind == "skin" else CUE_VARIANTS[0 if meta["background_cue"] else 1]
         for variant, twin in create_twin_variants(params, kind):
             rows.append({"image_id": meta["image_id"], "variant": variant, "drawn_as": drawn_as,
                          "true_label": meta["label"]})
-            images.append(render_as_loaded(twin, size))
+            twins.append(twin)
     frame = pd.DataFrame(rows, columns=["image_id", "variant", "drawn_as", "true_label"])
-    return frame, (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8))
+    if not twins:
+        return frame, np.zeros((0, size, size, 3), np.uint8)
+    chunk = max(1, min(100, -(-len(twins) // (4 * max(1, workers)))))    # about 4 chunks per worker
+    jobs = [(twins[s:s + chunk], size) for s in range(0, len(twins), chunk)]
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        return frame, np.concatenate([_render_chunk(job) for job in jobs])
+    import multiprocessing as mp
+
+    with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) as pool:
+        return frame, np.concatenate(pool.map(_render_chunk, jobs))
 
 
 def compute_twin_recall(twins: pd.DataFrame) -> pd.DataFrame:

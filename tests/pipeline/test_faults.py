@@ -374,6 +374,12 @@ def test_malicious_checkpoint_never_runs(copy_store, demo_store, tmp_path, capsy
     assert main(["explain", "--run", "latest", "--db", str(copy_store), "--limit", "2", "--quiet",
                  "--device", "cpu"]) == 2
     assert "does not match the SHA-256" in capsys.readouterr().err and not marker.exists()
+    # every stage that loads a run's model goes through the same check
+    assert main(["twins", "--run", train_id, "--db", str(copy_store)]) == 2
+    assert "does not match the SHA-256" in capsys.readouterr().err and not marker.exists()
+    assert main(["export-model", "--run", train_id, "--format", "onnx", "--out", str(tmp_path / "exported"),
+                 "--db", str(copy_store)]) == 2
+    assert "does not match the SHA-256" in capsys.readouterr().err and not marker.exists()
 
     # 2. the store points at a file outside its runs folder (with that file's checksum)
     outside = _evil_checkpoint(tmp_path / "elsewhere.pt", marker)

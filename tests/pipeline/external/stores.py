@@ -57,6 +57,7 @@ def create_byom_store(demo_store: Path, folder: Path) -> dict:
     external {format: run dict}} for formats torchscript, onnx and pytorch; preds.csv in `folder`."""
     db = folder / "results.duckdb"
     shutil.copy(demo_store, db)
+    shutil.copytree(demo_store.parent / "runs", folder / "runs")     # a run's model is read from its store's runs/
     with store.open_store(db, read_only=True) as con:
         runs = store.list_runs(con)
         train = store.get_run(con, runs[runs["kind"] == "train"]["run_id"].iloc[0])

@@ -51,6 +51,12 @@ def test_twin_images_match_what_the_loader_reads(tmp_path):
         own = frame[frame["variant"] == frame["drawn_as"]]
         stored = load_images_array([records[i] for i in own["image_id"]], size)
         assert np.array_equal(images[own.index.to_numpy()], stored)      # the face as drawn is the stored image
+    # drawn by worker processes in chunks: the same images in the same order
+    many = select_test_faces(CUE, classes=["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"],
+                             kind="skin", n_images=40)
+    one_frame, one = create_twin_images(many, "skin", size=32)
+    two_frame, two = create_twin_images(many, "skin", size=32, workers=2)
+    assert len(one) == 3 * len(many) > 8 and np.array_equal(one, two) and one_frame.equals(two_frame)
 
 
 def test_cue_twins_are_the_subgroup_and_the_summaries():
