@@ -512,10 +512,20 @@ def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limi
 
     A page is read by key (module docstring): the key at `offset` from `load_page_start`,
     then the `limit` predictions from it, then their paths and demographics by image id.
+    With a filter that joins (demographics, tag, method, slice) a key query would pay the
+    join twice, so such a page is one narrow LIMIT/OFFSET query, then the same lookups.
     The rows and their order are those of `load_prediction_page_by_offset`."""
     if limit is None:
         return load_prediction_page_by_offset(ref, run_id, filters, None, offset)
     frm, where, params = _filter_sql(run_id, filters)
+    joins = bool(filters.genders or filters.races or filters.ages or filters.tag or filters.method
+                 or filters.slice_rank)
+    if offset > 0 and joins:  # a key query would pay the joins twice: one narrow OFFSET query instead
+        page = _read(ref, f"""
+            SELECT p.image_id, p.true_label, p.pred_label, p.confidence, p.correct
+            FROM {frm} WHERE {where} ORDER BY {_order_sql(filters.order)} LIMIT ? OFFSET ?""",
+                     [*params, int(limit), int(offset)])
+        return _page_details(ref, run_id, filters, page)
     if offset > 0:
         key = load_page_start(ref, run_id, filters, int(offset))
         if key is None:
