@@ -19,6 +19,21 @@ which the entry script turns into a friendly message.
 Values always travel as `?` parameters; the only text spliced into SQL comes
 from fixed tables in this module (column names, region names), never from the
 user or the data.
+
+Paging rule (10M predictions: bench/bench_dashboard.py, docs/design-notes.md): the
+Error explorer's pages are read by key, never by joining or sorting every row.
+The store keeps a run's predictions in the explorer's default order
+(store.STORAGE_ORDER: most confident first, then image id), so a page is a
+keyset query (`WHERE key >= page's first key ORDER BY key LIMIT n`) whose
+row groups DuckDB's zone maps narrow to the few that hold it. Any page number
+works (st.pagination jumps): its first key comes from `load_page_start`, a
+narrow `LIMIT 1 OFFSET` query on the key columns alone. The page's image paths,
+demographics and CAMs are then looked up by its image ids through the image_id
+indexes (schema.sql): each lookup is an `image_id IN (...)` list alone in a
+MATERIALIZED CTE, filtered by run or source after it, because DuckDB answers
+an IN list from an index only when no other predicate shares the scan. On a
+store written before schema version 5 the same queries give the same rows,
+only slower.
 """
 from __future__ import annotations
 
@@ -353,10 +368,17 @@ def load_class_distribution(ref: StoreRef, run_id: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def load_explainer_methods(ref: StoreRef, run_id: str) -> list[str]:
-    df = _read(ref, """
-        SELECT method FROM explanation_metrics WHERE run_id = ?
-        UNION SELECT DISTINCT method FROM heatmaps WHERE run_id = ? ORDER BY 1""", [run_id, run_id])
-    return df["method"].tolist()
+    """Methods with explanation metrics or heatmaps in the run, sorted.
+
+    The heatmaps are asked only for methods the metrics do not name: a filter on the
+    method column that usually matches nothing, instead of DISTINCT over every map."""
+    with _connection(ref) as con:
+        known = [r[0] for r in con.execute(
+            "SELECT DISTINCT method FROM explanation_metrics WHERE run_id = ?", [run_id]).fetchall()]
+        not_known = f" AND method NOT IN ({', '.join('?' for _ in known)})" if known else ""
+        others = [r[0] for r in con.execute(
+            f"SELECT DISTINCT method FROM heatmaps WHERE run_id = ?{not_known}", [run_id, *known]).fetchall()]
+    return sorted({*known, *others})
 
 
 @st.cache_data(show_spinner=False)
@@ -421,13 +443,107 @@ def count_predictions(ref: StoreRef, run_id: str, filters: ErrorFilters) -> int:
     return int(_read(ref, f"SELECT count(*) AS n FROM {frm} WHERE {where}", params)["n"].iloc[0])
 
 
+# The explorer's orders: (column, direction) pairs, a unique key within a run (image ids are).
+ORDER_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "confidence": (("confidence", "DESC"), ("image_id", "ASC")),  # store.STORAGE_ORDER within run and split
+    "image": (("image_id", "ASC"),),
+}
+
+
+def _order_sql(order: str) -> str:
+    return ", ".join(f"p.{c} {d}" for c, d in ORDER_KEYS[order])
+
+
+def _from_key_sql(order: str, key: tuple) -> tuple[str, list]:
+    """The predicate 'at or after `key` in `order`', with its parameters.
+
+    For (confidence DESC, image_id): confidence below the key's, or equal with the image id
+    not before it; the leading `confidence <= ?` is the part zone maps can prune row groups by."""
+    if order == "confidence":
+        conf, image_id = key
+        return ("p.confidence <= ? AND (p.confidence < ? OR p.image_id >= ?)",
+                [float(conf), float(conf), str(image_id)])
+    return "p.image_id >= ?", [str(key[0])]
+
+
+@st.cache_data(show_spinner=False)
+def load_page_start(ref: StoreRef, run_id: str, filters: ErrorFilters, offset: int) -> tuple | None:
+    """The sort key (ORDER_KEYS[filters.order] values) of the filtered prediction at `offset`, or None past the end.
+
+    A narrow query (the key columns and the filters' own) so that jumping to any page costs a
+    scan of those columns only, up to the page; the page itself is then read from that key."""
+    frm, where, params = _filter_sql(run_id, filters)
+    columns = ", ".join(f"p.{c}" for c, _ in ORDER_KEYS[filters.order])
+    df = _read(ref, f"SELECT {columns} FROM {frm} WHERE {where} ORDER BY {_order_sql(filters.order)} "
+                    "LIMIT 1 OFFSET ?", [*params, int(offset)])
+    if not len(df):
+        return None
+    return tuple(v.item() if hasattr(v, "item") else v for v in df.iloc[0].tolist())
+
+
+def _page_details(ref: StoreRef, run_id: str, filters: ErrorFilters, page: pd.DataFrame) -> pd.DataFrame:
+    """`page` (in its order) with each image's path and its demographics of the filters' source
+    (NULL where absent), looked up by the page's image ids through the image_id indexes."""
+    ids = page["image_id"].tolist()
+    marks = ", ".join("?" for _ in ids) or "NULL"
+    view = f"_page_{threading.get_ident()}"
+    with _connection(ref) as con:
+        con.register(view, page.assign(_pos=range(len(page))))
+        try:
+            return con.execute(f"""
+                WITH i AS MATERIALIZED (SELECT run_id, image_id, path FROM images WHERE image_id IN ({marks})),
+                     dd AS MATERIALIZED (SELECT dataset_fingerprint, source, image_id, gender, race, age_group
+                                         FROM demographics WHERE image_id IN ({marks}))
+                SELECT page.image_id, page.true_label, page.pred_label, page.confidence, page.correct,
+                       i.path, dd.gender, dd.race, dd.age_group
+                FROM "{view}" page
+                LEFT JOIN i ON i.run_id = ? AND i.image_id = page.image_id
+                LEFT JOIN dd ON dd.dataset_fingerprint = ? AND dd.source = ? AND dd.image_id = page.image_id
+                ORDER BY page._pos""", [*ids, *ids, run_id, filters.fingerprint, filters.source]).df()
+        finally:
+            con.unregister(view)
+
+
 @st.cache_data(show_spinner=False)
 def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int | None,
                          offset: int = 0) -> pd.DataFrame:
     """One page of filtered predictions with image path and demographics of the filter's source
-    (`limit=None`: every filtered prediction, for the table download)."""
+    (`limit=None`: every filtered prediction from `offset` on, for the table download).
+
+    A page is read by key (module docstring): the key at `offset` from `load_page_start`,
+    then the `limit` predictions from it, then their paths and demographics by image id.
+    With a filter that joins (demographics, tag, method, slice) a key query would pay the
+    join twice, so such a page is one narrow LIMIT/OFFSET query, then the same lookups.
+    The rows and their order are those of `load_prediction_page_by_offset`."""
+    if limit is None:
+        return load_prediction_page_by_offset(ref, run_id, filters, None, offset)
     frm, where, params = _filter_sql(run_id, filters)
-    order = ("p.confidence DESC, p.image_id" if filters.order == "confidence" else "p.image_id")
+    joins = bool(filters.genders or filters.races or filters.ages or filters.tag or filters.method
+                 or filters.slice_rank)
+    if offset > 0 and joins:  # a key query would pay the joins twice: one narrow OFFSET query instead
+        page = _read(ref, f"""
+            SELECT p.image_id, p.true_label, p.pred_label, p.confidence, p.correct
+            FROM {frm} WHERE {where} ORDER BY {_order_sql(filters.order)} LIMIT ? OFFSET ?""",
+                     [*params, int(limit), int(offset)])
+        return _page_details(ref, run_id, filters, page)
+    if offset > 0:
+        key = load_page_start(ref, run_id, filters, int(offset))
+        if key is None:
+            return load_prediction_page_by_offset(ref, run_id, filters, 0, 0)  # past the end: no rows, same columns
+        from_key, key_params = _from_key_sql(filters.order, key)
+        where, params = f"{where} AND {from_key}", [*params, *key_params]
+    page = _read(ref, f"""
+        SELECT p.image_id, p.true_label, p.pred_label, p.confidence, p.correct
+        FROM {frm} WHERE {where} ORDER BY {_order_sql(filters.order)} LIMIT ?""", [*params, int(limit)])
+    return _page_details(ref, run_id, filters, page)
+
+
+def load_prediction_page_by_offset(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int | None,
+                                   offset: int = 0) -> pd.DataFrame:
+    """The same rows as `load_prediction_page` by ORDER BY ... LIMIT/OFFSET and joins over every row:
+    the download of every filtered row uses it (hash joins suit many rows), and the tests compare the two."""
+    frm, where, params = _filter_sql(run_id, filters)
+    order = _order_sql(filters.order)
     limit_sql = "LIMIT ? OFFSET ?" if limit is not None else "OFFSET ?"
     sql = f"""
         WITH page AS (
@@ -450,22 +566,27 @@ def load_cams(ref: StoreRef, run_id: str, image_ids: tuple[str, ...], method: st
         return pd.DataFrame(columns=["image_id", "target", "target_label", "cam_size", "cam"])
     marks = ", ".join("?" for _ in image_ids)
     return _read(ref, f"""
-        SELECT image_id, target, target_label, cam_size, cam FROM heatmaps
-        WHERE run_id = ? AND method = ? AND image_id IN ({marks})""", [run_id, method, *image_ids])
+        WITH h AS MATERIALIZED (SELECT run_id, method, image_id, target, target_label, cam_size, cam FROM heatmaps
+                                WHERE image_id IN ({marks}))
+        SELECT image_id, target, target_label, cam_size, cam FROM h
+        WHERE run_id = ? AND method = ?""", [*image_ids, run_id, method])
 
 
 @st.cache_data(show_spinner=False)
 def load_image_detail(ref: StoreRef, run_id: str, image_id: str, fingerprint: str) -> dict[str, pd.DataFrame]:
     """Everything stored about one image in one run: prediction, energies, demographics, tags."""
+    def by_id(table: str) -> str:  # the image's rows through the image_id index (module docstring)
+        return f"WITH x AS MATERIALIZED (SELECT * FROM {table} WHERE image_id = ?) SELECT"
+
     pred, image, energies, demo, tags = _read_many(ref, [
-        ("SELECT true_label, pred_label, confidence, correct, probs, split FROM predictions "
-         "WHERE run_id = ? AND image_id = ?", [run_id, image_id]),
-        ("SELECT path, split, soft_label FROM images WHERE run_id = ? AND image_id = ?", [run_id, image_id]),
-        (f"SELECT method, target, target_label, {', '.join(ENERGY_COLUMNS)}, peak_region, gt_energy, gt_hit "
-         "FROM heatmaps WHERE run_id = ? AND image_id = ? ORDER BY method, target", [run_id, image_id]),
-        ("SELECT source, inferred, gender, gender_conf, race, race_conf, age_group, age_conf, "
-         "raw_gender, raw_race, raw_age FROM demographics WHERE dataset_fingerprint = ? AND image_id = ? "
-         "ORDER BY inferred, source", [fingerprint, image_id]),
+        (f"{by_id('predictions')} true_label, pred_label, confidence, correct, probs, split FROM x "
+         "WHERE run_id = ?", [image_id, run_id]),
+        (f"{by_id('images')} path, split, soft_label FROM x WHERE run_id = ?", [image_id, run_id]),
+        (f"{by_id('heatmaps')} method, target, target_label, {', '.join(ENERGY_COLUMNS)}, peak_region, gt_energy, "
+         "gt_hit FROM x WHERE run_id = ? ORDER BY method, target", [image_id, run_id]),
+        (f"{by_id('demographics')} source, inferred, gender, gender_conf, race, race_conf, age_group, age_conf, "
+         "raw_gender, raw_race, raw_age FROM x WHERE dataset_fingerprint = ? "
+         "ORDER BY inferred, source", [image_id, fingerprint]),
         ("SELECT method, tag FROM failure_tags WHERE run_id = ? AND image_id = ? ORDER BY tag",
          [run_id, image_id]),
     ])

@@ -9,7 +9,13 @@ Rules it relies on:
   read as it is (those tables are absent) and `ensure_schema` upgrades it in
   place by creating them. Columns added to existing tables since (`ADDED_COLUMNS`)
   are likewise absent from an older store until a writable open adds them
-  (`ALTER TABLE ... ADD COLUMN`, NULL in earlier rows).
+  (`ALTER TABLE ... ADD COLUMN`, NULL in earlier rows). Indexes added since
+  (`ADDED_INDEXES`) are built by the same writable open; until then a reader
+  gets the same rows, only slower.
+- Storage order: a table in `STORAGE_ORDER` is written sorted by its key
+  (`insert_frame`), so one run's predictions lie in the order the dashboard pages
+  them (most confident first) and DuckDB's zone maps let a page read a few row
+  groups instead of every row. Rows written before version 5 keep their order.
 - Values always go in as `?` parameters or as a registered data frame; table
   and column names come only from the schema (`TABLES`, and the columns the
   database reports for them), and are quoted.
@@ -58,7 +64,7 @@ from pipeline.paths import DEFAULT_DB
 if TYPE_CHECKING:  # duckdb is imported lazily so `--help` stays fast
     import duckdb
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Tables added after version 1, with the version that added them. Every other table and
 # column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
 # as it is and upgraded in place (the added tables created empty) when opened writable.
@@ -71,6 +77,14 @@ ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3, "slices": 4, 
 ADDED_COLUMNS: dict[str, dict[str, int]] = {
     "runs": {"checkpoint_sha256": 4, "pid": 4, "host": 4},
 }
+# Indexes added after version 1 (schema.sql's CREATE INDEX statements): {index: version}.
+ADDED_INDEXES: dict[str, int] = {"predictions_image_id": 5, "images_image_id": 5, "heatmaps_image_id": 5,
+                                 "demographics_image_id": 5}
+# The order `insert_frame` writes a table's rows in: {table: ORDER BY clause of its columns}.
+# Predictions: the Error explorer's default order within a run and split (dashboard/queries.py).
+STORAGE_ORDER: dict[str, tuple[tuple[str, str], ...]] = {
+    "predictions": (("run_id", "ASC"), ("split", "ASC"), ("confidence", "DESC"), ("image_id", "ASC")),
+}
 UPGRADABLE_FROM = 1
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
 SCHEMA_SQL = SCHEMA_FILE.read_text(encoding="utf-8")
@@ -78,6 +92,10 @@ SCHEMA_SQL = SCHEMA_FILE.read_text(encoding="utf-8")
 # The whitelist of table names: exactly the tables schema.sql creates.
 TABLES: tuple[str, ...] = tuple(
     re.findall(r"CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+(\w+)", SCHEMA_SQL, flags=re.IGNORECASE)
+)
+# schema.sql's index statements (a bulk writer such as the benchmark's store builds them after its rows).
+INDEX_STATEMENTS: tuple[str, ...] = tuple(
+    re.findall(r"CREATE\s+INDEX\s+IF\s+NOT\s+EXISTS\s+\w+\s+ON\s+\w+\s*\([^)]*\)\s*;", SCHEMA_SQL, re.IGNORECASE)
 )
 # Tables whose rows belong to one run (deleted with it). `runs` itself is handled apart.
 RUN_TABLES: tuple[str, ...] = tuple(
@@ -717,6 +735,7 @@ def insert_frame(con, table: str, df: pd.DataFrame) -> int:
     nullable. Values are cast to the table's types: list columns (FLOAT[],
     VARCHAR[]) from lists or numpy arrays, BLOB from bytes (or uint8 arrays),
     JSON from text (or dicts/lists, dumped). NaN in float columns is stored as NULL.
+    A table of `STORAGE_ORDER` gets the rows sorted by its key.
     """
     info = _column_info(con, _check_table(table))
     unknown = [c for c in df.columns if c not in info]
@@ -737,7 +756,11 @@ def insert_frame(con, table: str, df: pd.DataFrame) -> int:
     source = ", ".join(f"CAST({_q(c)} AS {info[c][0]})" for c in cols)
     con.register(view, frame)
     try:
-        row = con.execute(f"INSERT INTO {_q(table)} ({target}) SELECT {source} FROM {_q(view)}").fetchone()
+        key = STORAGE_ORDER.get(table, ())
+        order = (" ORDER BY " + ", ".join(f"{_q(c)} {d}" for c, d in key)) if key and all(c in cols for c, _ in key) \
+            else ""  # sorted after the casts: the stored values are the ones ordered
+        row = con.execute(f"INSERT INTO {_q(table)} ({target}) SELECT * FROM (SELECT {source} FROM {_q(view)}) "
+                          f"AS t ({target}){order}").fetchone()
     finally:
         con.unregister(view)
     return int(row[0]) if row else len(df)

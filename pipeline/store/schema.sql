@@ -336,3 +336,12 @@ CREATE TABLE IF NOT EXISTS twin_predictions (
     probs      FLOAT[] NOT NULL,            -- aligned with runs.classes
     PRIMARY KEY (run_id, kind, image_id, variant)
 );
+
+-- Lookups by image id alone (the dashboard's page of images: paths, demographics, CAMs, one image's
+-- detail), answered from these ART indexes instead of a scan of every row (schema version 5). The
+-- primary keys lead with run_id / dataset_fingerprint, and DuckDB does not use a compound index
+-- for a lookup. Written after the tables: `store.INDEX_STATEMENTS` reads them from here.
+CREATE INDEX IF NOT EXISTS predictions_image_id ON predictions (image_id);
+CREATE INDEX IF NOT EXISTS images_image_id ON images (image_id);
+CREATE INDEX IF NOT EXISTS heatmaps_image_id ON heatmaps (image_id);
+CREATE INDEX IF NOT EXISTS demographics_image_id ON demographics (image_id);

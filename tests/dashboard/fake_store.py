@@ -6,7 +6,9 @@ heatmaps and demographics). Everything is generated inside DuckDB so that the
 million-row store takes seconds, not minutes; derived tables (confusion,
 class_metrics, audit cells and gaps, proxy agreement) are computed from the
 generated predictions, and heatmap_summary from the generated heatmaps, so that
-they agree with them.
+they agree with them. Predictions are written in the store's storage order
+(pipeline.store.db.STORAGE_ORDER) and schema.sql's indexes built after the rows,
+as the pipeline's writer leaves a store of this schema version.
 """
 from __future__ import annotations
 
@@ -31,6 +33,18 @@ def _schema_version() -> str:
         return str(SCHEMA_VERSION)
     except ImportError:
         return "1"
+
+
+def _schema_and_indexes() -> tuple[str, tuple[str, ...]]:
+    """schema.sql without its CREATE INDEX statements, and those statements (pipeline.store.db.INDEX_STATEMENTS)."""
+    text = SCHEMA_SQL.read_text()
+    try:
+        from pipeline.store.db import INDEX_STATEMENTS
+    except ImportError:
+        return text, ()
+    for statement in INDEX_STATEMENTS:
+        text = text.replace(statement, "")
+    return text, INDEX_STATEMENTS
 
 
 def _cam_patterns(rng: np.random.Generator) -> list[bytes]:
@@ -88,7 +102,8 @@ def create_fake_store(
     rng = np.random.default_rng(seed)
     con = duckdb.connect(str(db_path))
     try:
-        con.execute(SCHEMA_SQL.read_text())
+        schema, indexes = _schema_and_indexes()
+        con.execute(schema)  # the tables; their indexes are built after the rows (faster than row by row)
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [_schema_version()])
         con.execute("SELECT setseed(?)", [(seed % 1000) / 1000.0])
         con.execute("CREATE TEMP TABLE cam_pool (k INTEGER, cam BLOB)")
@@ -120,6 +135,8 @@ def create_fake_store(
             keep = rows[: max(len(rows) - missing_images, 0)]
             for j, (path, label) in enumerate(keep):
                 _write_face_jpeg(Path(path), EMOTIONS.index(label), j)
+        for statement in indexes:
+            con.execute(statement)
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -178,7 +195,8 @@ def _insert_run(con: duckdb.DuckDBPyConnection, r: dict, i: int, img_root: Path)
             SELECT ?, image_id, 'test', {cls}[t + 1], {cls}[p + 1], CAST(conf AS FLOAT), p = t,
                    CAST(list_transform(range({k}), lambda x: CASE WHEN x = p THEN conf ELSE (1 - conf) / {k - 1} END)
                         AS FLOAT[])
-            FROM gen2""",
+            FROM gen2
+            ORDER BY CAST(conf AS FLOAT) DESC, image_id""",  # store.STORAGE_ORDER, as insert_frame writes them
         [run_id],
     )
     con.execute(

@@ -151,3 +151,70 @@ def test_status_of_bad_stores(tmp_path):
     con.close()
     status = queries.load_store_status(queries.create_store_ref(tmp_path / "foreign.duckdb"))
     assert status.state == "old-schema"
+
+
+# ---------------------------------------------------------------- keyset paging
+
+PAGED_FILTERS = [
+    queries.ErrorFilters(),
+    queries.ErrorFilters(correct="all"),
+    queries.ErrorFilters(correct="all", order="image"),
+    queries.ErrorFilters(correct="all", true_labels=("Happiness", "Fear"), conf_min=0.4, conf_max=0.9),
+    queries.ErrorFilters(correct="all", genders=("female",), races=("Asian", "Caucasian"), source="annotations",
+                         fingerprint=FP),
+    queries.ErrorFilters(tag="background", method="gradcam", source="deepface", fingerprint=FP),
+    queries.ErrorFilters(correct="correct", method="gradcam++", source="annotations", fingerprint=FP),
+]
+
+
+def _assert_keyset_pages_match_offset(ref, filters, per_page):
+    """Every page read by key equals the OFFSET query's, pages visited out of order (as st.pagination
+    jumps), each from a cold cache; together they are every filtered row once, in order."""
+    total = queries.count_predictions(ref, RUN, filters)
+    n_pages = max(1, -(-total // per_page))
+    everything = queries.load_prediction_page_by_offset(ref, RUN, filters, None)
+    assert len(everything) == total
+    pages = {}
+    for page_no in [n_pages, 1, (n_pages + 1) // 2, 2, n_pages - 1, n_pages + 1, 3, *range(1, n_pages + 1)]:
+        if page_no < 1:
+            continue
+        queries.st.cache_data.clear()  # no page start known from an earlier page: a true jump
+        offset = (page_no - 1) * per_page
+        keyset = queries.load_prediction_page(ref, RUN, filters, per_page, offset)
+        by_offset = queries.load_prediction_page_by_offset(ref, RUN, filters, per_page, offset)
+        assert keyset.equals(by_offset), (filters, page_no)
+        assert list(keyset.columns) == list(everything.columns)
+        pages[page_no] = keyset
+    assert pages[n_pages + 1].empty  # past the end
+    joined = [i for p in range(1, n_pages + 1) for i in pages[p]["image_id"]]
+    assert joined == everything["image_id"].tolist()
+
+
+@pytest.mark.parametrize("filters", PAGED_FILTERS, ids=lambda f: f.describe() + "-" + f.order)
+def test_keyset_pages_equal_offset_pages(ref, filters):
+    _assert_keyset_pages_match_offset(ref, filters, per_page=12)
+
+
+def test_keyset_pages_break_confidence_ties_by_image_id(fake_store, tmp_path):
+    """Many equal confidences (rounded to one decimal): a page that starts inside a run of ties
+    still begins where the OFFSET query's does."""
+    store = tmp_path / "ties.duckdb"
+    shutil.copy(fake_store, store)
+    con = duckdb.connect(str(store))
+    con.execute("UPDATE predictions SET confidence = round(confidence, 1)")
+    con.close()
+    tied = queries.create_store_ref(store)
+    assert _sql(store, "SELECT count(DISTINCT confidence) FROM predictions WHERE run_id = ?", [RUN])[0][0] <= 11
+    for filters in PAGED_FILTERS[:4]:
+        _assert_keyset_pages_match_offset(tied, filters, per_page=5)
+
+
+def test_page_start_is_the_offset_rows_key(ref):
+    f = queries.ErrorFilters(correct="all")
+    rows = queries.load_prediction_page_by_offset(ref, RUN, f, None)
+    for offset in (1, 13, 150, len(rows) - 1):
+        row = rows.iloc[offset]
+        assert queries.load_page_start(ref, RUN, f, offset) == (float(row["confidence"]), row["image_id"])
+    assert queries.load_page_start(ref, RUN, f, len(rows)) is None
+    assert queries.load_page_start(ref, RUN, queries.ErrorFilters(correct="all", order="image"), 0) == \
+        (min(rows["image_id"]),)

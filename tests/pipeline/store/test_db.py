@@ -95,7 +95,9 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 4
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 5
+        indexes = {r[0] for r in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+        assert indexes == set(store.ADDED_INDEXES) and len(store.INDEX_STATEMENTS) == len(store.ADDED_INDEXES)
         assert store.missing_added_tables(con) == []
         store.check_schema(con)
     with store.open_store(db) as con:  # reopening changes nothing
@@ -146,6 +148,32 @@ def test_older_store_is_read_as_is_and_upgraded_in_place(db):
             assert store.load_frame(con, table).empty
         assert len(store.load_frame(con, "predictions", run_id="run-old")) == 3
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
+
+
+def test_store_without_added_indexes_is_read_and_upgraded_in_place(db):
+    store.save_run(db, make_run("run-v4"), make_tables())
+    with store.open_store(db) as con:  # make it a store written by version 4 (before ADDED_INDEXES)
+        for index in store.ADDED_INDEXES:
+            con.execute(f'DROP INDEX "{index}"')
+        con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        before = store.load_frame(con, "predictions", run_id="run-v4")
+    with store.open_store(db, read_only=True) as con:  # readable as it is
+        assert con.execute("SELECT count(*) FROM duckdb_indexes()").fetchone()[0] == 0
+        assert len(store.load_frame(con, "predictions", run_id="run-v4")) == len(before)
+    with store.open_store(db) as con:  # a writable open builds them
+        assert store.schema_version(con) == store.SCHEMA_VERSION
+        indexes = {r[0] for r in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
+        assert indexes == set(store.ADDED_INDEXES)
+
+
+def test_predictions_are_stored_in_the_explorers_order(db):
+    tables = make_tables()
+    shuffled = tables["predictions"].sample(frac=1.0, random_state=1)
+    store.save_run(db, make_run("run-order"), {**tables, "predictions": shuffled})
+    with store.open_store(db, read_only=True) as con:
+        stored = con.execute("SELECT split, confidence, image_id FROM predictions WHERE run_id = 'run-order' "
+                             "ORDER BY rowid").fetchall()
+    assert stored == sorted(stored, key=lambda r: (r[0], -r[1], r[2]))
 
 
 def test_store_without_added_columns_is_read_and_upgraded_in_place(db):
