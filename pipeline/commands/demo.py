@@ -11,7 +11,7 @@ with one line there. Every stage reads what it needs from the
 
 The DEMO PRESET (`recipes.get_recipe("lightcnn-softlabel", "demo")`, recorded as
 recipe "lightcnn-softlabel" with config["preset"] = "demo"): the light CNN at
-half width (16/32/64 channels), 64x64 input, 6 classes (Neutral dropped),
+lite variant (16/32/64 channels, blocks of 1/2/2 layers, dropout 0.2), 64x64 input, 6 classes (Neutral dropped),
 soft-label cross-entropy, class-balanced sampling, flip/±15°/10% shift, one-cycle schedule peaking at
 2e-3 over 12 epochs, batch 64, no early stopping. Target: the whole demo in
 under 5 minutes on a 2-core CPU and >=75% test accuracy on the default

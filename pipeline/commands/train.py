@@ -12,7 +12,7 @@ import argparse
 
 DATASETS = ("rafdb", "fer2013", "folder", "synthetic")
 RECIPE_NAMES = ("resnet50-transfer", "lightcnn-softlabel")
-ARCHS = ("lightcnn", "lightcnn-half", "resnet18", "resnet50")
+ARCHS = ("lightcnn", "lightcnn-half", "lightcnn-lite", "resnet18", "resnet50")
 
 
 SHARED_OPTIONS = ('db', 'seed', 'device', 'quiet')  # added by pipeline.cli from pipeline.commands.options

@@ -7,6 +7,10 @@ Architectures (`create_model`):
   max-pooling after the first two blocks, channels 32/64/128, global average
   pooling, FC 64, dropout 0.5, linear classifier.
 - "lightcnn-half": the same with channels 16/32/64.
+- "lightcnn-lite": channels 16/32/64 with blocks of 1, 2 and 2 layers (no
+  residual unit at 64x64, one fewer at 16x16): 40% fewer multiply-adds than
+  "lightcnn-half" (the demo preset's model).
+  The light CNNs take their dropout from the recipe's head_dropout.
 - "resnet18", "resnet50": torchvision ResNets whose `fc` is replaced by a head
   `Sequential(Dropout, Linear)`.
 
@@ -40,10 +44,12 @@ from torch import nn
 from pipeline.errors import UserError, WeightsUnavailableError
 
 CHECKPOINT_FORMAT = "fer-trust-checkpoint/1"
-ARCHITECTURES: tuple[str, ...] = ("lightcnn", "lightcnn-half", "resnet18", "resnet50")
-LIGHTCNN_WIDTHS: dict[str, tuple[int, int, int]] = {
-    "lightcnn": (32, 64, 128),
-    "lightcnn-half": (16, 32, 64),
+ARCHITECTURES: tuple[str, ...] = ("lightcnn", "lightcnn-half", "lightcnn-lite", "resnet18", "resnet50")
+# arch -> (channels, layers) of the light CNN's three blocks
+LIGHTCNN_SHAPES: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    "lightcnn": ((32, 64, 128), (2, 2, 3)),
+    "lightcnn-half": ((16, 32, 64), (2, 2, 3)),
+    "lightcnn-lite": ((16, 32, 64), (1, 2, 2)),
 }
 
 
@@ -115,8 +121,9 @@ def create_model(arch: str, num_classes: int, weights: str | os.PathLike = "none
     checkpoint whose backbone is loaded (the classifier head is skipped when its
     shape differs).
     """
-    if arch in LIGHTCNN_WIDTHS:
-        model: nn.Module = LightCNN(num_classes, widths=LIGHTCNN_WIDTHS[arch])
+    if arch in LIGHTCNN_SHAPES:
+        widths, depths = LIGHTCNN_SHAPES[arch]
+        model: nn.Module = LightCNN(num_classes, widths=widths, depths=depths, dropout=head_dropout)
     elif arch in ("resnet18", "resnet50"):
         import torchvision.models as tvm
 

@@ -11,16 +11,21 @@
   rotation, 10% translation, early stopping on the loader's 10% val split.
 
 Presets are variants of a recipe recorded with the run (config["preset"]):
-- "demo" of lightcnn-softlabel: half width (16/32/64), class-balanced sampling,
-  one-cycle schedule peaking at 2e-3, 12 epochs, batch 64, no early stopping
-  (the one-cycle schedule is meant to run to its end). On the default synthetic
-  set (generator 1.1), balanced sampling beat square-root class weights (test
-  accuracy 0.887 against 0.846, macro-F1 0.723 against 0.614, Fear recall 0.10
-  against 0, Disgust 0.76 against 0.34) at the same cost: about 140 s on 2 CPU
-  cores. With either, a model trained on unbiased data can place its
-  Anger/Disgust boundary differently by skin tone, in a direction that changes
-  with the seed (bench/bench_audit.py --counterfactual shows it on identical
-  faces re-drawn with each skin tone).
+- "demo" of lightcnn-softlabel: "lightcnn-lite" (16/32/64 channels, blocks of
+  1/2/2 layers), dropout 0.2, class-balanced sampling, one-cycle schedule
+  peaking at 2e-3, 12 epochs, batch 64, no early stopping (the one-cycle
+  schedule is meant to run to its end). On the default synthetic set (generator
+  1.4, seed 0, an AMD EPYC CPU, 2026-12-03): test accuracy 0.889, macro-F1 0.772,
+  Fear recall 0.40, against 0.887, 0.697 and 0.0 for the earlier preset
+  ("lightcnn-half", blocks of 2/2/3, dropout 0.5), at 40% fewer multiply-adds.
+  The dropout made the difference: "lightcnn-lite" with dropout 0.5 gave 0.882,
+  0.700 and Fear recall 0.03 (the earlier model's mean Fear probability was
+  0.23 on Fear faces and 0.26 on Surprise faces: it never told them apart). Balanced
+  sampling beat square-root class weights (generator 1.1: accuracy 0.887
+  against 0.846, macro-F1 0.723 against 0.614). A model trained on unbiased
+  data can place its Anger/Disgust boundary differently by skin tone, in a
+  direction that changes with the seed (bench/bench_audit.py --counterfactual
+  shows it on identical faces re-drawn with each skin tone).
 
 Command-line options override single fields with `dataclasses.replace`.
 """
@@ -74,7 +79,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (RESNET50_TRANSFER, LIGHTCNN_SO
 
 PRESETS: dict[tuple[str, str], Recipe] = {
     ("lightcnn-softlabel", "demo"): replace(
-        LIGHTCNN_SOFTLABEL, arch="lightcnn-half", preset="demo",
+        LIGHTCNN_SOFTLABEL, arch="lightcnn-lite", preset="demo", head_dropout=0.2,
         train=replace(LIGHTCNN_SOFTLABEL.train, epochs=12, scheduler="onecycle", onecycle_max_lr=2e-3,
                       early_stopping_patience=None, sampler="balanced"),
     ),

@@ -33,7 +33,7 @@ def test_lightcnn_softlabel_is_the_second_reference():
 def test_get_recipe_and_presets():
     assert get_recipe("lightcnn-softlabel") is LIGHTCNN_SOFTLABEL
     demo = get_recipe("lightcnn-softlabel", "demo")
-    assert demo.preset == "demo" and demo.arch == "lightcnn-half" and demo.train.scheduler == "onecycle"
+    assert demo.preset == "demo" and demo.arch == "lightcnn-lite" and demo.head_dropout == 0.2 and demo.train.scheduler == "onecycle"
     # the preset changes the model width and the schedule, not the data contract
     same = ("name", "num_classes", "image_size", "mean", "std", "weights")
     assert all(getattr(demo, f) == getattr(LIGHTCNN_SOFTLABEL, f) for f in same)
