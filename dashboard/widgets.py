@@ -386,6 +386,16 @@ def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | Non
     render_table_downloads(df, view, run_id, caption=caption)
 
 
+def render_table_expander(df: pd.DataFrame, view: str, run_id: str, *, key: str, label: str,
+                          caption: str | None = None, column_config: dict | None = None) -> None:
+    """`render_table` inside an expander `label` (stable `key`) that draws it only while open: the
+    Fairness page's tables restate its charts' numbers, and a page without a grid on first load does not
+    load the grid's JavaScript (see `open_expander`)."""
+    if (box := open_expander(label, key=key)) is not None:
+        with box:
+            render_table(df, view, run_id, caption=caption, column_config=column_config)
+
+
 def format_audit_level(settings: dict | None) -> str:
     """The confidence level of an audit's intervals ('95%' when its settings were not recorded)."""
     from pipeline.export.tables import format_level
