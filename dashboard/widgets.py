@@ -317,8 +317,8 @@ def create_file_name(run_id: str, view: str, ext: str) -> str:
 def open_download_menu(label: str, *, key: str, container=None, lazy: bool = True):
     """A download popover: its container, or None while a `lazy` menu is closed (opening it reruns the
     script, which then draws the buttons). A closed popover's buttons are not mounted, but each is still
-    sent and kept by the browser: on the Fairness page, 13 menus of three buttons cost about 0.2x of a
-    bare page's fresh load (bench/bench_browser.py)."""
+    sent to and kept by the browser: without its 13 menus of three buttons the Fairness page's fresh
+    load was about 0.25x of a bare page's load shorter (bench/bench_browser.py)."""
     box = (container or st).popover(label, icon=":material/download:", key=key,
                                     on_change="rerun" if lazy else "ignore")
     return box if not lazy or box.open else None
