@@ -314,6 +314,24 @@ def create_file_name(run_id: str, view: str, ext: str) -> str:
     return f"{run}__{slug}.{ext}"
 
 
+def open_download_menu(label: str, *, key: str, container=None, lazy: bool = True):
+    """A download popover: its container, or None while a `lazy` menu is closed (opening it reruns the
+    script, which then draws the buttons). A closed popover's buttons are not mounted, but each is still
+    sent to and kept by the browser: without its 13 menus of three buttons the Fairness page's fresh
+    load was about 0.25x of a bare page's load shorter (bench/bench_browser.py)."""
+    box = (container or st).popover(label, icon=":material/download:", key=key,
+                                    on_change="rerun" if lazy else "ignore")
+    return box if not lazy or box.open else None
+
+
+def open_expander(label: str, *, key: str):
+    """An expander whose body is drawn only while it is open: its container then, else None (opening
+    it reruns the script). A collapsed `st.expander` still mounts its body, so a data grid or JSON
+    view in one loads that element's JavaScript (the grid's is 1.2 MB) on every fresh page load."""
+    box = st.expander(label, key=key, on_change="rerun")
+    return box if box.open else None
+
+
 TABLE_FORMATS: dict[str, tuple[str, str]] = {
     "csv": ("CSV", "text/csv"),
     "tex": ("LaTeX", "application/x-tex"),
@@ -335,9 +353,12 @@ def export_table(df: pd.DataFrame, fmt: str, caption: str | None = None, label: 
 
 def render_table_downloads(df: pd.DataFrame, view: str, run_id: str, *, caption: str | None = None,
                            container=None, rows: Callable[[], pd.DataFrame] | None = None,
-                           label: str = "Download table") -> None:
-    """CSV / LaTeX / Markdown downloads of `df`, or of what `rows()` returns (built only on a click)."""
-    box = (container or st).popover(label, icon=":material/download:")
+                           label: str = "Download table", lazy: bool = True) -> None:
+    """CSV / LaTeX / Markdown downloads of `df`, or of what `rows()` returns (built only on a click);
+    with `lazy`, the buttons are drawn only while their menu is open (see `open_download_menu`)."""
+    box = open_download_menu(label, key=f"dlm-{view}", container=container, lazy=lazy)
+    if box is None:
+        return
     for fmt, (name, mime) in TABLE_FORMATS.items():
         box.download_button(
             name, data=lambda fmt=fmt: export_table(df if rows is None else rows(), fmt, caption=caption or view,
@@ -365,6 +386,16 @@ def render_table(df: pd.DataFrame, view: str, run_id: str, *, caption: str | Non
     render_table_downloads(df, view, run_id, caption=caption)
 
 
+def render_table_expander(df: pd.DataFrame, view: str, run_id: str, *, key: str, label: str,
+                          caption: str | None = None, column_config: dict | None = None) -> None:
+    """`render_table` inside an expander `label` (stable `key`) that draws it only while open: the
+    Fairness page's tables restate its charts' numbers, and a page without a grid on first load does not
+    load the grid's JavaScript (see `open_expander`)."""
+    if (box := open_expander(label, key=key)) is not None:
+        with box:
+            render_table(df, view, run_id, caption=caption, column_config=column_config)
+
+
 def format_audit_level(settings: dict | None) -> str:
     """The confidence level of an audit's intervals ('95%' when its settings were not recorded)."""
     from pipeline.export.tables import format_level
@@ -389,8 +420,10 @@ def format_audit_settings(settings: dict | None) -> str:
             f"{settings['n_predictions']} predictions labelled by this source.")
 
 
-def render_figure_downloads(chart, view: str, run_id: str, *, container=None) -> None:
-    box = (container or st).popover("Download figure", icon=":material/download:")
+def render_figure_downloads(chart, view: str, run_id: str, *, container=None, lazy: bool = True) -> None:
+    box = open_download_menu("Download figure", key=f"dlfm-{view}", container=container, lazy=lazy)
+    if box is None:
+        return
     for fmt, mime in charts.EXPORT_FORMATS.items():
         box.download_button(
             fmt.upper(), data=lambda fmt=fmt: charts.export_chart(chart, fmt),

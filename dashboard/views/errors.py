@@ -110,14 +110,17 @@ for start in range(0, len(rows), COLUMNS):
         col.button("Details", key=f"open-{r['image_id']}", on_click=open_detail, args=(r["image_id"],),
                    icon=":material/zoom_in:", type="tertiary")
 
-with st.expander(f"Filtered images as a table (this page here; the download holds all {total:,})"):
-    view = f"errors-{filters.describe()}"
-    st.dataframe(page.drop(columns=["path"]), hide_index=True,
-                 column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})
-    widgets.render_table_downloads(
-        page, view, ctx.run_id, caption=f"Filtered predictions ({filters.describe()})",
-        rows=lambda: queries.load_prediction_page(ctx.ref, ctx.run_id, filters, None).drop(columns=["path"]),
-        label=f"Download all {total:,} rows")
+box = widgets.open_expander(f"Filtered images as a table (this page here; the download holds all {total:,})",
+                            key="errors-table")
+if box is not None:
+    with box:
+        view = f"errors-{filters.describe()}"
+        st.dataframe(page.drop(columns=["path"]), hide_index=True,
+                     column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})
+        widgets.render_table_downloads(
+            page, view, ctx.run_id, caption=f"Filtered predictions ({filters.describe()})",
+            rows=lambda: queries.load_prediction_page(ctx.ref, ctx.run_id, filters, None).drop(columns=["path"]),
+            label=f"Download all {total:,} rows")
 
 st.subheader("Detail view")
 ids = page["image_id"].tolist()

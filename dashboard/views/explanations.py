@@ -114,9 +114,12 @@ if len(em):
     st.caption(f"Values over {'every emotion and each one' if per_emotion else 'all emotions'}; CIs are 95% "
                f"bootstrap intervals; a result on fewer than {checks.SMALL_N} images is flagged small n.")
     widgets.render_figure(charts.create_explanation_metrics_chart(em), "explanation-metrics", ctx.run_id)
-    with st.expander("Every stored metric (faithfulness, localisation and their baselines)"):
-        widgets.render_table(em if per_emotion else em[em["emotion"] == "all"], "explanation-metrics-table",
-                             ctx.run_id, caption="Faithfulness, sanity checks and localisation per method")
+    box = widgets.open_expander("Every stored metric (faithfulness, localisation and their baselines)",
+                                key="explanation-metrics-table")
+    if box is not None:
+        with box:
+            widgets.render_table(em if per_emotion else em[em["emotion"] == "all"], "explanation-metrics-table",
+                                 ctx.run_id, caption="Faithfulness, sanity checks and localisation per method")
     for line in widgets.describe_checks_not_run(ctx.run, layers, em):
         st.caption(line)
     agree = em[em["metric"] == f"agree_{AGREEMENT_REFERENCE}_spearman"]

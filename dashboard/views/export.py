@@ -96,9 +96,10 @@ view = st.selectbox("Table", list(tables), key="export-table",
                     format_func=lambda v: f"{v} — {tables[v][1]} ({len(tables[v][0]):,} "
                                           f"{'row' if len(tables[v][0]) == 1 else 'rows'})")
 if view is not None:
-    widgets.render_table_downloads(tables[view][0], view, rid, caption=tables[view][1], label=f"Download {view}")
+    widgets.render_table_downloads(tables[view][0], view, rid, caption=tables[view][1], label=f"Download {view}",
+                                  lazy=False)
 
 st.subheader(f"Figures ({len(figures)})")
 fig_view = st.selectbox("Figure", list(figures), key="export-figure")
 if fig_view is not None:
-    widgets.render_figure_downloads(figures[fig_view], fig_view, rid)
+    widgets.render_figure_downloads(figures[fig_view], fig_view, rid, lazy=False)

@@ -1,5 +1,8 @@
 """Fairness audit: metrics by group with CIs and n, intersectional heatmaps, gaps, discovered slices
-(each one click from the Error explorer filtered to it), calibration by group, proxy agreement."""
+(each one click from the Error explorer filtered to it), calibration by group, proxy agreement.
+
+Each chart's numbers are also a table with downloads, in an expander under it drawn only when opened
+(`widgets.open_expander`): with no data grid on first load the page loads no grid JavaScript."""
 from __future__ import annotations
 
 import streamlit as st
@@ -29,8 +32,9 @@ def render_slices_section(ctx: widgets.RunContext, source: str, split: str, leve
                                         f"{r.rest_error_rate:.1%} ({r.n_all} images): open in the Error explorer",
                      query_params={"run": ctx.run_id, "source": source, "split": split, "slice": str(r.rank),
                                    "outcome": "all"})
-    widgets.render_table(found, f"slices-{source}-{split}-table", ctx.run_id,
-                         caption=f"Discovered slices ({source}, {split}), error rate with {level} CI")
+    widgets.render_table_expander(found, f"slices-{source}-{split}-table", ctx.run_id, key="fairness-slices-table",
+                                  label="Slices as a table",
+                                  caption=f"Discovered slices ({source}, {split}), error rate with {level} CI")
 
 
 def render_calibration_section(ctx: widgets.RunContext, source: str, split: str, level: str) -> None:
@@ -60,11 +64,12 @@ def render_calibration_section(ctx: widgets.RunContext, source: str, split: str,
                                                               f"Reliability by {attribute}, {title}"),
                               f"reliability-{attribute}-{scaling}-{source}", ctx.run_id)
     part = cal[cal["attribute"] == attribute]
-    widgets.render_table(part, f"calibration-{attribute}-{source}-{split}", ctx.run_id,
-                         caption=f"Calibration by {attribute} ({source}, {split}) with {level} bootstrap CIs",
-                         column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                        for c in ("accuracy", "confidence", "gap", "ece", "ece_low", "ece_high",
-                                                  "gap_vs_rest", "gap_low", "gap_high")})
+    widgets.render_table_expander(part, f"calibration-{attribute}-{source}-{split}", ctx.run_id,
+                                  key="fairness-calibration-table", label="Calibration as a table",
+                                  caption=f"Calibration by {attribute} ({source}, {split}) with {level} bootstrap CIs",
+                                  column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                                 for c in ("accuracy", "confidence", "gap", "ece", "ece_low",
+                                                           "ece_high", "gap_vs_rest", "gap_low", "gap_high")})
 
 
 ctx = widgets.get_page_context()
@@ -102,8 +107,9 @@ for attribute in ("gender", "race", "age"):
     else:
         st.write(f"No {attribute} groups.")
 single = sel[sel["attribute"].isin(["gender", "race", "age"])]
-widgets.render_table(single, f"audit-groups-{metric}-{source}-{split}", ctx.run_id,
-                     caption=f"{metric} by perceived group ({source}, {split}) with {level} CI")
+widgets.render_table_expander(single, f"audit-groups-{metric}-{source}-{split}", ctx.run_id,
+                              key="fairness-groups-table", label="Groups as a table",
+                              caption=f"{metric} by perceived group ({source}, {split}) with {level} CI")
 
 st.subheader("Intersections with emotion")
 inter_attrs = [a for a in ("gender×emotion", "race×emotion", "age×emotion", "gender×race×emotion")
@@ -116,8 +122,9 @@ if inter_attrs:
     low = int(part["low_support"].sum())
     if low:
         st.caption(f"{low} of {len(part)} cells have low support: read them as anecdotes, not findings.")
-    widgets.render_table(part, f"audit-{attribute}-{metric}-{source}-table", ctx.run_id,
-                         caption=f"{metric} by {attribute} ({source}, {split})")
+    widgets.render_table_expander(part, f"audit-{attribute}-{metric}-{source}-table", ctx.run_id,
+                                  key="fairness-intersection-table", label="Cells as a table",
+                                  caption=f"{metric} by {attribute} ({source}, {split})")
 else:
     st.write("No intersectional cells for this metric.")
 
@@ -143,8 +150,9 @@ if len(gaps):
     st.caption(f"{n_sig} of {len(gaps)} gaps are significant after correcting the p-values for multiple comparisons "
                f"({corr}) (the primary family, each attribute's accuracy and declared intersections, with Holm; "
                f"the exploratory rest with Benjamini–Hochberg); the chart lists significant gaps first, then the largest.")
-    widgets.render_table(charts.rank_gaps(gsel), f"audit-gaps-{'-'.join(gap_metrics) or 'all'}-{source}-{split}",
-                         ctx.run_id, caption=f"Gaps with {level} CI and corrected p-values ({source}, {split})")
+    widgets.render_table_expander(charts.rank_gaps(gsel), f"audit-gaps-{'-'.join(gap_metrics) or 'all'}-{source}-{split}",
+                                  ctx.run_id, key="fairness-gaps-table", label="Gaps as a table",
+                                  caption=f"Gaps with {level} CI and corrected p-values ({source}, {split})")
 else:
     st.write("No gaps stored.")
 
@@ -165,9 +173,11 @@ if len(agreement):
     summary = (agree.groupby(["source", "attribute"])
                .apply(lambda g: g.loc[g["match"], "n"].sum() / g["n"].sum(), include_groups=False)
                .rename("agreement").reset_index())
-    widgets.render_table(summary, "proxy-agreement-summary", ctx.run_id,
-                         caption="Share of images whose inferred label equals the annotation")
-    widgets.render_table(agreement, "proxy-agreement", ctx.run_id,
-                         caption="Inferred against annotated labels")
+    if (box := widgets.open_expander("Agreement as tables", key="fairness-proxy-table")) is not None:
+        with box:
+            widgets.render_table(summary, "proxy-agreement-summary", ctx.run_id,
+                                 caption="Share of images whose inferred label equals the annotation")
+            widgets.render_table(agreement, "proxy-agreement", ctx.run_id,
+                                 caption="Inferred against annotated labels")
 else:
     st.write("No dataset with both annotations and inferred labels: nothing to compare.")

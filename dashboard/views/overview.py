@@ -47,8 +47,9 @@ if ctx.runs["is_synthetic"].any():
     st.caption("Runs on the built-in synthetic data are marked is_synthetic.")
 widgets.render_table(runs_table, "runs", ctx.run_id, caption="Complete runs in the results store")
 
-with st.expander("Configuration of the selected run"):
-    try:
-        st.json(json.loads(run["config"]))
-    except (TypeError, ValueError):
-        st.code(str(run["config"]))
+if (box := widgets.open_expander("Configuration of the selected run", key="overview-config")) is not None:
+    with box:
+        try:
+            st.json(json.loads(run["config"]))
+        except (TypeError, ValueError):
+            st.code(str(run["config"]))

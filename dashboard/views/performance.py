@@ -54,18 +54,20 @@ cm_pred = c2.selectbox("Predicted emotion", ctx.classes, key="cm_pred",
                        index=min(1, len(ctx.classes) - 1))
 if c3.button("Show these images", key="cm_open"):
     open_error_explorer(cm_true, cm_pred)
-with st.expander("Confusion counts as a table"):
-    table = confusion.pivot_table(index="true_label", columns="pred_label", values="n", fill_value=0)
-    table = table.reindex(index=ctx.classes, columns=ctx.classes, fill_value=0).reset_index()
-    widgets.render_table(table, f"confusion-table-{split}", ctx.run_id,
-                         caption=f"Confusion matrix ({split}; rows true, columns predicted)")
+if (box := widgets.open_expander("Confusion counts as a table", key="confusion-table")) is not None:
+    with box:
+        table = confusion.pivot_table(index="true_label", columns="pred_label", values="n", fill_value=0)
+        table = table.reindex(index=ctx.classes, columns=ctx.classes, fill_value=0).reset_index()
+        widgets.render_table(table, f"confusion-table-{split}", ctx.run_id,
+                             caption=f"Confusion matrix ({split}; rows true, columns predicted)")
 
 st.subheader("Training curves")
 epochs = queries.load_epochs(ctx.ref, ctx.run_id)
 if len(epochs):
     widgets.render_figure(charts.create_training_curves_chart(epochs), "training-curves", ctx.run_id)
-    with st.expander("Per-epoch table"):
-        widgets.render_table(epochs, "epochs", ctx.run_id, caption="Per-epoch loss, accuracy and learning rate")
+    if (box := widgets.open_expander("Per-epoch table", key="epochs-table")) is not None:
+        with box:
+            widgets.render_table(epochs, "epochs", ctx.run_id, caption="Per-epoch loss, accuracy and learning rate")
 else:
     st.write("No training epochs stored for this run (an evaluation of another run's model).")
 

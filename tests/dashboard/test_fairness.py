@@ -10,8 +10,15 @@ from tests.dashboard.conftest import open_page
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 
 
+TABLES = ("groups", "intersection", "gaps", "slices", "calibration", "proxy")  # expanders drawn when opened
+
+
 def _open(make_app, store, **params):
-    return open_page(make_app, store, "views/fairness.py", **params)
+    at = open_page(make_app, store, "views/fairness.py", **params)
+    assert not at.dataframe  # every table waits in a closed expander
+    for table in TABLES:
+        at.session_state[f"fairness-{table}-table"] = True
+    return at.run()
 
 
 def test_groups_gaps_and_proxy_tables(make_app, fake_store):

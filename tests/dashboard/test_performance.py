@@ -19,7 +19,12 @@ def test_tables_and_figures_are_present(make_app, app_store):
     assert first["label"].tolist() == metrics["label"].tolist()
     assert [s.value for s in at.subheader] == ["Per-class report", "Confusion matrix", "Training curves",
                                                "Class distribution"]
-    assert len(at.download_button) >= 6  # every table and figure has downloads
+    assert len(at.download_button) == 0  # a download menu draws its buttons once opened
+    split = at.radio(key="split").value
+    for menu in (f"dlm-class-metrics-{split}", f"dlfm-class-metrics-chart-{split}", "dlfm-training-curves"):
+        at.session_state[menu] = True
+    at.run()
+    assert [b.proto.label for b in at.download_button] == ["CSV", "LaTeX", "Markdown", *["SVG", "PNG", "PDF"] * 2]
 
 
 def test_confusion_cell_opens_error_explorer_filtered_to_it(make_app, app_store):
