@@ -66,8 +66,9 @@ def test_audit_settings_shown_when_recorded(make_app, pipeline_store, fake_store
 
 @pytest.fixture(scope="module")
 def sliced_store(pipeline_store, tmp_path_factory):
-    """The pipeline's store re-audited with settings small enough for its ~60 test images to
-    yield slices (the demo's minimum support of 30 needs larger sets)."""
+    """The pipeline's store, its test predictions wrong for annotated women and right for everyone
+    else, re-audited with settings small enough for its ~60 test images to yield slices (the
+    demo's minimum support of 30 needs larger sets)."""
     from pipeline.fairness.audit import AuditConfig
     from pipeline.fairness.calibration import CalibrationConfig
     from pipeline.fairness.slices import SliceConfig
@@ -75,6 +76,9 @@ def sliced_store(pipeline_store, tmp_path_factory):
 
     db = tmp_path_factory.mktemp("sliced") / "results.duckdb"
     shutil.copy(pipeline_store, db)
+    from tests.cohort import inject_cohort_errors
+
+    assert inject_cohort_errors(db) >= 10      # a known slice: the one-epoch model's own errors may have none
     run_audit(AuditRunConfig(db=str(db), sources=("annotations",), audit=AuditConfig(n_boot=50, n_perm=50),
                              slices=SliceConfig(min_support=5, max_conditions=2, n_candidates=6),
                              calibration=CalibrationConfig(n_boot=50, n_bins=5, min_support=5)))

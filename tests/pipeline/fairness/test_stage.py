@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.cohort import inject_cohort_errors
+
 from pipeline.fairness.calibration import CalibrationConfig, compute_ece
 from pipeline.fairness.slices import SliceConfig, load_slice_conditions
 from pipeline.fairness.stage import AuditRunConfig, run_audit
@@ -17,6 +19,7 @@ from pipeline.fairness.audit import AuditConfig
 def audited(demo_store, tmp_path_factory):
     db = tmp_path_factory.mktemp("stage") / "results.duckdb"
     shutil.copy(demo_store, db)
+    assert inject_cohort_errors(db) >= 10      # a known slice: the one-epoch model's own errors may have none
     config = AuditRunConfig(db=str(db), sources=("annotations",),
                             audit=AuditConfig(n_boot=50, n_perm=50, min_support=5),
                             slices=SliceConfig(min_support=5, max_conditions=2, n_candidates=8),
