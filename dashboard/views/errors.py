@@ -110,10 +110,12 @@ for start in range(0, len(rows), COLUMNS):
         col.button("Details", key=f"open-{r['image_id']}", on_click=open_detail, args=(r["image_id"],),
                    icon=":material/zoom_in:", type="tertiary")
 
-box = widgets.open_expander(f"Filtered images as a table (this page here; the download holds all {total:,})",
+# A fixed label: an expander whose label changes (a count in it) closes on the next run.
+box = widgets.open_expander("Filtered images as a table (this page here; the download holds every filtered row)",
                             key="errors-table")
 if box is not None:
     with box:
+        st.caption(f"{len(page):,} of the {total:,} filtered images are on this page; the download holds all {total:,}.")
         view = f"errors-{filters.describe()}"
         st.dataframe(page.drop(columns=["path"]), hide_index=True,
                      column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})

@@ -130,7 +130,12 @@ def test_details_button_opens_the_thumbnail_and_all_rows_download(make_app, fake
     assert at.selectbox(key="img").value == first
     assert any(c == f"gradcam CAM for predicted: {c.split(': ')[-1]}" for img in at.image for c in img.captions)
     assert all(" · gradcam" in c for c in _gallery_captions(at))  # the caption names the CAM method
-    assert any("download holds all 300" in e.label for e in at.expander)
+    assert any("download holds every filtered row" in e.label for e in at.expander)
+    at.session_state["errors-table"] = True                     # open the table
+    at.run()
+    assert any("the download holds all 300" in c.value for c in at.caption) and at.dataframe
+    at.multiselect(key="true").set_value(["Anger"]).run()        # a filter changes the count ...
+    assert at.dataframe and any("filtered images are on this page" in c.value for c in at.caption)  # ... it stays open
     everything = queries.load_prediction_page(queries.create_store_ref(fake_store), RUN,
                                               queries.ErrorFilters(correct="all"), None)
     assert len(everything) == 300  # what that download writes, not the 12 of the page
