@@ -315,6 +315,8 @@ def compute_heatmap_rows(targets: ExplainTargets, *, methods: tuple[str, ...], m
     decoded `config.chunk` at a time and explained in batches of `config.batch_size`; `progress(n)`
     is called after each batch.
     """
+    # Long on purpose: one pass per decoded chunk serves every method and target (the images,
+    # region maps and ground-truth masks are decoded once); splitting it would decode them per method.
     from pipeline.data.images import load_images_array
     from pipeline.explain.faithfulness import compute_gt_localisation
     from pipeline.explain.regions import compute_peak_regions, compute_region_energies
@@ -376,9 +378,9 @@ def compute_check_rows(targets: ExplainTargets, *, methods: tuple[str, ...], mod
     One explanation_metrics row per method, metric and emotion ('all' included),
     each with a bootstrap interval. ROAD and the confidence change apply to any map; the sanity
     check runs only for the methods not in `model.sanity_skipped` (it re-initialises the weights).
-    Kept as one loop (over 60 lines): each batch's map feeds both checks, so splitting it would
-    compute the maps twice.
     """
+    # Long on purpose: each batch's map feeds both checks, so splitting the loop would compute
+    # the maps twice.
     import torch
 
     from pipeline.data.images import load_images_array

@@ -468,6 +468,14 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             zf.writestr(info, buf.getvalue())
 
 
+def create_worker_pool(workers: int):
+    """A process pool for drawing faces (forked where the platform can: the workers need no
+    re-import). The caller closes it."""
+    import multiprocessing as mp
+
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers)
+
+
 def generate_dataset(out_dir: Path, config: SynthConfig, progress: bool = True, force: bool = False) -> dict:
     """Generate the dataset into `out_dir` (RAF-DB basic layout + `Synthetic/`); return the manifest.
 
@@ -495,13 +503,8 @@ def generate_dataset(out_dir: Path, config: SynthConfig, progress: bool = True, 
             from tqdm import tqdm
             bar = tqdm(total=config.n, unit="img", desc="synth")
         workers = max(1, min(config.workers, len(jobs)))
-        if workers == 1:
-            results = map(_generate_chunk, jobs)
-            pool = None
-        else:
-            import multiprocessing as mp
-            pool = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers)
-            results = pool.imap(_generate_chunk, jobs)
+        pool = create_worker_pool(workers) if workers > 1 else None
+        results = pool.imap(_generate_chunk, jobs) if pool is not None else map(_generate_chunk, jobs)
         try:
             for part in results:
                 metas.extend(part)

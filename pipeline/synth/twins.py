@@ -20,8 +20,8 @@ import pandas as pd
 
 from pipeline.constants import RACES
 from pipeline.synth.draw import FaceParams, render_face
-from pipeline.synth.faces import (SKIN_BASE, SynthConfig, _in_subgroup, create_reskinned_params, encode_jpeg,
-                                  image_id, parse_bias, sample_face_params)
+from pipeline.synth.faces import (SKIN_BASE, SynthConfig, _in_subgroup, create_reskinned_params, create_worker_pool,
+                                  encode_jpeg, image_id, parse_bias, sample_face_params)
 
 TWIN_KINDS = ("skin", "cue")
 CUE_VARIANTS = ("cue", "no cue")
@@ -97,9 +97,7 @@ def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size:
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         return frame, np.concatenate([_render_chunk(job) for job in jobs])
-    import multiprocessing as mp
-
-    with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers) as pool:
+    with create_worker_pool(workers) as pool:
         return frame, np.concatenate(pool.map(_render_chunk, jobs))
 
 
