@@ -11,7 +11,8 @@ with one line there. Every stage reads what it needs from the
 
 The DEMO PRESET (`recipes.get_recipe("lightcnn-softlabel", "demo")`, recorded as
 recipe "lightcnn-softlabel" with config["preset"] = "demo"): the light CNN at
-lite variant (16/32/64 channels, blocks of 1/2/2 layers, dropout 0.2), 64x64 input, 6 classes (Neutral dropped),
+lite variant (16/32/64 channels, blocks of 1/2/2 layers, dropout 0.2), 48x48 input (the full recipe's is
+64x64), 6 classes (Neutral dropped),
 soft-label cross-entropy, class-balanced sampling, flip/±15°/10% shift, one-cycle schedule peaking at
 2e-3 over 12 epochs, batch 64, no early stopping. Target (issue 15): the whole
 demo in at most 2 minutes on a 2-core CPU with test accuracy >= 0.88 and macro-F1

@@ -49,7 +49,7 @@ Missing DeepFace weights
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,6 +100,9 @@ class DemographicsConfig:
     detector: str = "skip"            # DEEPFACE_DETECTORS or AGE_AND_GENDER_DETECTORS
     race_mapping: str = "census"      # key of RACE_MAPPINGS (DeepFace only)
     download: bool = True             # let DeepFace download missing weights
+    # processes running age-and-gender (its ONNX sessions are single-threaded); None: one per CPU,
+    # at most 4. DeepFace runs in this process (its framework uses every core itself).
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in SOURCES:
@@ -370,10 +373,9 @@ class InferenceReport:
     no_face: list[str]                 # image ids where the detector found no face (nothing stored)
 
 
-def compute_inferred_demographics(images: Iterable[tuple[str, np.ndarray]], backend,
-                                  progress: Callable[[int], None] | None = None
-                                  ) -> tuple[pd.DataFrame, InferenceReport]:
-    """Run `backend.infer` over (image_id, RGB uint8 array) pairs; images without a face are skipped."""
+def _infer_rows(images: Iterable[tuple[str, np.ndarray]], backend,
+                progress: Callable[[int], None] | None = None) -> tuple[list[dict], list[str], int]:
+    """(mapped rows, image ids without a face, number of images) of `backend.infer` over the images."""
     rows, no_face, n = [], [], 0
     for image_id, image in images:
         n += 1
@@ -384,22 +386,66 @@ def compute_inferred_demographics(images: Iterable[tuple[str, np.ndarray]], back
             rows.append({"image_id": image_id, **row})
         if progress is not None:
             progress(n)
-    frame = compute_frame(rows, backend.name) if rows else pd.DataFrame(columns=COLUMNS)
+    return rows, no_face, n
+
+
+def _report(rows: list[dict], no_face: list[str], n: int, source: str) -> tuple[pd.DataFrame, InferenceReport]:
+    frame = compute_frame(rows, source) if rows else pd.DataFrame(columns=COLUMNS)
     return frame, InferenceReport(n_images=n, n_labelled=len(rows), no_face=no_face)
+
+
+def compute_inferred_demographics(images: Iterable[tuple[str, np.ndarray]], backend,
+                                  progress: Callable[[int], None] | None = None
+                                  ) -> tuple[pd.DataFrame, InferenceReport]:
+    """Run `backend.infer` over (image_id, RGB uint8 array) pairs; images without a face are skipped."""
+    return _report(*_infer_rows(images, backend, progress), backend.name)
+
+
+_WORKER_BACKENDS: dict = {}   # a worker process's backend per config, built at its first chunk
+
+
+def _load_images(records: Sequence[ImageRecord]) -> Iterator[tuple[str, np.ndarray]]:
+    from pipeline.data.images import load_image
+
+    return ((r.image_id, np.asarray(load_image(r))) for r in records)
+
+
+def _infer_chunk(job: tuple[DemographicsConfig, list[ImageRecord]]) -> tuple[list[dict], list[str], int]:
+    """Worker: load and label one chunk of images with the worker's own backend."""
+    config, records = job
+    if config not in _WORKER_BACKENDS:
+        _WORKER_BACKENDS[config] = create_backend(config)
+    return _infer_rows(_load_images(records), _WORKER_BACKENDS[config])
 
 
 def create_demographics(records: Sequence[ImageRecord], config: DemographicsConfig,
                         progress: Callable[[int], None] | None = None
                         ) -> tuple[pd.DataFrame, InferenceReport]:
-    """Demographics of `records` from `config.backend` (the `demo` stage and the command call this)."""
+    """Demographics of `records` from `config.backend` (the `demo` stage and the command call this).
+
+    age-and-gender labels chunks of images in `config.workers` processes, each with its own
+    models; rows come back in the records' order, so the result does not depend on the count."""
     if config.backend == "annotations":
         frame = compute_annotation_demographics(records)
         return frame, InferenceReport(n_images=len(records), n_labelled=len(frame), no_face=[])
-    from pipeline.data.images import load_image
+    from pipeline.workers import create_worker_pool, default_workers
 
-    backend = create_backend(config)
-    images = ((r.image_id, np.asarray(load_image(r))) for r in records)
-    return compute_inferred_demographics(images, backend, progress)
+    backend = create_backend(config)   # here first, so a backend that cannot load says so in this process
+    chunk = 50
+    workers = min(config.workers or default_workers(), -(-len(records) // chunk))
+    if config.backend != "age-and-gender" or workers < 2:
+        return compute_inferred_demographics(_load_images(records), backend, progress)
+    jobs = [(config, list(records[s:s + chunk])) for s in range(0, len(records), chunk)]
+    rows, no_face, n = [], [], 0
+    with create_worker_pool(workers) as pool:
+        for part_rows, part_no_face, part_n in pool.imap(_infer_chunk, jobs):
+            rows += part_rows
+            no_face += part_no_face
+            for _ in range(part_n):
+                n += 1
+                if progress is not None:
+                    progress(n)
+    return _report(rows, no_face, n, backend.name)
 
 
 def compute_audit_labels(demographics: pd.DataFrame) -> pd.DataFrame:

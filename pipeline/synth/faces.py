@@ -36,6 +36,7 @@ import numpy as np
 
 from pipeline.constants import AGE_GROUPS, EMOTIONS, GENDERS, RACES
 from pipeline.errors import DatasetError, UserError
+from pipeline.workers import create_worker_pool
 from pipeline.synth.draw import (ALIGNED, FEATURE_OFFSETS, LIGHT_GRADIENT_MAX, LIGHT_OFFSET_MAX,
                                      NOISE_SIGMA_RANGE, FaceParams, compute_max_feature_light, render_face)
 
@@ -466,14 +467,6 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, buf.getvalue())
-
-
-def create_worker_pool(workers: int):
-    """A process pool for drawing faces (forked where the platform can: the workers need no
-    re-import). The caller closes it."""
-    import multiprocessing as mp
-
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers)
 
 
 def generate_dataset(out_dir: Path, config: SynthConfig, progress: bool = True, force: bool = False) -> dict:

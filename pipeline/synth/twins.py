@@ -20,8 +20,9 @@ import pandas as pd
 
 from pipeline.constants import RACES
 from pipeline.synth.draw import FaceParams, render_face
-from pipeline.synth.faces import (SKIN_BASE, SynthConfig, _in_subgroup, create_reskinned_params, create_worker_pool,
+from pipeline.synth.faces import (SKIN_BASE, SynthConfig, _in_subgroup, create_reskinned_params,
                                   encode_jpeg, image_id, parse_bias, sample_face_params)
+from pipeline.workers import create_worker_pool
 
 TWIN_KINDS = ("skin", "cue")
 CUE_VARIANTS = ("cue", "no cue")

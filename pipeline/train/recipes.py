@@ -79,7 +79,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (RESNET50_TRANSFER, LIGHTCNN_SO
 
 PRESETS: dict[tuple[str, str], Recipe] = {
     ("lightcnn-softlabel", "demo"): replace(
-        LIGHTCNN_SOFTLABEL, arch="lightcnn-lite", preset="demo", head_dropout=0.2,
+        LIGHTCNN_SOFTLABEL, arch="lightcnn-lite", preset="demo", head_dropout=0.2, image_size=48,
         train=replace(LIGHTCNN_SOFTLABEL.train, epochs=12, scheduler="onecycle", onecycle_max_lr=2e-3,
                       early_stopping_patience=None, sampler="balanced"),
     ),

@@ -220,3 +220,23 @@ def test_age_and_gender_reports_no_face():
     blank = np.full((120, 120, 3), 128, dtype=np.uint8)
     frame, report = dm.compute_inferred_demographics([("blank", blank)], backend)
     assert report.no_face == ["blank"] and report.n_labelled == 0 and len(frame) == 0
+
+
+def test_age_and_gender_in_worker_processes_equals_one_process(photo):
+    """Chunks labelled in two processes come back in the records' order, faceless ones included."""
+    from pipeline.data.records import ImageRecord
+
+    blank = np.full((120, 120, 3), 128, dtype=np.uint8)
+    crops = [photo[120 + d:360 + d, 140 + d:390 + d] for d in range(0, 60, 5)]
+    images = [blank if i % 5 == 3 else crops[i % len(crops)] for i in range(110)]   # 3 chunks of <= 50
+    records = [ImageRecord(image_id=f"img_{i:03d}", split="test", label=0, pixels=np.ascontiguousarray(im))
+               for i, im in enumerate(images)]
+    seen: list[int] = []
+    results = {w: dm.create_demographics(records, dm.DemographicsConfig(backend="age-and-gender", detector="dlib",
+                                                                        workers=w), seen.append)
+               for w in (1, 2)}
+    (one, one_report), (two, two_report) = results[1], results[2]
+    pd.testing.assert_frame_equal(one, two)
+    assert two_report == one_report and len(one_report.no_face) == 22
+    assert one_report.no_face == sorted(one_report.no_face) and list(two["image_id"]) == sorted(two["image_id"])
+    assert seen == list(range(1, 111)) * 2          # progress counts every image, in both modes

@@ -34,8 +34,10 @@ def test_get_recipe_and_presets():
     assert get_recipe("lightcnn-softlabel") is LIGHTCNN_SOFTLABEL
     demo = get_recipe("lightcnn-softlabel", "demo")
     assert demo.preset == "demo" and demo.arch == "lightcnn-lite" and demo.head_dropout == 0.2 and demo.train.scheduler == "onecycle"
-    # the preset changes the model width and the schedule, not the data contract
-    same = ("name", "num_classes", "image_size", "mean", "std", "weights")
+    # the preset changes the model, the schedule and the input size (48 px, FER2013's), not the classes,
+    # normalisation or weights
+    assert demo.image_size == 48
+    same = ("name", "num_classes", "mean", "std", "weights")
     assert all(getattr(demo, f) == getattr(LIGHTCNN_SOFTLABEL, f) for f in same)
     with pytest.raises(UserError, match="unknown recipe 'nope'.*resnet50-transfer"):
         get_recipe("nope")
