@@ -258,7 +258,7 @@ class RegionContext:
         if dataset.is_synthetic:
             from pipeline.synth.faces import load_au_masks
 
-            self.gt_masks = load_au_masks(dataset.root)
+            self.gt_masks = load_au_masks(dataset.root, [r.image_id for r in records])
 
     def region_maps(self, idx: np.ndarray) -> np.ndarray:
         from pipeline.explain.regions import compute_region_map

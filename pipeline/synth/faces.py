@@ -593,11 +593,13 @@ def load_synth_config(root: Path) -> SynthConfig:
     return SynthConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
 
 
-def load_au_masks(root: Path) -> dict[str, np.ndarray]:
-    """Ground-truth AU region masks: image id -> bool (100, 100) in aligned coords."""
+def load_au_masks(root: Path, image_ids=None) -> dict[str, np.ndarray]:
+    """Ground-truth AU region masks: image id -> bool (100, 100) in aligned coords; only those
+    of `image_ids` (the ones the set has) when given: each is its own entry of the archive."""
     out = {}
     with np.load(_synthetic_file(root, "au_masks.npz")) as data:
-        for key in data.files:
+        keys = data.files if image_ids is None else sorted(set(image_ids) & set(data.files))
+        for key in keys:
             packed = data[key]
             if packed.ndim == 1:
                 mask = np.unpackbits(packed, count=ALIGNED * ALIGNED).reshape(ALIGNED, ALIGNED)

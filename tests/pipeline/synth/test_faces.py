@@ -86,6 +86,9 @@ def test_extras_readers_consistent(root):
     assert dict(zip(attrs["image_id"], attrs["label"])) == labels
     masks = load_au_masks(root)
     assert set(masks) == set(labels)
+    some = sorted(labels)[::7] + ["not_an_image"]
+    subset = load_au_masks(root, some)
+    assert set(subset) == set(some[:-1]) and all((subset[k] == masks[k]).all() for k in subset)
     for iid, aus in zip(attrs["image_id"], attrs["aus"]):
         m = masks[iid]
         assert m.shape == (100, 100) and m.dtype == bool
