@@ -85,6 +85,17 @@ def test_adjusted_pvalues_keep_nan_out_of_the_family():
     np.testing.assert_allclose(out[[0, 2]], multipletests([0.01, 0.04], method="holm")[1])
 
 
+def test_holm_adjustment_equals_statsmodels():
+    rng = np.random.default_rng(3)
+    families = [rng.uniform(size=n) for n in (1, 2, 7, 50, 400)]
+    families += [rng.uniform(size=30) ** 6,                      # many near zero
+                 np.repeat([0.001, 0.02, 0.3], 5),               # ties
+                 np.array([0.0, 1.0, 0.5, 0.5, 1e-12])]          # the ends of the range
+    for p in families:
+        np.testing.assert_allclose(audit.compute_adjusted_pvalues(p, "holm"),
+                                   multipletests(p, method="holm")[1], rtol=1e-12, atol=0)
+
+
 def test_macro_f1_from_confusion_matches_sklearn():
     rng = np.random.default_rng(1)
     for trial in range(20):
