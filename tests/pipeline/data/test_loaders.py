@@ -234,6 +234,47 @@ def test_fingerprint_ignores_options_but_tracks_the_data(rafdb_root, tmp_path):
     assert load_dataset("rafdb", root, val_fraction=0).fingerprint != changed_label
 
 
+def test_parsed_layout_is_reused_only_while_no_file_changed(tmp_path):
+    """A second load of an unchanged layout reuses the parse; a same-size edit is seen, whether
+    it comes after the cache was filled or within the racy window of a fresh write."""
+    import os
+
+    from pipeline.data import rafdb
+
+    root = make_rafdb(tmp_path / "raf", variants=("aligned",), image_size=8)
+    attr = root / "Annotation/manual/train_00001_manu_attri.txt"
+
+    def gender_of_first():
+        return next(r.gender for r in load_dataset("rafdb", root).records if r.image_id == "train_00001")
+
+    def age_all(seconds):
+        for path in [*root.rglob("*"), root]:
+            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - seconds * 10**9))
+
+    first = gender_of_first()                               # just written: racy, so not kept
+    mtime = attr.stat().st_mtime_ns
+    text = attr.read_text()
+    lines = text.splitlines()
+    other = "1" if lines[5] == "0" else "0"                 # line 6 is the gender code
+    attr.write_text("\n".join(lines[:5] + [other] + lines[6:]) + "\n")
+    os.utime(attr, ns=(mtime, mtime))                       # same size and mtime as before
+    assert gender_of_first() != first
+
+    age_all(60)
+    parsed = []
+    original = rafdb._parse_layout
+    rafdb._parse_layout = lambda *a: parsed.append(a) or original(*a)
+    try:
+        a, b = load_dataset("rafdb", root), load_dataset("rafdb", root, num_classes=6)
+        assert len(parsed) == 1 and a.fingerprint == b.fingerprint
+        attr.write_text(text)                               # back to the first gender, same size
+        os.utime(attr, ns=(mtime - 30 * 10**9, mtime - 30 * 10**9))
+        assert gender_of_first() == first and len(parsed) == 2
+        assert load_dataset("rafdb", root).fingerprint != a.fingerprint
+    finally:
+        rafdb._parse_layout = original
+
+
 def test_missing_attribute_file_leaves_demographics_none_and_is_counted(fresh_rafdb):
     (fresh_rafdb / "Annotation/manual/train_00002_manu_attri.txt").unlink()
     ds = load_dataset("rafdb", fresh_rafdb, val_fraction=0)
