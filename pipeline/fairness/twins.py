@@ -73,7 +73,7 @@ def create_stored_twins(db: str | Path, run: str, config: TwinsConfig = TwinsCon
     frames = {}
     for kind in config.kinds:
         faces = select_test_faces(synth, classes=classes, kind=kind, n_images=config.n_images, seed=config.seed)
-        twins, images = create_twin_images(faces, kind, size=size, workers=config.workers)
+        twins, images = create_twin_images(faces, kind, size=size, workers=config.workers, root=root)
         probs = predict_probabilities(model, images, meta, device, config.batch_size)
         frames[kind] = create_twin_frame(twins, probs, classes)
         log(f"{kind} twins: {len(faces)} faces, {len(twins)} images predicted")

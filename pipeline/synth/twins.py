@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,9 +63,13 @@ def create_twin_variants(params: FaceParams, kind: str) -> list[tuple[str, FaceP
 def render_as_loaded(params: FaceParams, size: int) -> np.ndarray:
     """The aligned face as the loader reads it from disk (pipeline.data.images): JPEG round
     trip, libjpeg's reduced-scale draft where it applies, RGB, bilinear resize."""
+    return _decode_as_loaded(encode_jpeg(render_face(params).aligned), size)
+
+
+def _decode_as_loaded(jpeg: bytes, size: int) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(io.BytesIO(encode_jpeg(render_face(params).aligned))) as im:
+    with Image.open(io.BytesIO(jpeg)) as im:
         im.draft("RGB", (size, size))
         im = im.convert("RGB")
         if im.size != (size, size):
@@ -72,24 +77,31 @@ def render_as_loaded(params: FaceParams, size: int) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8)
 
 
-def _render_chunk(job: tuple[list[FaceParams], int]) -> np.ndarray:
+def _render_chunk(job: tuple[list[FaceParams | Path], int]) -> np.ndarray:
+    """Draw each face, or decode it from its stored file (a Path): the same pixels either way."""
     params, size = job
-    return np.stack([render_as_loaded(p, size) for p in params])
+    return np.stack([_decode_as_loaded(p.read_bytes(), size) if isinstance(p, Path) else render_as_loaded(p, size)
+                     for p in params])
 
 
-def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size: int, workers: int = 1
-                       ) -> tuple[pd.DataFrame, np.ndarray]:
+def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size: int, workers: int = 1,
+                       root: Path | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Every variant of every face: a frame (image_id, variant, drawn_as, true_label) and the
     images (N, size, size, 3) uint8 in the frame's order. `drawn_as` is the variant the face
     has in the dataset (its skin group, or whether it carries the cue). `workers` processes
-    draw them (drawing is deterministic, so the images do not depend on it)."""
+    draw them (drawing is deterministic, so the images do not depend on it).
+
+    With the dataset's `root`, a face's own variant (the twin equal to the face) is decoded
+    from its stored aligned image rather than drawn again: the generator wrote exactly that
+    JPEG, so the pixels are the same (a test) and a third of the skin twins cost a decode."""
     rows, twins = [], []
     for params, meta in faces:
         drawn_as = RACES[meta["race"]] if kind == "skin" else CUE_VARIANTS[0 if meta["background_cue"] else 1]
+        stored = None if root is None else root / "Image" / "aligned" / f"{meta['image_id']}_aligned.jpg"
         for variant, twin in create_twin_variants(params, kind):
             rows.append({"image_id": meta["image_id"], "variant": variant, "drawn_as": drawn_as,
                          "true_label": meta["label"]})
-            twins.append(twin)
+            twins.append(stored if variant == drawn_as and stored is not None and stored.is_file() else twin)
     frame = pd.DataFrame(rows, columns=["image_id", "variant", "drawn_as", "true_label"])
     if not twins:
         return frame, np.zeros((0, size, size, 3), np.uint8)

@@ -15,6 +15,7 @@ from pipeline.synth.faces import BALANCED, SynthConfig, generate_dataset, sample
 from pipeline.synth.twins import (compute_cue_shift, compute_twin_recall, create_twin_images, create_twin_variants,
                                   select_test_faces)
 
+ALL_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 CUE = SynthConfig(n=60, seed=4, workers=1, test_fraction=0.5, bias="race=2:cue=Happiness@0.9", **BALANCED)
 
 
@@ -51,12 +52,36 @@ def test_twin_images_match_what_the_loader_reads(tmp_path):
         own = frame[frame["variant"] == frame["drawn_as"]]
         stored = load_images_array([records[i] for i in own["image_id"]], size)
         assert np.array_equal(images[own.index.to_numpy()], stored)      # the face as drawn is the stored image
+        from_root = create_twin_images(faces, "skin", size=size, root=root)
+        assert from_root[0].equals(frame) and np.array_equal(from_root[1], images)
     # drawn by worker processes in chunks: the same images in the same order
     many = select_test_faces(CUE, classes=["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"],
                              kind="skin", n_images=40)
     one_frame, one = create_twin_images(many, "skin", size=32)
     two_frame, two = create_twin_images(many, "skin", size=32, workers=2)
     assert len(one) == 3 * len(many) > 8 and np.array_equal(one, two) and one_frame.equals(two_frame)
+
+
+def test_a_face_s_own_twin_is_decoded_from_its_stored_file_not_drawn(tmp_path, monkeypatch):
+    from pipeline.synth import twins
+
+    root = tmp_path / "ds"
+    generate_dataset(root, CUE, progress=False)
+    for kind, variants in (("skin", 3), ("cue", 2)):
+        faces = select_test_faces(CUE, classes=ALL_CLASSES, kind=kind)
+        drawn_frame, drawn = create_twin_images(faces, kind, size=24)
+        calls = []
+        real = twins.render_as_loaded
+        monkeypatch.setattr(twins, "render_as_loaded", lambda p, size: calls.append(p) or real(p, size))
+        frame, images = create_twin_images(faces, kind, size=24, root=root)
+        monkeypatch.setattr(twins, "render_as_loaded", real)
+        assert len(calls) == (variants - 1) * len(faces) > 0
+        assert frame.equals(drawn_frame) and np.array_equal(images, drawn)
+    # a stored file that is gone: that face is drawn again
+    faces = select_test_faces(CUE, classes=ALL_CLASSES, kind="skin", n_images=3)
+    (root / "Image" / "aligned" / f"{faces[0][1]['image_id']}_aligned.jpg").unlink()
+    assert np.array_equal(create_twin_images(faces, "skin", size=24, root=root)[1],
+                          create_twin_images(faces, "skin", size=24)[1])
 
 
 def test_cue_twins_are_the_subgroup_and_the_summaries():
