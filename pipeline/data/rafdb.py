@@ -194,11 +194,13 @@ class _Layout:
 
 # Parsed layouts of this process, keyed on (root, variant) and valid while `_layout_signature`
 # is unchanged: the demo loads its 7,000 faces in three stages, and parsing took 1.9 s each.
-# As git does with its index, a layout with a file modified less than `_RACY_NS` before it was
-# read is not kept: a same-size edit within one timestamp tick would not change the signature.
+# As git does with its index, a layout with a file modified within one timestamp tick of its
+# read is not kept: a same-size edit in that tick would not change the signature. The tick is
+# at most a scheduler tick (10 ms) on file systems with sub-second times, up to 2 s on those
+# without (FAT); the windows below cover both.
 _LAYOUTS: dict[tuple[str, str], tuple[tuple, _Layout]] = {}
 _LAYOUT_CACHE_SIZE = 4
-_RACY_NS = 2_000_000_000
+_RACY_NS_FINE, _RACY_NS_COARSE = 100_000_000, 2_000_000_000
 
 
 def _layout_signature(root: Path, variant: str) -> tuple:
@@ -223,22 +225,32 @@ def _layout_signature(root: Path, variant: str) -> tuple:
             stat_of(root / MANUAL_DIR), tuple(sorted(manual)))
 
 
-def _newest_mtime_ns(signature: tuple) -> int:
+def _is_racy(signature: tuple, read_at_ns: int) -> bool:
+    """Whether a file of the layout was modified so shortly before `read_at_ns` that a later
+    same-size edit could keep its timestamp (the window depends on the times' resolution)."""
     *files, manual = signature
-    return max([f[1] for f in files if f is not None] + [m[2] for m in manual], default=0)
+    mtimes = [f[1] for f in files if f is not None] + [m[2] for m in manual]
+    if not mtimes:
+        return False
+    coarse = all(t % 1_000_000_000 == 0 for t in mtimes)
+    return read_at_ns - max(mtimes) < (_RACY_NS_COARSE if coarse else _RACY_NS_FINE)
+
+
+def _now_ns() -> int:
+    return time.time_ns()
 
 
 def _read_layout(root: Path, variant: str) -> _Layout:
     """`_parse_layout`, from this process's cache when no file of the layout changed since."""
     key = (str(root.resolve()), variant)
-    read_at = time.time_ns()
+    read_at = _now_ns()
     signature = _layout_signature(root, variant)
     cached = _LAYOUTS.get(key)
     if cached is not None and cached[0] == signature:
         return cached[1]
     layout = _parse_layout(root, variant)
     _LAYOUTS.pop(key, None)
-    if read_at - _newest_mtime_ns(signature) < _RACY_NS:
+    if _is_racy(signature, read_at):
         return layout
     while len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
         _LAYOUTS.pop(next(iter(_LAYOUTS)))

@@ -234,7 +234,7 @@ def test_fingerprint_ignores_options_but_tracks_the_data(rafdb_root, tmp_path):
     assert load_dataset("rafdb", root, val_fraction=0).fingerprint != changed_label
 
 
-def test_parsed_layout_is_reused_only_while_no_file_changed(tmp_path):
+def test_parsed_layout_is_reused_only_while_no_file_changed(tmp_path, monkeypatch):
     """A second load of an unchanged layout reuses the parse; a same-size edit is seen, whether
     it comes after the cache was filled or within the racy window of a fresh write."""
     import os
@@ -243,36 +243,44 @@ def test_parsed_layout_is_reused_only_while_no_file_changed(tmp_path):
 
     root = make_rafdb(tmp_path / "raf", variants=("aligned",), image_size=8)
     attr = root / "Annotation/manual/train_00001_manu_attri.txt"
+    parsed = []
+    original = rafdb._parse_layout
+    monkeypatch.setattr(rafdb, "_parse_layout", lambda *a: parsed.append(a) or original(*a))
 
     def gender_of_first():
         return next(r.gender for r in load_dataset("rafdb", root).records if r.image_id == "train_00001")
 
-    def age_all(seconds):
+    def set_mtimes(ns):
         for path in [*root.rglob("*"), root]:
-            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - seconds * 10**9))
+            os.utime(path, ns=(ns, ns))
 
-    first = gender_of_first()                               # just written: racy, so not kept
-    mtime = attr.stat().st_mtime_ns
     text = attr.read_text()
     lines = text.splitlines()
-    other = "1" if lines[5] == "0" else "0"                 # line 6 is the gender code
-    attr.write_text("\n".join(lines[:5] + [other] + lines[6:]) + "\n")
-    os.utime(attr, ns=(mtime, mtime))                       # same size and mtime as before
-    assert gender_of_first() != first
-
-    age_all(60)
-    parsed = []
-    original = rafdb._parse_layout
-    rafdb._parse_layout = lambda *a: parsed.append(a) or original(*a)
-    try:
+    edited = "\n".join(lines[:5] + ["1" if lines[5] == "0" else "0"] + lines[6:]) + "\n"  # line 6: gender
+    # within a tick (a 10 ms scheduler tick with ns times; FAT's 2 s without) -> racy
+    for resolution, within_tick, racy_after in ((1, 10**7, rafdb._RACY_NS_FINE),
+                                                (10**9, 19 * 10**8, rafdb._RACY_NS_COARSE)):
+        parsed.clear()
+        written = 1_700_000_000 * 10**9 + (0 if resolution > 1 else 123_456_789)
+        set_mtimes(written)
+        attr.write_text(text)
+        os.utime(attr, ns=(written, written))
+        # read within the racy window: not kept, so an edit that keeps size and mtime is seen
+        monkeypatch.setattr(rafdb, "_now_ns", lambda: written + within_tick)
+        first = gender_of_first()
+        attr.write_text(edited)
+        os.utime(attr, ns=(written, written))
+        assert gender_of_first() != first and len(parsed) == 2
+        # read after the window: kept for every loading option, until a file changes
+        monkeypatch.setattr(rafdb, "_now_ns", lambda: written + racy_after)
         a, b = load_dataset("rafdb", root), load_dataset("rafdb", root, num_classes=6)
-        assert len(parsed) == 1 and a.fingerprint == b.fingerprint
+        assert len(parsed) == 3 and a.fingerprint == b.fingerprint
         attr.write_text(text)                               # back to the first gender, same size
-        os.utime(attr, ns=(mtime - 30 * 10**9, mtime - 30 * 10**9))
-        assert gender_of_first() == first and len(parsed) == 2
-        assert load_dataset("rafdb", root).fingerprint != a.fingerprint
-    finally:
-        rafdb._parse_layout = original
+        later = written + 5 * resolution * 10**(0 if resolution > 1 else 6)
+        os.utime(attr, ns=(later, later))
+        monkeypatch.setattr(rafdb, "_now_ns", lambda: later + racy_after)
+        assert gender_of_first() == first and len(parsed) == 4
+        assert load_dataset("rafdb", root).fingerprint != a.fingerprint and len(parsed) == 4
 
 
 def test_missing_attribute_file_leaves_demographics_none_and_is_counted(fresh_rafdb):
