@@ -439,11 +439,17 @@ def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
     return perm
 
 
-def _peak_hit(cam: np.ndarray, mask: np.ndarray) -> float:
-    if not np.any(cam > 0):
-        return float("nan")
-    peak = cam >= cam.max() - 1e-6     # a plateau counts as one peak: inside if mostly inside
-    return float(mask[peak].mean() >= 0.5)
+def _energy_and_hit(cams: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per map (N, H, W): the energy share inside its mask, and whether its peak is inside (a
+    plateau counts as one peak: inside if mostly inside); NaN for an all-zero map."""
+    total = cams.sum(axis=(1, 2))
+    inside = np.where(masks, cams, 0.0).sum(axis=(1, 2))
+    live = (cams > 0).any(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        energy = np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
+        peak = cams >= cams.max(axis=(1, 2), keepdims=True) - 1e-6
+        hit = ((peak & masks).sum(axis=(1, 2)) / peak.sum(axis=(1, 2)) >= 0.5).astype(np.float64)
+    return energy, np.where(live, hit, np.nan)
 
 
 def compute_gt_localisation(cams: np.ndarray, gt_masks: np.ndarray, seed: int = 0) -> pd.DataFrame:
@@ -453,7 +459,7 @@ def compute_gt_localisation(cams: np.ndarray, gt_masks: np.ndarray, seed: int = 
     gt_energy_uniform (= the mask's area share: a uniform map's energy inside,
     and its chance of a random peak inside), gt_energy_shuffled / gt_hit_shuffled
     (the same for another image's CAM, a seeded derangement). NaN where the mask
-    is empty (e.g. Neutral, no action unit) or the CAM is all zero.
+    is empty (e.g. Neutral, no action unit) or the CAM is all zero. Whole-batch numpy.
     """
     cams = np.clip(np.asarray(cams, np.float64), 0, None)
     masks = np.asarray(gt_masks, bool)
@@ -462,22 +468,17 @@ def compute_gt_localisation(cams: np.ndarray, gt_masks: np.ndarray, seed: int = 
     n = len(cams)
     perm = _derangement(n, np.random.default_rng(seed))
     out = np.full((n, 5), np.nan)
-    for i in range(n):
-        m = masks[i]
-        if not m.any():
-            continue
-        area = m.mean()
-        for k, cam in ((0, cams[i]), (1, cams[perm[i]])):
-            total = cam.sum()
-            energy = cam[m].sum() / total if total > 0 else np.nan
-            hit = _peak_hit(cam, m)
-            if k == 0:
-                out[i, 0], out[i, 1] = energy, hit
-            else:
-                out[i, 3], out[i, 4] = energy, hit
-        out[i, 2] = area
-    return pd.DataFrame(out, columns=["gt_energy", "gt_hit", "gt_energy_uniform", "gt_energy_shuffled",
-                                      "gt_hit_shuffled"])
+    if n == 0:
+        return pd.DataFrame(out, columns=GT_LOCALISATION_COLUMNS)
+    has_mask = masks.any(axis=(1, 2))
+    out[:, 0], out[:, 1] = _energy_and_hit(cams, masks)
+    out[:, 3], out[:, 4] = _energy_and_hit(cams[perm], masks)
+    out[:, 2] = masks.mean(axis=(1, 2))
+    out[~has_mask] = np.nan
+    return pd.DataFrame(out, columns=GT_LOCALISATION_COLUMNS)
+
+
+GT_LOCALISATION_COLUMNS = ["gt_energy", "gt_hit", "gt_energy_uniform", "gt_energy_shuffled", "gt_hit_shuffled"]
 
 
 def summarise_gt_localisation(per_image: pd.DataFrame, emotions: Sequence[str], method: str,

@@ -238,6 +238,36 @@ def test_gt_localisation_and_baselines_on_constructed_maps():
     assert flat_rows[("gt_energy", "all")]["passed"] is False
 
 
+def test_gt_localisation_equals_its_per_image_definition():
+    """The whole-batch computation against the definition image by image: energy share inside
+    the mask, peak (a plateau within 1e-6) mostly inside, for the map and a deranged other map."""
+    rng = np.random.default_rng(5)
+    n, size = 60, 12
+    cams = rng.uniform(-0.2, 1, (n, size, size)) ** 3
+    cams[3] = 0.0                                           # all-zero map
+    cams[4] = -1.0                                          # negative only: clipped to zero
+    cams[5, :2] = cams[5].max() + 1                          # a plateau peak
+    masks = rng.uniform(size=(n, size, size)) < rng.uniform(0.05, 0.6, (n, 1, 1))
+    masks[7] = False                                        # no ground truth
+    got = compute_gt_localisation(cams, masks, seed=3)
+    perm = _derangement(n, np.random.default_rng(3))
+    clipped = np.clip(cams, 0, None)
+
+    def energy_hit(cam, m):
+        if not (cam > 0).any():
+            return np.nan, np.nan
+        peak = cam >= cam.max() - 1e-6
+        return cam[m].sum() / cam.sum(), float(m[peak].mean() >= 0.5)
+
+    for i in range(n):
+        if not masks[i].any():
+            assert got.loc[i].isna().all()
+            continue
+        expected = [*energy_hit(clipped[i], masks[i]), masks[i].mean(), *energy_hit(clipped[perm[i]], masks[i])]
+        np.testing.assert_allclose(got.loc[i].to_numpy(), expected, rtol=1e-12, atol=0)
+    assert got["gt_hit"].isna().sum() == 3 and got["gt_energy"].notna().sum() == n - 3   # maps 3, 4; mask 7
+
+
 def test_derangement_and_bootstrap():
     rng = np.random.default_rng(0)
     for n in (2, 3, 10, 101):
