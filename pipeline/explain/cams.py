@@ -194,12 +194,12 @@ def _eigen_projection(activations: np.ndarray) -> np.ndarray:
     """pytorch-grad-cam's get_2d_projection (first principal component of the
     centred activations) with an economy SVD: the same first component, but
     20x faster for wide layers (2048 channels) than the library's full SVD."""
-    from threadpoolctl import threadpool_limits
+    from pipeline.workers import single_blas_thread
 
     activations = np.nan_to_num(activations.astype(np.float32, copy=False))
     out = []
     # Many small SVDs: BLAS threads only add contention (10x slower on 2 busy cores).
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_blas_thread():
         for a in activations:
             flat = a.reshape(a.shape[0], -1).T
             flat = flat - flat.mean(axis=0)

@@ -170,7 +170,7 @@ def compute_energy_agreement(energies: np.ndarray, reference: np.ndarray) -> np.
     """Per image, the Spearman rank correlation of two methods' region energies (N, R) each, e.g.
     occlusion against Grad-CAM over the facial regions: 1 = the same ranking of regions. NaN where a
     row is constant or unknown (no ranking to compare)."""
-    from scipy.stats import rankdata
+    from pipeline.explain.faithfulness import average_ranks
 
     a, b = np.asarray(energies, np.float64), np.asarray(reference, np.float64)
     if a.shape != b.shape:
@@ -178,7 +178,7 @@ def compute_energy_agreement(energies: np.ndarray, reference: np.ndarray) -> np.
     out = np.full(len(a), np.nan)
     ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
     if ok.any():
-        ra, rb = rankdata(a[ok], axis=1), rankdata(b[ok], axis=1)
+        ra, rb = average_ranks(a[ok]), average_ranks(b[ok])
         ra -= ra.mean(1, keepdims=True)
         rb -= rb.mean(1, keepdims=True)
         denom = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))

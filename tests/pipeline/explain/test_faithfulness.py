@@ -177,6 +177,28 @@ def test_banded_imputation_on_ragged_masks_equals_the_library():
     assert (ours - ref).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("budget_images", [1, 2, 7])
+def test_images_imputed_together_equal_each_imputed_alone(monkeypatch, budget_images):
+    """One band matrix holds several images' systems (block-diagonal, numbered image by
+    image): the result equals solving each image on its own, to float64 rounding, whether
+    the batch goes in one call or in calls of one or two images; an image that keeps no
+    pixel gets zeros without disturbing its neighbours in the batch."""
+    from pipeline.explain import faithfulness
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(7, 3, 9, 17, generator=gen, dtype=torch.float64)
+    keep = torch.rand(7, 9, 17, generator=gen) < torch.tensor([0.2, 0.5, 0.8, 0.0, 0.5, 1.0, 0.3]).view(7, 1, 1)
+    keep[0, :, -1] = False                      # a whole right column imputed: neighbours across rows
+    keep[3] = False                             # keeps nothing
+    alone = [faithfulness._impute_banded(x[i:i + 1].numpy(), keep[i:i + 1].numpy())[0] for i in range(len(x))]
+    monkeypatch.setattr(faithfulness, "_BANDED_BYTES", 8 * 9 * 17 * 19 * budget_images)
+    together = faithfulness._solve_banded(x, keep).numpy()
+    for i, ref in enumerate(alone):
+        assert np.abs(together[i] - ref).max() < 1e-12, i
+    assert (together[3] == 0).all()
+    assert np.array_equal(together[5], x[5].numpy())     # keeps everything: untouched
+    assert not np.array_equal(together[0], x[0].numpy())
+
 def test_road_scores_equal_pytorch_grad_cams_metric(trained):
     """The same seed gives the library's ROAD scores within 1e-5 (its per-image
     sparse LU against our banded Cholesky; noise drawn in the same order)."""
@@ -279,3 +301,25 @@ def test_derangement_and_bootstrap():
     rows = summarise([0.1, 0.2, 0.3, 0.4], ["A", "A", "B", "B"], "gradcam", "road_morf", n_boot=50)
     assert [r["emotion"] for r in rows] == ["all", "A", "B"]
     assert pd.DataFrame(rows).set_index("emotion").loc["B", "value"] == pytest.approx(0.35)
+
+
+def test_average_ranks_and_map_spearman_equal_scipy():
+    """Ranks with ties averaged equal scipy.stats.rankdata's, row by row; the maps' rank
+    correlation equals scipy.stats.spearmanr, with constant maps scored 1 (both) or 0 (one)."""
+    from scipy.stats import rankdata, spearmanr
+
+    from pipeline.explain.faithfulness import average_ranks
+
+    rng = np.random.default_rng(4)
+    for values in (rng.integers(0, 4, size=(6, 30)).astype(float), rng.normal(size=(3, 50)),
+                   np.array([[2.0, 2.0, 2.0]]), rng.integers(0, 3, size=17).astype(float)):
+        assert np.array_equal(average_ranks(values), rankdata(values, axis=-1))
+    a = rng.integers(0, 5, size=(5, 6, 6)).astype(float)
+    b = a + rng.normal(scale=2.0, size=a.shape)
+    a[3], b[4] = 1.0, 0.5
+    a[4] = 0.5
+    sim = compute_map_similarity(a, b)["spearman"]
+    for i in range(3):
+        assert sim[i] == pytest.approx(spearmanr(a[i].ravel(), b[i].ravel()).statistic, abs=1e-12)
+    assert sim[3] == 0.0 and sim[4] == 1.0
+    assert compute_map_similarity(a[:0], b[:0])["spearman"].shape == (0,)
