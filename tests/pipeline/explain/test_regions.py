@@ -67,6 +67,19 @@ def test_energy_shares_sum_to_one(landmarks):
     np.testing.assert_allclose(compute_region_energies(np.ones((1, 100, 100)), m)[0], compute_region_areas(m))
 
 
+def test_energies_with_a_map_per_image_equal_each_image_s_own_sums():
+    """Different region maps per image: each row is that image's energy per region of its own
+    map (bit for bit), not its neighbour's."""
+    rng = np.random.default_rng(1)
+    cams = rng.random((4, 100, 100))
+    maps = np.stack([compute_region_map(SYNTH + shift) for shift in (0, 6, -5, 11)])
+    assert len({m.tobytes() for m in maps}) == 4
+    e = compute_region_energies(cams, maps)
+    for c, m, row in zip(cams, maps, e):
+        sums = np.bincount(m.ravel(), weights=c.ravel(), minlength=len(FACE_REGIONS))
+        assert np.array_equal(row, sums / sums.sum())
+
+
 def test_a_heatmap_on_the_mouth_is_mouth_energy():
     m = compute_region_map(SYNTH)
     mouth = (SYNTH[3] + SYNTH[4]) / 2
