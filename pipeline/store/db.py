@@ -12,6 +12,13 @@ Rules it relies on:
   (`ALTER TABLE ... ADD COLUMN`, NULL in earlier rows). Indexes added since
   (`ADDED_INDEXES`) are built by the same writable open; until then a reader
   gets the same rows, only slower.
+- Image keys (version 6): the tables of `IMAGE_KEY_TABLES` carry, beside each
+  row's image_id, its integer `image_key` from the `image_keys` table (one key
+  per id string, the same in every run and dataset), so the dashboard's filters
+  join integers. `insert_frame` sets it on every row it writes, assigning keys
+  to ids it has not seen; a writable open of an older store sets it on every
+  row already there (`fill_image_keys`), in the same transaction as the columns
+  it adds. A reader of an older store joins on image_id instead (same rows).
 - Storage order: a table in `STORAGE_ORDER` is written sorted by its key
   (`insert_frame`), so one run's predictions lie in the order the dashboard pages
   them (most confident first) and DuckDB's zone maps let a page read a few row
@@ -64,19 +71,23 @@ from pipeline.paths import DEFAULT_DB
 if TYPE_CHECKING:  # duckdb is imported lazily so `--help` stays fast
     import duckdb
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Tables added after version 1, with the version that added them. Every other table and
 # column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
 # as it is and upgraded in place (the added tables created empty) when opened writable.
 ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3, "slices": 4, "slice_images": 4,
                                 "calibration": 4, "calibration_bins": 4,
-                                "twin_predictions": 4}
+                                "twin_predictions": 4, "image_keys": 6}
 # Columns added to existing tables after version 1: {table: {column: version}}. Their
 # types come from schema.sql; a writable open of an older store adds them (NULL in the
 # rows already there), and readers of an older store find them absent.
 ADDED_COLUMNS: dict[str, dict[str, int]] = {
     "runs": {"checkpoint_sha256": 4, "pid": 4, "host": 4},
+    "predictions": {"image_key": 6}, "heatmaps": {"image_key": 6}, "failure_tags": {"image_key": 6},
+    "demographics": {"image_key": 6}, "slice_images": {"image_key": 6},
 }
+# Tables whose rows carry image_keys.image_key of their image_id (schema.sql; set by insert_frame).
+IMAGE_KEY_TABLES: tuple[str, ...] = ("predictions", "heatmaps", "failure_tags", "demographics", "slice_images")
 # Indexes added after version 1 (schema.sql's CREATE INDEX statements): {index: version}.
 ADDED_INDEXES: dict[str, int] = {"predictions_image_id": 5, "images_image_id": 5, "heatmaps_image_id": 5,
                                  "demographics_image_id": 5}
@@ -340,6 +351,8 @@ def ensure_schema(con) -> None:
         con.execute(SCHEMA_SQL)
         for table, column in missing_added_columns(con):
             con.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(column)} {_schema_column_types()[table][column]}")
+        if found is not None and found < ADDED_TABLES["image_keys"]:  # upgraded to image keys: key every row
+            fill_image_keys(con)
         con.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
@@ -386,6 +399,38 @@ def missing_added_columns(con) -> list[tuple[str, str]]:
             "AND schema_name = 'main' AND table_name = ?", [table]).fetchall()}
         out += [(table, c) for c in columns if c not in present]
     return out
+
+
+def _assign_image_keys(con, ids_sql: str) -> None:
+    """Give every image id the SELECT `ids_sql` returns (one column, image_id) that has no key yet
+    the next free integers, in id order (so keys follow the ids' order, as most tables are written)."""
+    con.execute(f"""
+        INSERT INTO image_keys (image_id, image_key)
+        SELECT image_id, (SELECT coalesce(max(image_key), 0) FROM image_keys) + row_number() OVER (ORDER BY image_id)
+        FROM (SELECT DISTINCT image_id FROM ({ids_sql}) AS ids (image_id)) AS n
+        WHERE NOT EXISTS (SELECT 1 FROM image_keys k WHERE k.image_id = n.image_id)""")
+
+
+def fill_image_keys(con) -> None:
+    """Set image_key on every row of the store's `IMAGE_KEY_TABLES` from image_keys, assigning keys
+    to ids that have none: the upgrade of a store written before version 6 (its rows have no key).
+
+    Joins on the caller's transaction (ensure_schema's). Costs a join of each table with the
+    keys: about 6 s of CPU for a 1M-prediction store, once."""
+    present = [t for t in IMAGE_KEY_TABLES if t in _existing_tables(con)]
+    if not present:
+        return
+    _assign_image_keys(con, " UNION ".join(f"SELECT image_id FROM {_q(t)}" for t in present))
+    for table in present:
+        con.execute(f"UPDATE {_q(table)} SET image_key = k.image_key FROM image_keys k "
+                    f"WHERE k.image_id = {_q(table)}.image_id")
+
+
+def has_image_keys(con) -> bool:
+    """Whether the store keys its images (version 6 or later): the dashboard's filters then join on
+    image_key; on an older store, read as it is, they join on image_id (the same rows)."""
+    found = schema_version(con)
+    return found is not None and found >= ADDED_TABLES["image_keys"] and "image_keys" in _existing_tables(con)
 
 
 # --------------------------------------------------------------------------- damage
@@ -470,7 +515,7 @@ def salvage_store(source: str | Path, dest: str | Path) -> dict[str, int | str]:
         present = _existing_tables(src)
         damaged = find_damaged_tables(src)
         frames: dict[str, pd.DataFrame | None] = {}
-        for table in (t for t in TABLES if t in present and t != "meta"):
+        for table in (t for t in TABLES if t in present and t not in ("meta", "image_keys")):  # dest keys anew
             if table not in damaged:
                 frames[table] = src.execute(f"SELECT * FROM {_q(table)}").df()
                 continue
@@ -735,7 +780,9 @@ def insert_frame(con, table: str, df: pd.DataFrame) -> int:
     nullable. Values are cast to the table's types: list columns (FLOAT[],
     VARCHAR[]) from lists or numpy arrays, BLOB from bytes (or uint8 arrays),
     JSON from text (or dicts/lists, dumped). NaN in float columns is stored as NULL.
-    A table of `STORAGE_ORDER` gets the rows sorted by its key.
+    A table of `STORAGE_ORDER` gets the rows sorted by its key. A table of `IMAGE_KEY_TABLES`
+    gets each row's image_key from image_keys (an image_key column of `df` is ignored), ids new
+    to the store keyed first; a key given to an id whose insert then fails stays unused.
     """
     info = _column_info(con, _check_table(table))
     unknown = [c for c in df.columns if c not in info]
@@ -751,16 +798,25 @@ def insert_frame(con, table: str, df: pd.DataFrame) -> int:
 
     frame = _prepare_frame(df.reset_index(drop=True), info)
     view = f"_insert_{uuid.uuid4().hex}"
-    cols = [c for c in info if c in df.columns]  # table order
+    # image_key comes from this store's image_keys, whatever the frame holds (it may be another store's)
+    keyed = table in IMAGE_KEY_TABLES and "image_key" in info
+    cols = [c for c in info if c in df.columns and not (keyed and c == "image_key")]  # table order
     target = ", ".join(_q(c) for c in cols)
     source = ", ".join(f"CAST({_q(c)} AS {info[c][0]})" for c in cols)
     con.register(view, frame)
     try:
         key = STORAGE_ORDER.get(table, ())
-        order = (" ORDER BY " + ", ".join(f"{_q(c)} {d}" for c, d in key)) if key and all(c in cols for c, _ in key) \
+        order = (" ORDER BY " + ", ".join(f"t.{_q(c)} {d}" for c, d in key)) if key and all(c in cols for c, _ in key) \
             else ""  # sorted after the casts: the stored values are the ones ordered
-        row = con.execute(f"INSERT INTO {_q(table)} ({target}) SELECT * FROM (SELECT {source} FROM {_q(view)}) "
-                          f"AS t ({target}){order}").fetchone()
+        if keyed:  # every row gets its image's key (ids new to the store get new keys first)
+            _assign_image_keys(con, f"SELECT CAST(image_id AS VARCHAR) FROM {_q(view)}")
+            row = con.execute(
+                f"INSERT INTO {_q(table)} ({target}, image_key) SELECT t.*, k.image_key "
+                f"FROM (SELECT {source} FROM {_q(view)}) AS t ({target}) "
+                f"JOIN image_keys k ON k.image_id = t.image_id{order}").fetchone()
+        else:
+            row = con.execute(f"INSERT INTO {_q(table)} ({target}) SELECT t.* FROM "
+                              f"(SELECT {source} FROM {_q(view)}) AS t ({target}){order}").fetchone()
     finally:
         con.unregister(view)
     return int(row[0]) if row else len(df)
@@ -1038,10 +1094,12 @@ def get_run(con, run_id: str) -> dict:
 def load_frame(con, table: str, columns: list[str] | None = None, **keys) -> pd.DataFrame:
     """Rows of `table` matching `keys` (equality; a list value means IN), ordered by primary key.
 
-    BLOB columns come back as bytes, list columns as lists, JSON as text.
+    BLOB columns come back as bytes, list columns as lists, JSON as text. Without `columns`,
+    every column but image_key (the store's own join key, not data: see IMAGE_KEY_TABLES).
     """
     info = _column_info(con, _check_table(table))
-    cols = list(info) if columns is None else list(columns)
+    cols = [c for c in info if not (table in IMAGE_KEY_TABLES and c == "image_key")] if columns is None \
+        else list(columns)
     unknown = [c for c in cols if c not in info]
     if unknown:
         raise ValueError(f"Columns {unknown} are not in table {table}; its columns are {list(info)}")

@@ -65,6 +65,18 @@ CREATE TABLE IF NOT EXISTS images (
     PRIMARY KEY (run_id, image_id)
 );
 
+-- One integer per image id string (schema version 6), shared by the tables the Error explorer's
+-- filters join (predictions, heatmaps, failure_tags, demographics, slice_images: their image_key
+-- column), so those joins compare integers instead of decoding and hashing millions of id strings.
+-- The same id string has the same key in every run and dataset: a join on image_key matches
+-- exactly the rows a join on image_id matches. store.insert_frame assigns keys to new ids
+-- (the next integers, in id order) and sets image_key on every row it writes; keys are never
+-- reused or removed. A store of version 5 or older gets them at its first writable open.
+CREATE TABLE IF NOT EXISTS image_keys (
+    image_id  VARCHAR PRIMARY KEY,
+    image_key INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS predictions (
     run_id     VARCHAR NOT NULL,
     image_id   VARCHAR NOT NULL,            -- val and test images
@@ -74,6 +86,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     confidence FLOAT NOT NULL,              -- probability of pred_label
     correct    BOOLEAN NOT NULL,
     probs      FLOAT[] NOT NULL,            -- aligned with runs.classes
+    image_key  INTEGER,                     -- image_keys.image_key of image_id, set by store.insert_frame (v6)
     PRIMARY KEY (run_id, image_id)
 );
 
@@ -113,6 +126,7 @@ CREATE TABLE IF NOT EXISTS heatmaps (
     peak_region  VARCHAR,
     gt_energy    FLOAT,                     -- share inside ground-truth AU regions (synthetic only)
     gt_hit       BOOLEAN,                   -- CAM peak inside ground-truth AU regions (synthetic only)
+    image_key    INTEGER,                   -- image_keys.image_key of image_id (v6)
     PRIMARY KEY (run_id, image_id, method, target)
 );
 
@@ -140,6 +154,7 @@ CREATE TABLE IF NOT EXISTS failure_tags (
     image_id VARCHAR NOT NULL,
     method   VARCHAR NOT NULL,              -- the CAM method the tag was derived from ('' for tags that need none)
     tag      VARCHAR NOT NULL,              -- 'background', 'occlusion', 'confusion:Fear->Surprise'
+    image_key INTEGER,                      -- image_keys.image_key of image_id (v6)
     PRIMARY KEY (run_id, image_id, method, tag)
 );
 
@@ -177,6 +192,7 @@ CREATE TABLE IF NOT EXISTS demographics (
     race_conf     FLOAT,
     age_conf      FLOAT,
     scores        JSON,                     -- the backend's score vectors
+    image_key     INTEGER,                  -- image_keys.image_key of image_id (v6)
     PRIMARY KEY (dataset_fingerprint, image_id, source)
 );
 
@@ -271,6 +287,7 @@ CREATE TABLE IF NOT EXISTS slice_images (
     split    VARCHAR NOT NULL,
     rank     INTEGER NOT NULL,
     image_id VARCHAR NOT NULL,
+    image_key INTEGER,                      -- image_keys.image_key of image_id (v6)
     PRIMARY KEY (run_id, source, split, rank, image_id)
 );
 

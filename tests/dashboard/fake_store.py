@@ -7,8 +7,9 @@ million-row store takes seconds, not minutes; derived tables (confusion,
 class_metrics, audit cells and gaps, proxy agreement) are computed from the
 generated predictions, and heatmap_summary from the generated heatmaps, so that
 they agree with them. Predictions are written in the store's storage order
-(pipeline.store.db.STORAGE_ORDER) and schema.sql's indexes built after the rows,
-as the pipeline's writer leaves a store of this schema version.
+(pipeline.store.db.STORAGE_ORDER), every row's image_key set (store.fill_image_keys)
+and schema.sql's indexes built after the rows, as the pipeline's writer leaves a
+store of this schema version.
 """
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ def _schema_and_indexes() -> tuple[str, tuple[str, ...]]:
     for statement in INDEX_STATEMENTS:
         text = text.replace(statement, "")
     return text, INDEX_STATEMENTS
+
+
+def _fill_image_keys(con) -> None:
+    """Every row's image_key, as the pipeline's writer sets it (rows are written with NULL keys here)."""
+    from pipeline.store.db import fill_image_keys
+
+    fill_image_keys(con)
 
 
 def _cam_patterns(rng: np.random.Generator) -> list[bytes]:
@@ -135,6 +143,7 @@ def create_fake_store(
             keep = rows[: max(len(rows) - missing_images, 0)]
             for j, (path, label) in enumerate(keep):
                 _write_face_jpeg(Path(path), EMOTIONS.index(label), j)
+        _fill_image_keys(con)
         for statement in indexes:
             con.execute(statement)
         con.execute("CHECKPOINT")
@@ -194,7 +203,7 @@ def _insert_run(con: duckdb.DuckDBPyConnection, r: dict, i: int, img_root: Path)
         f"""INSERT INTO predictions
             SELECT ?, image_id, 'test', {cls}[t + 1], {cls}[p + 1], CAST(conf AS FLOAT), p = t,
                    CAST(list_transform(range({k}), lambda x: CASE WHEN x = p THEN conf ELSE (1 - conf) / {k - 1} END)
-                        AS FLOAT[])
+                        AS FLOAT[]), NULL
             FROM gen2
             ORDER BY CAST(conf AS FLOAT) DESC, image_id""",  # store.STORAGE_ORDER, as insert_frame writes them
         [run_id],
@@ -233,10 +242,10 @@ def _insert_run(con: duckdb.DuckDBPyConnection, r: dict, i: int, img_root: Path)
     con.execute(
         """INSERT INTO failure_tags
            SELECT ?, image_id, 'gradcam', CASE WHEN cam_k % 3 = 0 THEN 'background' WHEN cam_k % 3 = 1 THEN 'occlusion'
-                                               ELSE 'low-confidence' END FROM gen2 WHERE NOT ok""", [run_id])
+                                               ELSE 'low-confidence' END, NULL FROM gen2 WHERE NOT ok""", [run_id])
     con.execute(
         f"""INSERT INTO failure_tags
-            SELECT ?, image_id, '', 'confusion:' || {cls}[t + 1] || '->' || {cls}[p + 1] FROM gen2 WHERE NOT ok""",
+            SELECT ?, image_id, '', 'confusion:' || {cls}[t + 1] || '->' || {cls}[p + 1], NULL FROM gen2 WHERE NOT ok""",
         [run_id])
     _insert_demographics(con, r["fp"], run_id)
     _insert_audit(con, run_id, r["fp"])
@@ -313,7 +322,7 @@ def _insert_demographics(con, fp: str, run_id: str) -> None:
                   ['male', 'female', 'unsure'][1 + CAST(u2 * 100 AS INT) % 3 // (CASE WHEN u3 < 0.95 THEN 2 ELSE 1 END) % 3],
                   ['Caucasian', 'African-American', 'Asian'][1 + CAST(u3 * 1000 AS INT) % 3],
                   ['0-3', '4-19', '20-39', '40-69', '70+'][1 + CAST(u4 * 100 AS INT) % 5],
-                  NULL, NULL, NULL, NULL, NULL, NULL, NULL
+                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
            FROM gen2""", [fp])
     con.execute(
         """INSERT INTO demographics
@@ -322,7 +331,7 @@ def _insert_demographics(con, fp: str, run_id: str) -> None:
                   CASE WHEN g.u5 < 0.7 THEN d.race ELSE 'Asian' END,
                   CASE WHEN g.u < 0.6 THEN d.age_group ELSE '20-39' END,
                   'Woman', 'asian', '31', CAST(0.5 + 0.5 * g.u5 AS FLOAT), CAST(0.4 + 0.6 * g.u AS FLOAT),
-                  CAST(0.3 + 0.5 * g.u3 AS FLOAT), '{"gender": {"Woman": 0.7, "Man": 0.3}}'
+                  CAST(0.3 + 0.5 * g.u3 AS FLOAT), '{"gender": {"Woman": 0.7, "Man": 0.3}}', NULL
            FROM demographics d JOIN gen2 g USING (image_id)
            WHERE d.dataset_fingerprint = ? AND d.source = 'annotations'""", [fp])
     con.execute(

@@ -95,14 +95,14 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 5
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 6
         indexes = {r[0] for r in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
         assert indexes == set(store.ADDED_INDEXES) and len(store.INDEX_STATEMENTS) == len(store.ADDED_INDEXES)
         assert store.missing_added_tables(con) == []
         store.check_schema(con)
     with store.open_store(db) as con:  # reopening changes nothing
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
-    assert set(store.RUN_TABLES) == set(store.TABLES) - {"meta", "runs", "demographics", "proxy_agreement"}
+    assert set(store.RUN_TABLES) == set(store.TABLES) - {"meta", "runs", "demographics", "proxy_agreement", "image_keys"}
 
 
 def test_schema_version_of_empty_database_is_none():
@@ -145,8 +145,9 @@ def test_older_store_is_read_as_is_and_upgraded_in_place(db):
         assert store.schema_version(con) == store.SCHEMA_VERSION
         assert store.missing_added_tables(con) == []
         for table in store.ADDED_TABLES:
-            assert store.load_frame(con, table).empty
+            assert store.load_frame(con, table).empty or table == "image_keys"
         assert len(store.load_frame(con, "predictions", run_id="run-old")) == 3
+        assert len(store.load_frame(con, "image_keys")) == 3 and store.has_image_keys(con)  # every row keyed
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
 
 
@@ -166,6 +167,88 @@ def test_store_without_added_indexes_is_read_and_upgraded_in_place(db):
         assert indexes == set(store.ADDED_INDEXES)
 
 
+def _keys_of(con) -> dict[str, list[tuple]]:
+    """{table: [(image_id, image_key)]} of every IMAGE_KEY_TABLES row, and image_keys itself."""
+    out = {t: con.execute(f'SELECT image_id, image_key FROM "{t}" ORDER BY ALL').fetchall()
+           for t in store.IMAGE_KEY_TABLES}
+    out["image_keys"] = con.execute("SELECT image_id, image_key FROM image_keys ORDER BY ALL").fetchall()
+    return out
+
+
+def _assert_rows_keyed(con) -> None:
+    """Every keyed row carries its id's key, and the keys are one per id."""
+    keys = dict(con.execute("SELECT image_id, image_key FROM image_keys").fetchall())
+    assert len(set(keys.values())) == len(keys)
+    for table in store.IMAGE_KEY_TABLES:
+        rows = con.execute(f'SELECT image_id, image_key FROM "{table}"').fetchall()
+        assert all(key is not None and keys[image_id] == key for image_id, key in rows), table
+
+
+def _demographics(ids) -> pd.DataFrame:
+    return pd.DataFrame({"image_id": ids, "inferred": False, "gender": "female"})
+
+
+def test_every_write_keys_its_images_one_key_per_id(db):
+    store.save_run(db, make_run("run-a"), make_tables(n=3))
+    store.save_run(db, make_run("run-b"), make_tables(n=5))  # img000-img002 again, and two new ids
+    with store.open_store(db) as con:
+        store.replace_rows(con, "demographics", _demographics(["img004", "img009"]),
+                           dataset_fingerprint="fp-1", source="annotations")
+        _assert_rows_keyed(con)
+        keys = dict(con.execute("SELECT image_id, image_key FROM image_keys").fetchall())
+        assert sorted(keys) == [f"img{i:03d}" for i in (0, 1, 2, 3, 4, 9)]
+        assert [keys[f"img{i:03d}"] for i in range(5)] == [1, 2, 3, 4, 5]  # new ids: the next keys, in id order
+        # the key is the store's own: a frame bringing another store's keys is keyed anew
+        frame = store.load_frame(con, "predictions", run_id="run-a")
+        assert "image_key" not in frame.columns  # load_frame leaves the join key out
+        store.replace_rows(con, "predictions", frame.assign(image_key=99), run_id="run-a")
+        _assert_rows_keyed(con)
+        assert con.execute("SELECT max(image_key) FROM predictions").fetchone()[0] == 5
+
+
+def test_store_before_image_keys_is_read_as_is_and_keyed_on_upgrade(db):
+    store.save_run(db, make_run("run-v5"), make_tables(n=4))
+    with store.open_store(db) as con:
+        store.replace_rows(con, "demographics", _demographics(["img001", "img007"]),
+                           dataset_fingerprint="fp-1", source="annotations")
+        store.replace_rows(con, "slice_images", pd.DataFrame({"image_id": ["img002"]}),
+                           run_id="run-v5", source="annotations", split="test", rank=1)
+        keyed = _keys_of(con)
+        # make it a store written by version 5: no image_keys table, no image_key columns
+        con.execute("DROP TABLE image_keys")
+        for index in store.ADDED_INDEXES:  # DuckDB alters no table with an index
+            con.execute(f'DROP INDEX "{index}"')
+        for table in store.IMAGE_KEY_TABLES:
+            con.execute(f'ALTER TABLE "{table}" DROP COLUMN image_key')
+        for statement in store.INDEX_STATEMENTS:
+            con.execute(statement)
+        con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    with store.open_store(db, read_only=True) as con:  # readable as it is
+        assert not store.has_image_keys(con) and "image_keys" in store.missing_added_tables(con)
+        assert len(store.load_frame(con, "predictions", run_id="run-v5")) == 4
+    with store.open_store(db) as con:  # a writable open keys every row already there
+        assert store.schema_version(con) == store.SCHEMA_VERSION and store.has_image_keys(con)
+        _assert_rows_keyed(con)
+        assert _keys_of(con) == keyed  # the keys a version-6 writer gave the same rows
+    store.save_run(db, make_run("run-v6"), make_tables(n=6))  # later writes reuse and extend them
+    with store.open_store(db, read_only=True) as con:
+        _assert_rows_keyed(con)
+        assert con.execute("SELECT count(*) FROM image_keys").fetchone()[0] == 7  # img000-img005, img007
+
+
+def test_salvage_keys_the_copy_anew(db, tmp_path):
+    store.save_run(db, make_run("run-a"), make_tables(n=3))
+    with store.open_store(db) as con:
+        store.replace_rows(con, "demographics", _demographics(["img002"]), dataset_fingerprint="fp-1",
+                           source="annotations")
+        con.execute("UPDATE image_keys SET image_key = image_key + 100")  # keys the copy cannot reuse
+        con.execute("UPDATE predictions SET image_key = image_key + 100")
+    store.salvage_store(db, tmp_path / "copy.duckdb")
+    with store.open_store(tmp_path / "copy.duckdb", read_only=True) as con:
+        _assert_rows_keyed(con)
+        assert con.execute("SELECT count(*) FROM image_keys").fetchone()[0] == 3
+
+
 def test_predictions_are_stored_in_the_explorers_order(db):
     tables = make_tables()
     shuffled = tables["predictions"].sample(frac=1.0, random_state=1)
@@ -178,13 +261,16 @@ def test_predictions_are_stored_in_the_explorers_order(db):
 
 def test_store_without_added_columns_is_read_and_upgraded_in_place(db):
     store.save_run(db, make_run("run-v3"), {"epochs": make_tables()["epochs"]})
-    with store.open_store(db) as con:  # make it a store written by version 3 (before ADDED_COLUMNS)
+    with store.open_store(db) as con:  # make it a store written by version 3 (before ADDED_COLUMNS and indexes)
+        for index in store.ADDED_INDEXES:
+            con.execute(f'DROP INDEX "{index}"')
         for table, columns in store.ADDED_COLUMNS.items():
             for column in columns:
                 con.execute(f'ALTER TABLE "{table}" DROP COLUMN "{column}"')
         con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     with store.open_store(db, read_only=True) as con:  # readable as it is
-        assert store.missing_added_columns(con) == [("runs", "checkpoint_sha256"), ("runs", "pid"), ("runs", "host")]
+        assert store.missing_added_columns(con) == [("runs", "checkpoint_sha256"), ("runs", "pid"), ("runs", "host"),
+                                                    *((t, "image_key") for t in store.ADDED_COLUMNS if t != "runs")]
         assert "checkpoint_sha256" not in store.get_run(con, "run-v3")
     with store.open_store(db) as con:  # a writable open adds them, NULL in the rows already there
         assert store.missing_added_columns(con) == [] and store.schema_version(con) == store.SCHEMA_VERSION
