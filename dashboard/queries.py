@@ -398,18 +398,24 @@ def load_failure_tag_counts(ref: StoreRef, run_id: str) -> pd.DataFrame:
         GROUP BY tag ORDER BY n DESC, tag""", [run_id])
 
 
-def _filter_sql(run_id: str, f: ErrorFilters) -> tuple[str, str, list]:
-    """(FROM clause with the joins the filters need, WHERE clause, parameters)."""
-    params: list = []
-    joins = ""
-    need_demo = bool(f.genders or f.races or f.ages)
-    if need_demo:
-        joins += " JOIN demographics d ON d.image_id = p.image_id AND d.dataset_fingerprint = ? AND d.source = ?"
-        params += [f.fingerprint, f.source]
+@st.cache_data(show_spinner=False)
+def load_join_column(ref: StoreRef) -> str:
+    """The column the explorer's filters join per-image tables on: 'image_key' (schema version 6:
+    integers, store.IMAGE_KEY_TABLES) or, on an older store read as it is, 'image_id' (same rows)."""
+    with _connection(ref) as con:
+        return "image_key" if store.has_image_keys(con) else "image_id"
+
+
+def _filter_sql(run_id: str, f: ErrorFilters, key: str = "image_id") -> tuple[str, str, list]:
+    """(FROM clause, WHERE clause, parameters) of the predictions `f` selects.
+
+    The filters on other tables (demographics, tag, method, slice) are semi-joins on `key`
+    ('image_key' or 'image_id', `load_join_column`): each picks the images of its table first, and
+    a prediction matches when its image is among them. The demographics of one fingerprint and
+    source have one row per image (their primary key), so this is the rows an inner join gives."""
+    params: list = [run_id, f.split]
     where = ["p.run_id = ?", "p.split = ?"]
-    params += [run_id, f.split]
-    for column, values in (("p.true_label", f.true_labels), ("p.pred_label", f.pred_labels),
-                           ("d.gender", f.genders), ("d.race", f.races), ("d.age_group", f.ages)):
+    for column, values in (("p.true_label", f.true_labels), ("p.pred_label", f.pred_labels)):
         if values:
             where.append(f"{column} IN ({', '.join('?' for _ in values)})")
             params += list(values)
@@ -423,23 +429,28 @@ def _filter_sql(run_id: str, f: ErrorFilters) -> tuple[str, str, list]:
     if f.conf_max < 1.0:
         where.append("p.confidence <= ?")
         params.append(float(f.conf_max))
+    demographic = [(c, v) for c, v in (("gender", f.genders), ("race", f.races), ("age_group", f.ages)) if v]
+    if demographic:
+        where.append(f"p.{key} IN (SELECT {key} FROM demographics WHERE dataset_fingerprint = ? AND source = ? "
+                     + "".join(f"AND {c} IN ({', '.join('?' for _ in v)}) " for c, v in demographic) + ")")
+        params += [f.fingerprint, f.source, *(x for _, v in demographic for x in v)]
     if f.tag:
-        where.append("p.image_id IN (SELECT image_id FROM failure_tags WHERE run_id = ? AND tag = ?)")
+        where.append(f"p.{key} IN (SELECT {key} FROM failure_tags WHERE run_id = ? AND tag = ?)")
         params += [run_id, f.tag]
     if f.method:
-        where.append("p.image_id IN (SELECT image_id FROM heatmaps WHERE run_id = ? AND method = ? "
+        where.append(f"p.{key} IN (SELECT {key} FROM heatmaps WHERE run_id = ? AND method = ? "
                      "AND target = 'pred')")
         params += [run_id, f.method]
     if f.slice_rank:
-        where.append("p.image_id IN (SELECT image_id FROM slice_images WHERE run_id = ? AND source = ? "
+        where.append(f"p.{key} IN (SELECT {key} FROM slice_images WHERE run_id = ? AND source = ? "
                      "AND split = ? AND rank = ?)")
         params += [run_id, f.source, f.split, int(f.slice_rank)]
-    return f"predictions p{joins}", " AND ".join(where), params
+    return "predictions p", " AND ".join(where), params
 
 
 @st.cache_data(show_spinner=False)
 def count_predictions(ref: StoreRef, run_id: str, filters: ErrorFilters) -> int:
-    frm, where, params = _filter_sql(run_id, filters)
+    frm, where, params = _filter_sql(run_id, filters, load_join_column(ref))
     return int(_read(ref, f"SELECT count(*) AS n FROM {frm} WHERE {where}", params)["n"].iloc[0])
 
 
@@ -472,7 +483,7 @@ def load_page_start(ref: StoreRef, run_id: str, filters: ErrorFilters, offset: i
 
     A narrow query (the key columns and the filters' own) so that jumping to any page costs a
     scan of those columns only, up to the page; the page itself is then read from that key."""
-    frm, where, params = _filter_sql(run_id, filters)
+    frm, where, params = _filter_sql(run_id, filters, load_join_column(ref))
     columns = ", ".join(f"p.{c}" for c, _ in ORDER_KEYS[filters.order])
     df = _read(ref, f"SELECT {columns} FROM {frm} WHERE {where} ORDER BY {_order_sql(filters.order)} "
                     "LIMIT 1 OFFSET ?", [*params, int(offset)])
@@ -517,7 +528,7 @@ def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limi
     The rows and their order are those of `load_prediction_page_by_offset`."""
     if limit is None:
         return load_prediction_page_by_offset(ref, run_id, filters, None, offset)
-    frm, where, params = _filter_sql(run_id, filters)
+    frm, where, params = _filter_sql(run_id, filters, load_join_column(ref))
     joins = bool(filters.genders or filters.races or filters.ages or filters.tag or filters.method
                  or filters.slice_rank)
     if offset > 0 and joins:  # a key query would pay the joins twice: one narrow OFFSET query instead
@@ -542,7 +553,7 @@ def load_prediction_page_by_offset(ref: StoreRef, run_id: str, filters: ErrorFil
                                    offset: int = 0) -> pd.DataFrame:
     """The same rows as `load_prediction_page` by ORDER BY ... LIMIT/OFFSET and joins over every row:
     the download of every filtered row uses it (hash joins suit many rows), and the tests compare the two."""
-    frm, where, params = _filter_sql(run_id, filters)
+    frm, where, params = _filter_sql(run_id, filters, load_join_column(ref))
     order = _order_sql(filters.order)
     limit_sql = "LIMIT ? OFFSET ?" if limit is not None else "OFFSET ?"
     sql = f"""

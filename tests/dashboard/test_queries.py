@@ -218,3 +218,56 @@ def test_page_start_is_the_offset_rows_key(ref):
     assert queries.load_page_start(ref, RUN, f, len(rows)) is None
     assert queries.load_page_start(ref, RUN, queries.ErrorFilters(correct="all", order="image"), 0) == \
         (min(rows["image_id"]),)
+
+
+def _make_version_5(path) -> None:
+    """Make `path` a store written before image keys (schema version 5): no image_keys table or columns."""
+    from pipeline.store import db as store
+
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("DROP TABLE image_keys")
+        for index in store.ADDED_INDEXES:  # DuckDB alters no table with an index
+            con.execute(f'DROP INDEX "{index}"')
+        for table in store.IMAGE_KEY_TABLES:
+            con.execute(f'ALTER TABLE "{table}" DROP COLUMN image_key')
+        for statement in store.INDEX_STATEMENTS:
+            con.execute(statement)
+        con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    finally:
+        con.close()
+
+
+JOINED_FILTERS = [*PAGED_FILTERS[4:],
+                  queries.ErrorFilters(correct="all", ages=("20-39", "70+"), genders=("male",), tag="occlusion",
+                                       source="annotations", fingerprint=FP)]
+
+
+def test_a_store_before_image_keys_pages_the_same_then_and_after_its_upgrade(fake_store, ref, tmp_path):
+    """Version 5 (no image keys): the filters join on image_id and give the rows of the keyed store;
+    a writable open keys it, and the pages stay the same."""
+    from pipeline.store import db as store
+
+    old = tmp_path / "v5.duckdb"
+    shutil.copy(fake_store, old)
+    _make_version_5(old)
+    old_ref = queries.create_store_ref(old)
+    assert queries.load_store_status(old_ref).state == "ok"
+    assert queries.load_join_column(old_ref) == "image_id" and queries.load_join_column(ref) == "image_key"
+
+    def pages(r):
+        return [(queries.count_predictions(r, RUN, f),
+                 *(queries.load_prediction_page(r, RUN, f, 12, offset) for offset in (0, 12, 60)))
+                for f in JOINED_FILTERS]
+
+    def same(a, b):
+        return all(x[0] == y[0] and all(p.equals(q) for p, q in zip(x[1:], y[1:])) for x, y in zip(a, b))
+
+    keyed = pages(ref)
+    assert all(count > 0 for count, *_ in keyed)
+    assert same(pages(old_ref), keyed)
+    store.connect(old).close()  # a writable open upgrades it in place
+    upgraded = queries.create_store_ref(old)
+    assert queries.load_join_column(upgraded) == "image_key"
+    assert same(pages(upgraded), keyed)
+    _assert_keyset_pages_match_offset(upgraded, JOINED_FILTERS[-1], per_page=7)
