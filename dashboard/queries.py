@@ -20,8 +20,17 @@ Values always travel as `?` parameters; the only text spliced into SQL comes
 from fixed tables in this module (column names, region names), never from the
 user or the data.
 
-Paging rule (10M predictions: bench/bench_dashboard.py, docs/design-notes.md): the
-Error explorer's pages are read by key, never by joining or sorting every row.
+Explorer rule (10M predictions: bench/bench_dashboard.py, docs/design-notes.md): on a
+store of schema version 7 the Error explorer counts and pages the run's explorer_rows
+(schema.sql), integers only: every filter is a predicate on a code, a mask bit or the
+confidence of the one block of rows (run, split, demographics source) it reads, so a count
+is a scan of a few small columns and a page is the top N by an integer rank (`pos`, or
+`id_pos` for image order), LIMIT/OFFSET, whose image ids are then read for those N keys
+alone. The OFFSET query over the predictions (`load_prediction_page_by_offset`) is the
+reference the tests compare every page with.
+
+On an older store read as it is, the paging rule before explorer rows holds: pages are
+read by key, never by joining or sorting every row.
 The store keeps a run's predictions in the explorer's default order
 (store.STORAGE_ORDER: most confident first, then image id), so a page is a
 keyset query (`WHERE key >= page's first key ORDER BY key LIMIT n`) whose
@@ -370,8 +379,13 @@ def load_class_distribution(ref: StoreRef, run_id: str) -> pd.DataFrame:
 def load_explainer_methods(ref: StoreRef, run_id: str) -> list[str]:
     """Methods with explanation metrics or heatmaps in the run, sorted.
 
-    The heatmaps are asked only for methods the metrics do not name: a filter on the
+    The heatmaps' methods come from the run's explorer codes (schema version 7); on an older
+    store the heatmaps are asked only for methods the metrics do not name: a filter on the
     method column that usually matches nothing, instead of DISTINCT over every map."""
+    codes = load_explorer_codes(ref, run_id)
+    if codes is not None:
+        metrics = _read(ref, "SELECT DISTINCT method FROM explanation_metrics WHERE run_id = ?", [run_id])
+        return sorted({*metrics["method"], *codes["method"]})
     with _connection(ref) as con:
         known = [r[0] for r in con.execute(
             "SELECT DISTINCT method FROM explanation_metrics WHERE run_id = ?", [run_id]).fetchall()]
@@ -392,7 +406,11 @@ def load_heatmap_layers(ref: StoreRef, run_id: str) -> dict[str, str]:
 
 @st.cache_data(show_spinner=False)
 def load_failure_tag_counts(ref: StoreRef, run_id: str) -> pd.DataFrame:
-    """Failure-mode tags with their number of (image, method) rows (count(*): count(DISTINCT) costs 20x)."""
+    """Failure-mode tags with their number of (image, method) rows (count(*): count(DISTINCT) costs 20x),
+    most frequent first: the run's explorer codes hold them (schema version 7), else failure_tags."""
+    if load_explorer_codes(ref, run_id) is not None:
+        return _read(ref, """SELECT value AS tag, n FROM explorer_codes WHERE run_id = ? AND kind = 'tag'
+                             ORDER BY n DESC, tag""", [run_id])
     return _read(ref, """
         SELECT tag, count(*) AS n FROM failure_tags WHERE run_id = ?
         GROUP BY tag ORDER BY n DESC, tag""", [run_id])
@@ -404,6 +422,79 @@ def load_join_column(ref: StoreRef) -> str:
     integers, store.IMAGE_KEY_TABLES) or, on an older store read as it is, 'image_id' (same rows)."""
     with _connection(ref) as con:
         return "image_key" if store.has_image_keys(con) else "image_id"
+
+
+@st.cache_data(show_spinner=False)
+def load_explorer_codes(ref: StoreRef, run_id: str) -> dict[str, dict[str, int]] | None:
+    """{kind: {value: code}} of the run's explorer rows (store.refresh_explorer), or None on a store
+    before schema version 7 (read as it is: the explorer then filters the predictions themselves)."""
+    with _connection(ref) as con:
+        if not store.has_explorer_rows(con):
+            return None
+        rows = con.execute("SELECT kind, value, code FROM explorer_codes WHERE run_id = ? ORDER BY kind, code",
+                           [run_id]).fetchall()
+    codes: dict[str, dict[str, int]] = {k: {} for k in ("label", "tag", "method", "source", "gender", "race",
+                                                        "age_group")}
+    for kind, value, code in rows:
+        codes.setdefault(kind, {})[value] = int(code)
+    return codes
+
+
+def _explorer_sql(run_id: str, f: ErrorFilters, codes: dict[str, dict[str, int]]) -> tuple[str, list]:
+    """(WHERE clause, parameters) over explorer_rows `e` selecting the rows `_filter_sql` selects
+    from predictions: the same filters, as integer codes and mask bits (schema.sql, explorer_rows).
+
+    The rows of one block (run, split, source) hold every prediction once; the filters' source picks
+    the block, or any block without demographic filters. A value the run has no code for matches nothing."""
+    demographic = [(c, codes.get(k, {}), v) for c, k, v in (("gender_code", "gender", f.genders),
+                                                            ("race_code", "race", f.races),
+                                                            ("age_code", "age_group", f.ages)) if v]
+    sources = codes.get("source", {})
+    source = f.source if f.source in sources else min(sources, key=sources.get, default="")
+    where, params = ["e.run_id = ?", "e.split = ?", "e.source = ?"], [run_id, f.split, source]
+    if demographic and f.source not in sources:
+        where.append("FALSE")
+
+    def codes_in(column: str, known: dict[str, int], values) -> None:
+        found = sorted({known[v] for v in values if v in known})
+        where.append(f"{column} IN ({', '.join('?' for _ in found)})" if found else "FALSE")
+        params.extend(found)
+
+    if f.true_labels:
+        codes_in("e.true_code", codes.get("label", {}), f.true_labels)
+    if f.pred_labels:
+        codes_in("e.pred_code", codes.get("label", {}), f.pred_labels)
+    if f.correct == "wrong":
+        where.append("NOT e.correct")
+    elif f.correct == "correct":
+        where.append("e.correct")
+    if f.conf_min > 0.0:
+        where.append("e.confidence >= ?")
+        params.append(float(f.conf_min))
+    if f.conf_max < 1.0:
+        where.append("e.confidence <= ?")
+        params.append(float(f.conf_max))
+    for column, known, values in demographic:
+        codes_in(f"e.{column}", known, values)
+    for value, kind, mask, table, extra in ((f.tag, "tag", "tag_mask", "failure_tags", "tag = ?"),
+                                            (f.method, "method", "method_mask", "heatmaps",
+                                             "method = ? AND target = 'pred'")):
+        if not value:
+            continue
+        code = codes.get(kind, {}).get(value)
+        if code is None:  # the run has none
+            where.append("FALSE")
+        elif code < store.EXPLORER_MASK_BITS:
+            where.append(f"(e.{mask} & ?) <> 0")
+            params.append(1 << code)
+        else:  # a rare tag of a run with more tags than mask bits
+            where.append(f"e.image_key IN (SELECT image_key FROM {table} WHERE run_id = ? AND {extra})")
+            params += [run_id, value]
+    if f.slice_rank:
+        where.append("e.image_key IN (SELECT image_key FROM slice_images WHERE run_id = ? AND source = ? "
+                     "AND split = ? AND rank = ?)")
+        params += [run_id, f.source, f.split, int(f.slice_rank)]
+    return " AND ".join(where), params
 
 
 def _filter_sql(run_id: str, f: ErrorFilters, key: str = "image_id") -> tuple[str, str, list]:
@@ -450,6 +541,10 @@ def _filter_sql(run_id: str, f: ErrorFilters, key: str = "image_id") -> tuple[st
 
 @st.cache_data(show_spinner=False)
 def count_predictions(ref: StoreRef, run_id: str, filters: ErrorFilters) -> int:
+    codes = load_explorer_codes(ref, run_id)
+    if codes is not None:  # a filtered scan of the run's explorer rows (integer columns)
+        where, params = _explorer_sql(run_id, filters, codes)
+        return int(_read(ref, f"SELECT count(*) AS n FROM explorer_rows e WHERE {where}", params)["n"].iloc[0])
     frm, where, params = _filter_sql(run_id, filters, load_join_column(ref))
     return int(_read(ref, f"SELECT count(*) AS n FROM {frm} WHERE {where}", params)["n"].iloc[0])
 
@@ -521,13 +616,17 @@ def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limi
     """One page of filtered predictions with image path and demographics of the filter's source
     (`limit=None`: every filtered prediction from `offset` on, for the table download).
 
-    A page is read by key (module docstring): the key at `offset` from `load_page_start`,
+    From the run's explorer rows when the store has them (`_explorer_page`); on an older store
+    a page is read by key (module docstring): the key at `offset` from `load_page_start`,
     then the `limit` predictions from it, then their paths and demographics by image id.
     With a filter that joins (demographics, tag, method, slice) a key query would pay the
     join twice, so such a page is one narrow LIMIT/OFFSET query, then the same lookups.
     The rows and their order are those of `load_prediction_page_by_offset`."""
     if limit is None:
         return load_prediction_page_by_offset(ref, run_id, filters, None, offset)
+    codes = load_explorer_codes(ref, run_id)
+    if codes is not None:
+        return _page_details(ref, run_id, filters, _explorer_page(ref, run_id, filters, codes, limit, offset))
     frm, where, params = _filter_sql(run_id, filters, load_join_column(ref))
     joins = bool(filters.genders or filters.races or filters.ages or filters.tag or filters.method
                  or filters.slice_rank)
@@ -547,6 +646,27 @@ def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limi
         SELECT p.image_id, p.true_label, p.pred_label, p.confidence, p.correct
         FROM {frm} WHERE {where} ORDER BY {_order_sql(filters.order)} LIMIT ?""", [*params, int(limit)])
     return _page_details(ref, run_id, filters, page)
+
+
+def _explorer_page(ref: StoreRef, run_id: str, filters: ErrorFilters, codes: dict[str, dict[str, int]],
+                   limit: int, offset: int) -> pd.DataFrame:
+    """The page's predictions from explorer_rows: the top `limit` after `offset` by rank over integer
+    columns alone, then the image ids of those rows by key; labels decoded from the run's codes."""
+    where, params = _explorer_sql(run_id, filters, codes)
+    rank = "e.pos" if filters.order == "confidence" else "e.id_pos"
+    labels = {code: label for label, code in codes.get("label", {}).items()}
+    with _connection(ref) as con:
+        top = con.execute(f"""
+            SELECT e.image_key, e.true_code, e.pred_code, e.confidence, e.correct FROM explorer_rows e
+            WHERE {where} ORDER BY {rank} LIMIT ? OFFSET ?""", [*params, int(limit), int(offset)]).df()
+        keys = [int(k) for k in top["image_key"]]
+        ids = dict(con.execute(
+            f"SELECT image_key, image_id FROM image_keys WHERE image_key IN ({', '.join('?' for _ in keys)})",
+            keys).fetchall()) if keys else {}
+    return pd.DataFrame({"image_id": pd.Series([ids[k] for k in keys], dtype="str"),
+                         "true_label": pd.Series([labels[int(c)] for c in top["true_code"]], dtype="str"),
+                         "pred_label": pd.Series([labels[int(c)] for c in top["pred_code"]], dtype="str"),
+                         "confidence": top["confidence"], "correct": top["correct"]})
 
 
 def load_prediction_page_by_offset(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int | None,

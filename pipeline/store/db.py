@@ -19,6 +19,12 @@ Rules it relies on:
   to ids it has not seen; a writable open of an older store sets it on every
   row already there (`fill_image_keys`), in the same transaction as the columns
   it adds. A reader of an older store joins on image_id instead (same rows).
+- Explorer rows (version 7): `explorer_rows` / `explorer_codes` are derived from a run's
+  predictions, heatmaps, failure tags and its dataset's demographics, as integers the Error
+  explorer filters and pages by. Every write of those tables through this module marks the
+  runs concerned, and the outermost `transaction` rebuilds their explorer rows
+  (`refresh_explorer`) just before it commits, so they never disagree with what they derive
+  from; a writable open of an older store builds them for every run.
 - Storage order: a table in `STORAGE_ORDER` is written sorted by its key
   (`insert_frame`), so one run's predictions lie in the order the dashboard pages
   them (most confident first) and DuckDB's zone maps let a page read a few row
@@ -71,13 +77,14 @@ from pipeline.paths import DEFAULT_DB
 if TYPE_CHECKING:  # duckdb is imported lazily so `--help` stays fast
     import duckdb
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Tables added after version 1, with the version that added them. Every other table and
 # column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
 # as it is and upgraded in place (the added tables created empty) when opened writable.
 ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3, "slices": 4, "slice_images": 4,
                                 "calibration": 4, "calibration_bins": 4,
-                                "twin_predictions": 4, "image_keys": 6}
+                                "twin_predictions": 4, "image_keys": 6,
+                                "explorer_rows": 7, "explorer_codes": 7}
 # Columns added to existing tables after version 1: {table: {column: version}}. Their
 # types come from schema.sql; a writable open of an older store adds them (NULL in the
 # rows already there), and readers of an older store find them absent.
@@ -88,6 +95,15 @@ ADDED_COLUMNS: dict[str, dict[str, int]] = {
 }
 # Tables whose rows carry image_keys.image_key of their image_id (schema.sql; set by insert_frame).
 IMAGE_KEY_TABLES: tuple[str, ...] = ("predictions", "heatmaps", "failure_tags", "demographics", "slice_images")
+# The tables explorer_rows derive from, with the column naming whose explorer rows a row concerns
+# (a run, or a dataset fingerprint: every run on that dataset).
+EXPLORER_INPUTS: dict[str, str] = {"predictions": "run_id", "heatmaps": "run_id", "failure_tags": "run_id",
+                                   "demographics": "dataset_fingerprint"}
+# Tables the store derives from others (a salvaged copy derives them anew).
+DERIVED_TABLES: tuple[str, ...] = ("image_keys", "explorer_rows", "explorer_codes")
+# Tags and methods of a run with a bit in explorer_rows' BIGINT masks (the non-sign bits); the
+# explorer filters a rarer tag of a run with more through failure_tags itself.
+EXPLORER_MASK_BITS = 63
 # Indexes added after version 1 (schema.sql's CREATE INDEX statements): {index: version}.
 ADDED_INDEXES: dict[str, int] = {"predictions_image_id": 5, "images_image_id": 5, "heatmaps_image_id": 5,
                                  "demographics_image_id": 5}
@@ -353,6 +369,8 @@ def ensure_schema(con) -> None:
             con.execute(f"ALTER TABLE {_q(table)} ADD COLUMN {_q(column)} {_schema_column_types()[table][column]}")
         if found is not None and found < ADDED_TABLES["image_keys"]:  # upgraded to image keys: key every row
             fill_image_keys(con)
+        if found is not None and found < ADDED_TABLES["explorer_rows"]:  # upgraded: every run's explorer rows
+            refresh_explorer(con)
         con.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
@@ -431,6 +449,118 @@ def has_image_keys(con) -> bool:
     image_key; on an older store, read as it is, they join on image_id (the same rows)."""
     found = schema_version(con)
     return found is not None and found >= ADDED_TABLES["image_keys"] and "image_keys" in _existing_tables(con)
+
+
+# --------------------------------------------------------------------------- explorer rows
+
+
+# Per connection inside a transaction: {EXPLORER_INPUTS column: values written, or None for all}.
+_STALE_EXPLORER: dict[int, dict[str, set | None]] = {}
+
+
+def mark_explorer_stale(con, table: str, values: list | None) -> None:
+    """Note that the rows of `table` (an `EXPLORER_INPUTS` table) with these run ids or dataset
+    fingerprints (None: any) changed; the outermost `transaction` rebuilds their explorer rows."""
+    column = EXPLORER_INPUTS[table]
+    stale = _STALE_EXPLORER.setdefault(id(con), {})
+    if values is None:
+        stale[column] = None
+    elif stale.get(column, set()) is not None:
+        stale.setdefault(column, set()).update(str(v) for v in values)
+
+
+def _refresh_stale_explorer(con) -> None:
+    """`refresh_explorer` for the runs `mark_explorer_stale` noted on `con` (called before a commit)."""
+    stale = _STALE_EXPLORER.pop(id(con), None)
+    if not stale or "explorer_rows" not in _existing_tables(con):
+        return
+    if any(values is None for values in stale.values()):
+        refresh_explorer(con)
+        return
+    run_ids = set(stale.get("run_id", set()))
+    fingerprints = sorted(stale.get("dataset_fingerprint", set()))
+    if fingerprints:
+        run_ids |= {r[0] for r in con.execute(
+            f"SELECT run_id FROM runs WHERE dataset_fingerprint IN ({', '.join('?' for _ in fingerprints)})",
+            fingerprints).fetchall()}
+    refresh_explorer(con, sorted(run_ids))
+
+
+def refresh_explorer(con, run_ids: list[str] | None = None) -> None:
+    """Rebuild the explorer_rows and explorer_codes of `run_ids` (None: every run with predictions)
+    from the store's predictions, heatmaps, failure tags and demographics; in the caller's transaction.
+
+    About 1.5 s of CPU per million predictions and demographics source (bench/bench_dashboard.py)."""
+    with transaction(con):
+        if run_ids is None:
+            run_ids = [r[0] for r in con.execute(
+                "SELECT DISTINCT run_id FROM predictions UNION SELECT DISTINCT run_id FROM explorer_codes "
+                "ORDER BY run_id").fetchall()]
+        for run_id in run_ids:
+            con.execute("DELETE FROM explorer_rows WHERE run_id = ?", [run_id])
+            con.execute("DELETE FROM explorer_codes WHERE run_id = ?", [run_id])
+            _build_explorer(con, run_id)
+
+
+def _build_explorer(con, run_id: str) -> None:
+    if con.execute("SELECT 1 FROM predictions WHERE run_id = ? LIMIT 1", [run_id]).fetchone() is None:
+        return
+    found = con.execute("SELECT dataset_fingerprint FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    names = {"run": run_id, "fp": found[0] if found else None}
+    demographic = " ".join(
+        f"UNION ALL SELECT DISTINCT '{kind}', {kind}, 0, NULL FROM demographics "
+        f"WHERE dataset_fingerprint = $fp AND {kind} IS NOT NULL" for kind in ("gender", "race", "age_group"))
+    con.execute(f"""
+        INSERT INTO explorer_codes (run_id, kind, value, code, n)
+        SELECT $run, kind, value, CAST(row_number() OVER (PARTITION BY kind ORDER BY weight DESC, value) - 1 AS INTEGER), n
+        FROM (SELECT 'label' AS kind, label AS value, 0 AS weight, NULL AS n
+              FROM (SELECT true_label FROM predictions WHERE run_id = $run
+                    UNION SELECT pred_label FROM predictions WHERE run_id = $run) AS l (label)
+              UNION ALL SELECT 'tag', tag, count(*), count(*) FROM failure_tags WHERE run_id = $run GROUP BY tag
+              UNION ALL SELECT DISTINCT 'method', method, 0, NULL FROM heatmaps WHERE run_id = $run
+              UNION ALL SELECT DISTINCT 'source', source, 0, NULL FROM demographics WHERE dataset_fingerprint = $fp
+              {demographic})""", names)
+    con.execute("""INSERT INTO explorer_codes (run_id, kind, value, code) SELECT $run, 'source', '', 0
+                   WHERE NOT EXISTS (SELECT 1 FROM explorer_codes WHERE run_id = $run AND kind = 'source')""",
+                {"run": run_id})  # a dataset without demographics: one block of rows, source ''
+
+    def mask(table: str, column: str, kind: str, where: str) -> str:
+        return (f"SELECT x.image_key, bit_or(CAST(1 AS BIGINT) << c.code) AS mask FROM {table} x "
+                f"JOIN c ON c.kind = '{kind}' AND c.value = x.{column} "
+                f"WHERE x.run_id = $run AND c.code < {EXPLORER_MASK_BITS}{where} GROUP BY x.image_key")
+
+    con.execute(f"""
+        INSERT INTO explorer_rows
+        WITH c AS MATERIALIZED (SELECT kind, value, code FROM explorer_codes WHERE run_id = $run),
+        p AS (SELECT split, image_key, true_label, pred_label, confidence, correct,
+                     row_number() OVER (PARTITION BY split ORDER BY confidence DESC, image_id) - 1 AS pos,
+                     row_number() OVER (PARTITION BY split ORDER BY image_id) - 1 AS id_pos
+              FROM predictions WHERE run_id = $run),
+        t AS ({mask("failure_tags", "tag", "tag", "")}),
+        h AS ({mask("heatmaps", "method", "method", " AND x.target = 'pred'")}),
+        d AS (SELECT d.source, d.image_key, g.code AS gender_code, r.code AS race_code, a.code AS age_code
+              FROM demographics d
+              LEFT JOIN c g ON g.kind = 'gender' AND g.value = d.gender
+              LEFT JOIN c r ON r.kind = 'race' AND r.value = d.race
+              LEFT JOIN c a ON a.kind = 'age_group' AND a.value = d.age_group
+              WHERE d.dataset_fingerprint = $fp)
+        SELECT $run, p.split, s.value, p.pos, p.id_pos, p.image_key, lt.code, lp.code, p.confidence, p.correct,
+               coalesce(t.mask, 0), coalesce(h.mask, 0), d.gender_code, d.race_code, d.age_code
+        FROM p
+        JOIN c s ON s.kind = 'source'
+        JOIN c lt ON lt.kind = 'label' AND lt.value = p.true_label
+        JOIN c lp ON lp.kind = 'label' AND lp.value = p.pred_label
+        LEFT JOIN t ON t.image_key = p.image_key
+        LEFT JOIN h ON h.image_key = p.image_key
+        LEFT JOIN d ON d.source = s.value AND d.image_key = p.image_key
+        ORDER BY p.split, s.value, p.pos""", names)
+
+
+def has_explorer_rows(con) -> bool:
+    """Whether the store holds explorer rows (version 7 or later); an older store read as it is has none."""
+    found = schema_version(con)
+    return found is not None and found >= ADDED_TABLES["explorer_rows"] \
+        and "explorer_rows" in _existing_tables(con)
 
 
 # --------------------------------------------------------------------------- damage
@@ -515,7 +645,7 @@ def salvage_store(source: str | Path, dest: str | Path) -> dict[str, int | str]:
         present = _existing_tables(src)
         damaged = find_damaged_tables(src)
         frames: dict[str, pd.DataFrame | None] = {}
-        for table in (t for t in TABLES if t in present and t not in ("meta", "image_keys")):  # dest keys anew
+        for table in (t for t in TABLES if t in present and t not in ("meta", *DERIVED_TABLES)):  # dest derives anew
             if table not in damaged:
                 frames[table] = src.execute(f"SELECT * FROM {_q(table)}").df()
                 continue
@@ -681,12 +811,14 @@ def transaction(con) -> Iterator["duckdb.DuckDBPyConnection"]:
             rollback()
             raise
         try:
+            _refresh_stale_explorer(con)  # the derived explorer rows of what this transaction wrote
             con.execute("COMMIT")
         except BaseException:
             rollback()
             raise
     finally:
         _IN_TRANSACTION.discard(id(con))
+        _STALE_EXPLORER.pop(id(con), None)
 
 
 # --------------------------------------------------------------------------- value conversion
@@ -776,6 +908,9 @@ def _prepare_frame(df: pd.DataFrame, info: dict[str, tuple[str, bool]]) -> pd.Da
 def insert_frame(con, table: str, df: pd.DataFrame) -> int:
     """Append the rows of `df` to `table`; returns the number of rows written.
 
+    Joins the caller's transaction, or runs in its own (so rows of `EXPLORER_INPUTS` tables
+    get their explorer rows rebuilt before the commit that writes them).
+
     `df`'s columns must all be columns of the table; missing columns must be
     nullable. Values are cast to the table's types: list columns (FLOAT[],
     VARCHAR[]) from lists or numpy arrays, BLOB from bytes (or uint8 arrays),
@@ -796,6 +931,14 @@ def insert_frame(con, table: str, df: pd.DataFrame) -> int:
     if len(df) == 0:
         return 0
 
+    with transaction(con):
+        written = _insert_rows(con, table, df, info)
+        if table in EXPLORER_INPUTS:
+            mark_explorer_stale(con, table, df[EXPLORER_INPUTS[table]].unique().tolist())
+    return written
+
+
+def _insert_rows(con, table: str, df: pd.DataFrame, info: dict[str, tuple[str, bool]]) -> int:
     frame = _prepare_frame(df.reset_index(drop=True), info)
     view = f"_insert_{uuid.uuid4().hex}"
     # image_key comes from this store's image_keys, whatever the frame holds (it may be another store's)
@@ -877,6 +1020,9 @@ def replace_rows(con, table: str, df: pd.DataFrame, **keys) -> int:
                     f"nothing was written. Re-run the command on a complete run (list them with "
                     f"`python -m pipeline runs --db {_store_path(con)}`).")
         con.execute(f"DELETE FROM {_q(table)}{where}", params)
+        if table in EXPLORER_INPUTS:  # the deleted rows' runs (every run when the keys do not say)
+            column = EXPLORER_INPUTS[table]
+            mark_explorer_stale(con, table, [keys[column]] if column in keys else None)
         return insert_frame(con, table, frame)
 
 

@@ -354,6 +354,43 @@ CREATE TABLE IF NOT EXISTS twin_predictions (
     PRIMARY KEY (run_id, kind, image_id, variant)
 );
 
+-- The Error explorer's rows (schema version 7): one row per prediction of a run and split, per
+-- demographics source of the run's dataset ('' when it has none), integers only, so the explorer's
+-- count is a filtered scan of small columns and its page the top N of them; the page's strings
+-- (image ids, paths, demographics) are then fetched for those N rows alone. Derived data, rebuilt
+-- by the store (store.refresh_explorer) for every run whose predictions, heatmaps, failure tags or
+-- dataset demographics a transaction wrote, before it commits; a store of an older version gets them
+-- at its first writable open. Codes and mask bits are the run's explorer_codes.
+CREATE TABLE IF NOT EXISTS explorer_rows (
+    run_id      VARCHAR NOT NULL,
+    split       VARCHAR NOT NULL,
+    source      VARCHAR NOT NULL,           -- demographics source of the *_code columns ('' = none stored)
+    pos         INTEGER NOT NULL,           -- rank in (confidence DESC, image_id) within run and split, from 0
+    id_pos      INTEGER NOT NULL,           -- rank in image_id order within run and split, from 0
+    image_key   INTEGER NOT NULL,           -- image_keys.image_key
+    true_code   SMALLINT NOT NULL,          -- explorer_codes kind 'label'
+    pred_code   SMALLINT NOT NULL,
+    confidence  FLOAT NOT NULL,             -- predictions.confidence
+    correct     BOOLEAN NOT NULL,
+    tag_mask    BIGINT NOT NULL,            -- bit c set: a failure tag of code c < 63 (kind 'tag')
+    method_mask BIGINT NOT NULL,            -- bit c set: a 'pred'-target heatmap of method code c < 63 (kind 'method')
+    gender_code SMALLINT,                   -- kinds 'gender', 'race', 'age_group'; NULL = no label from `source`
+    race_code   SMALLINT,
+    age_code    SMALLINT
+);
+
+-- The codes of a run's explorer_rows: kind 'label' (true and predicted labels), 'tag' (n = its
+-- failure_tags rows, most frequent first), 'method' (every heatmap method of the run), 'source',
+-- 'gender', 'race', 'age_group' (values of the run's dataset demographics). Codes count from 0.
+CREATE TABLE IF NOT EXISTS explorer_codes (
+    run_id VARCHAR NOT NULL,
+    kind   VARCHAR NOT NULL,
+    value  VARCHAR NOT NULL,
+    code   INTEGER NOT NULL,
+    n      BIGINT,
+    PRIMARY KEY (run_id, kind, value)
+);
+
 -- Lookups by image id alone (the dashboard's page of images: paths, demographics, CAMs, one image's
 -- detail), answered from these ART indexes instead of a scan of every row (schema version 5). The
 -- primary keys lead with run_id / dataset_fingerprint, and DuckDB does not use a compound index

@@ -7,9 +7,9 @@ million-row store takes seconds, not minutes; derived tables (confusion,
 class_metrics, audit cells and gaps, proxy agreement) are computed from the
 generated predictions, and heatmap_summary from the generated heatmaps, so that
 they agree with them. Predictions are written in the store's storage order
-(pipeline.store.db.STORAGE_ORDER), every row's image_key set (store.fill_image_keys)
-and schema.sql's indexes built after the rows, as the pipeline's writer leaves a
-store of this schema version.
+(pipeline.store.db.STORAGE_ORDER), every row's image_key set (store.fill_image_keys),
+every run's explorer rows built (store.refresh_explorer) and schema.sql's indexes built
+after the rows, as the pipeline's writer leaves a store of this schema version.
 """
 from __future__ import annotations
 
@@ -48,11 +48,13 @@ def _schema_and_indexes() -> tuple[str, tuple[str, ...]]:
     return text, INDEX_STATEMENTS
 
 
-def _fill_image_keys(con) -> None:
-    """Every row's image_key, as the pipeline's writer sets it (rows are written with NULL keys here)."""
-    from pipeline.store.db import fill_image_keys
+def _fill_derived(con) -> None:
+    """Every row's image_key and every run's explorer rows, as the pipeline's writer sets them
+    (rows are written with NULL keys here, and straight from SQL)."""
+    from pipeline.store.db import fill_image_keys, refresh_explorer
 
     fill_image_keys(con)
+    refresh_explorer(con)
 
 
 def _cam_patterns(rng: np.random.Generator) -> list[bytes]:
@@ -143,7 +145,7 @@ def create_fake_store(
             keep = rows[: max(len(rows) - missing_images, 0)]
             for j, (path, label) in enumerate(keep):
                 _write_face_jpeg(Path(path), EMOTIONS.index(label), j)
-        _fill_image_keys(con)
+        _fill_derived(con)
         for statement in indexes:
             con.execute(statement)
         con.execute("CHECKPOINT")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dashboard import queries
+from pipeline.store.db import refresh_explorer
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 FP = "fp-synth-1"
@@ -202,6 +203,7 @@ def test_keyset_pages_break_confidence_ties_by_image_id(fake_store, tmp_path):
     shutil.copy(fake_store, store)
     con = duckdb.connect(str(store))
     con.execute("UPDATE predictions SET confidence = round(confidence, 1)")
+    refresh_explorer(con)  # a write past the store's own functions: derive the explorer rows as they would
     con.close()
     tied = queries.create_store_ref(store)
     assert _sql(store, "SELECT count(DISTINCT confidence) FROM predictions WHERE run_id = ?", [RUN])[0][0] <= 11
@@ -220,10 +222,22 @@ def test_page_start_is_the_offset_rows_key(ref):
         (min(rows["image_id"]),)
 
 
+def _make_version_6(path) -> None:
+    """Make `path` a store written before explorer rows (schema version 6): no explorer tables."""
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("DROP TABLE explorer_rows")
+        con.execute("DROP TABLE explorer_codes")
+        con.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    finally:
+        con.close()
+
+
 def _make_version_5(path) -> None:
     """Make `path` a store written before image keys (schema version 5): no image_keys table or columns."""
     from pipeline.store import db as store
 
+    _make_version_6(path)
     con = duckdb.connect(str(path))
     try:
         con.execute("DROP TABLE image_keys")
@@ -243,17 +257,20 @@ JOINED_FILTERS = [*PAGED_FILTERS[4:],
                                        source="annotations", fingerprint=FP)]
 
 
-def test_a_store_before_image_keys_pages_the_same_then_and_after_its_upgrade(fake_store, ref, tmp_path):
-    """Version 5 (no image keys): the filters join on image_id and give the rows of the keyed store;
-    a writable open keys it, and the pages stay the same."""
+@pytest.mark.parametrize("version", [5, 6])
+def test_an_older_store_pages_the_same_then_and_after_its_upgrade(fake_store, ref, tmp_path, version):
+    """Version 5 (no image keys: the filters join on image_id) and version 6 (no explorer rows: the
+    filters are semi-joins on image_key over the predictions) give the rows of the current store;
+    a writable open upgrades it (keys, explorer rows), and the pages stay the same."""
     from pipeline.store import db as store
 
-    old = tmp_path / "v5.duckdb"
+    old = tmp_path / f"v{version}.duckdb"
     shutil.copy(fake_store, old)
-    _make_version_5(old)
+    (_make_version_5 if version == 5 else _make_version_6)(old)
     old_ref = queries.create_store_ref(old)
     assert queries.load_store_status(old_ref).state == "ok"
-    assert queries.load_join_column(old_ref) == "image_id" and queries.load_join_column(ref) == "image_key"
+    assert queries.load_join_column(old_ref) == ("image_id" if version == 5 else "image_key")
+    assert queries.load_explorer_codes(old_ref, RUN) is None and queries.load_explorer_codes(ref, RUN) is not None
 
     def pages(r):
         return [(queries.count_predictions(r, RUN, f),
@@ -269,5 +286,60 @@ def test_a_store_before_image_keys_pages_the_same_then_and_after_its_upgrade(fak
     store.connect(old).close()  # a writable open upgrades it in place
     upgraded = queries.create_store_ref(old)
     assert queries.load_join_column(upgraded) == "image_key"
+    assert queries.load_explorer_codes(upgraded, RUN) == queries.load_explorer_codes(ref, RUN)
     assert same(pages(upgraded), keyed)
     _assert_keyset_pages_match_offset(upgraded, JOINED_FILTERS[-1], per_page=7)
+
+
+NO_MATCH_FILTERS = [
+    queries.ErrorFilters(correct="all", method="no-such-method"),
+    queries.ErrorFilters(correct="all", tag="no-such-tag"),
+    queries.ErrorFilters(correct="all", true_labels=("Contempt",)),
+    queries.ErrorFilters(correct="all", genders=("female",), source="no-such-source", fingerprint=FP),
+    queries.ErrorFilters(correct="all", races=("no-such-race",), source="annotations", fingerprint=FP),
+]
+
+
+@pytest.mark.parametrize("filters", NO_MATCH_FILTERS, ids=lambda f: f.describe())
+def test_values_the_run_has_no_code_for_match_nothing(ref, filters):
+    assert queries.count_predictions(ref, RUN, filters) == 0
+    page = queries.load_prediction_page(ref, RUN, filters, 12, 0)
+    assert page.empty and page.equals(queries.load_prediction_page_by_offset(ref, RUN, filters, 12, 0))
+
+
+def test_a_source_not_stored_without_demographic_filters_selects_every_row(ref):
+    """The source only picks which block of explorer rows carries demographics; without a
+    demographic filter any source (even one not stored) selects the same predictions."""
+    for source in ("annotations", "deepface", "no-such-source", ""):
+        f = queries.ErrorFilters(tag="background", source=source, fingerprint=FP)
+        _assert_keyset_pages_match_offset(ref, f, per_page=9)
+
+
+def test_tags_beyond_the_mask_bits_filter_through_failure_tags(fake_store, tmp_path):
+    """A run with more tags than explorer_rows' mask has bits: the rarest tags have no bit and are
+    filtered by a semi-join on failure_tags, with the same rows as the OFFSET query."""
+    from pipeline.store import db as store
+
+    path = tmp_path / "many-tags.duckdb"
+    shutil.copy(fake_store, path)
+    con = duckdb.connect(str(path))
+    con.execute("""INSERT INTO failure_tags
+                   SELECT run_id, image_id, 'extra', 'extra-' || lpad(CAST(t AS VARCHAR), 2, '0'), image_key
+                   FROM (SELECT run_id, image_id, image_key, row_number() OVER (ORDER BY image_id) AS r
+                         FROM predictions WHERE run_id = ?) p, range(70) AS g(t)
+                   WHERE p.r % 71 <= 70 - t""", [RUN])  # tag t on fewer images the larger t
+    refresh_explorer(con)
+    con.close()
+    many = queries.create_store_ref(path)
+    codes = queries.load_explorer_codes(many, RUN)["tag"]
+    assert len(codes) > store.EXPLORER_MASK_BITS
+    rare = [t for t, c in codes.items() if c >= store.EXPLORER_MASK_BITS]
+    common = [t for t, c in codes.items() if c < store.EXPLORER_MASK_BITS and t.startswith("extra-")]
+    counts = dict(queries.load_failure_tag_counts(many, RUN)[["tag", "n"]].itertuples(index=False))
+    assert counts == dict(_sql(path, "SELECT tag, count(*) FROM failure_tags WHERE run_id = ? GROUP BY tag", [RUN]))
+    for tag in (rare[0], rare[-1], common[-1], "background"):
+        f = queries.ErrorFilters(correct="all", tag=tag, source="annotations", fingerprint=FP)
+        expected = _sql(path, "SELECT count(DISTINCT image_id) FROM failure_tags WHERE run_id = ? AND tag = ?",
+                        [RUN, tag])[0][0]
+        assert queries.count_predictions(many, RUN, f) == expected > 0
+        _assert_keyset_pages_match_offset(many, f, per_page=25)

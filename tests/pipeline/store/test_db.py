@@ -95,7 +95,7 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 6
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 7
         indexes = {r[0] for r in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
         assert indexes == set(store.ADDED_INDEXES) and len(store.INDEX_STATEMENTS) == len(store.ADDED_INDEXES)
         assert store.missing_added_tables(con) == []
@@ -145,7 +145,7 @@ def test_older_store_is_read_as_is_and_upgraded_in_place(db):
         assert store.schema_version(con) == store.SCHEMA_VERSION
         assert store.missing_added_tables(con) == []
         for table in store.ADDED_TABLES:
-            assert store.load_frame(con, table).empty or table == "image_keys"
+            assert store.load_frame(con, table).empty or table in store.DERIVED_TABLES
         assert len(store.load_frame(con, "predictions", run_id="run-old")) == 3
         assert len(store.load_frame(con, "image_keys")) == 3 and store.has_image_keys(con)  # every row keyed
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
@@ -214,8 +214,9 @@ def test_store_before_image_keys_is_read_as_is_and_keyed_on_upgrade(db):
         store.replace_rows(con, "slice_images", pd.DataFrame({"image_id": ["img002"]}),
                            run_id="run-v5", source="annotations", split="test", rank=1)
         keyed = _keys_of(con)
-        # make it a store written by version 5: no image_keys table, no image_key columns
-        con.execute("DROP TABLE image_keys")
+        # make it a store written by version 5: no image_keys table, no image_key columns, no explorer rows
+        for table in store.DERIVED_TABLES:
+            con.execute(f'DROP TABLE "{table}"')
         for index in store.ADDED_INDEXES:  # DuckDB alters no table with an index
             con.execute(f'DROP INDEX "{index}"')
         for table in store.IMAGE_KEY_TABLES:
@@ -247,6 +248,114 @@ def test_salvage_keys_the_copy_anew(db, tmp_path):
     with store.open_store(tmp_path / "copy.duckdb", read_only=True) as con:
         _assert_rows_keyed(con)
         assert con.execute("SELECT count(*) FROM image_keys").fetchone()[0] == 3
+
+
+def _explorer_decoded(con, run_id: str) -> list[tuple]:
+    """The run's explorer rows with codes and mask bits read back as values, sorted."""
+    codes: dict[str, dict[int, str]] = {}
+    for kind, value, code in con.execute("SELECT kind, value, code FROM explorer_codes WHERE run_id = ?",
+                                         [run_id]).fetchall():
+        codes.setdefault(kind, {})[code] = value
+    rows = con.execute("""SELECT e.split, e.source, e.pos, e.id_pos, k.image_id, e.true_code, e.pred_code,
+                                 e.confidence, e.correct, e.tag_mask, e.method_mask, e.gender_code, e.race_code,
+                                 e.age_code
+                          FROM explorer_rows e JOIN image_keys k USING (image_key) WHERE e.run_id = ?""",
+                       [run_id]).fetchall()
+
+    def bits(mask, kind):
+        return frozenset(v for c, v in codes.get(kind, {}).items() if mask >> c & 1)
+
+    def value(kind, code):
+        return None if code is None else codes[kind][code]
+
+    return sorted((split, source, pos, id_pos, image_id, codes["label"][t], codes["label"][p], conf, ok,
+                   bits(tags, "tag"), bits(methods, "method"), value("gender", g), value("race", r),
+                   value("age_group", a))
+                  for split, source, pos, id_pos, image_id, t, p, conf, ok, tags, methods, g, r, a in rows)
+
+
+def _explorer_expected(con, run_id: str) -> list[tuple]:
+    """What explorer_rows must hold for the run, from the tables they derive from (their definition)."""
+    preds = store.load_frame(con, "predictions", run_id=run_id)
+    fingerprint = store.get_run(con, run_id)["dataset_fingerprint"]
+    demo = store.load_frame(con, "demographics", dataset_fingerprint=fingerprint)
+    tags = store.load_frame(con, "failure_tags", run_id=run_id).groupby("image_id")["tag"].agg(frozenset)
+    heat = store.load_frame(con, "heatmaps", run_id=run_id)
+    methods = heat[heat["target"] == "pred"].groupby("image_id")["method"].agg(frozenset)
+    out = []
+    for source in sorted(demo["source"].unique()) or [""]:
+        labels = demo[demo["source"] == source].set_index("image_id")
+        for split, part in preds.groupby("split"):
+            by_conf = part.sort_values(["confidence", "image_id"], ascending=[False, True])["image_id"].tolist()
+            by_id = sorted(part["image_id"])
+            for r in part.itertuples():
+                found = labels.loc[r.image_id] if r.image_id in labels.index else None
+                out.append((split, source, by_conf.index(r.image_id), by_id.index(r.image_id), r.image_id,
+                            r.true_label, r.pred_label, r.confidence, r.correct,
+                            tags.get(r.image_id, frozenset()), methods.get(r.image_id, frozenset()),
+                            *(None if found is None or pd.isna(found[c]) else found[c]
+                              for c in ("gender", "race", "age_group"))))
+    return sorted(out)
+
+
+def test_explorer_rows_follow_every_write_and_match_their_definition(db):
+    tables = make_tables(n=6)
+    tables["failure_tags"] = pd.DataFrame({"image_id": ["img000", "img000", "img003"], "method": ["gradcam", "", ""],
+                                           "tag": ["background", "occlusion", "background"]})
+    store.save_run(db, make_run("run-a"), tables)
+    store.save_run(db, make_run("run-b", dataset_fingerprint="fp-2"), make_tables(n=4, seed=2))
+    with store.open_store(db) as con:
+        assert _explorer_decoded(con, "run-a") == _explorer_expected(con, "run-a")
+        assert {r[1] for r in _explorer_decoded(con, "run-a")} == {""}  # no demographics yet: one block
+        assert _explorer_decoded(con, "run-a")[0][9] == frozenset({"background", "occlusion"})
+        # demographics of run-a's dataset: run-a's rows gain a block per source; run-b's stay as they were
+        b_before = _explorer_decoded(con, "run-b")
+        store.replace_rows(con, "demographics", pd.DataFrame({"image_id": ["img001", "img004", "img009"],
+                                                              "inferred": False, "gender": "female",
+                                                              "race": ["Asian", None, "Asian"]}),
+                           dataset_fingerprint="fp-1", source="annotations")
+        store.replace_rows(con, "demographics", pd.DataFrame({"image_id": ["img002"], "inferred": True,
+                                                              "age_group": ["20-39"]}),
+                           dataset_fingerprint="fp-1", source="deepface")
+        assert {r[1] for r in _explorer_decoded(con, "run-a")} == {"annotations", "deepface"}
+        assert _explorer_decoded(con, "run-a") == _explorer_expected(con, "run-a")
+        assert _explorer_decoded(con, "run-b") == b_before
+        # new heatmaps and tags (explain's replace_rows, in one transaction)
+        heat = make_tables(n=6)["heatmaps"].iloc[:2].assign(method="gradcam++")
+        with store.transaction(con):
+            store.replace_rows(con, "heatmaps", heat, run_id="run-a", method="gradcam++")
+            store.replace_rows(con, "failure_tags", pd.DataFrame({"image_id": ["img005"], "tag": ["occlusion"]}),
+                               run_id="run-a", method="")
+        assert _explorer_decoded(con, "run-a") == _explorer_expected(con, "run-a")
+        assert dict(con.execute("SELECT value, n FROM explorer_codes WHERE run_id = 'run-a' AND kind = 'tag'"
+                                ).fetchall()) == {"background": 1, "occlusion": 1}
+        # a write that fails leaves the explorer rows of the rows it did not write
+        before = _explorer_decoded(con, "run-a")
+        with pytest.raises(RuntimeError):
+            with store.transaction(con):
+                store.replace_rows(con, "failure_tags", pd.DataFrame(columns=["image_id", "tag"]),
+                                   run_id="run-a", method="")
+                raise RuntimeError("crash")
+        assert _explorer_decoded(con, "run-a") == before
+        store.delete_run(con, "run-a")
+        assert con.execute("SELECT count(*) FROM explorer_rows WHERE run_id = 'run-a'").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM explorer_codes WHERE run_id = 'run-a'").fetchone()[0] == 0
+
+
+def test_store_before_explorer_rows_gets_them_at_its_first_writable_open(db):
+    store.save_run(db, make_run("run-v6"), make_tables(n=5))
+    with store.open_store(db) as con:
+        store.replace_rows(con, "demographics", _demographics(["img001", "img003"]), dataset_fingerprint="fp-1",
+                           source="annotations")
+        built = _explorer_decoded(con, "run-v6")
+        con.execute("DROP TABLE explorer_rows")
+        con.execute("DROP TABLE explorer_codes")
+        con.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    with store.open_store(db, read_only=True) as con:  # readable as it is, without them
+        assert not store.has_explorer_rows(con) and store.has_image_keys(con)
+    with store.open_store(db) as con:
+        assert store.has_explorer_rows(con)
+        assert _explorer_decoded(con, "run-v6") == built == _explorer_expected(con, "run-v6")
 
 
 def test_predictions_are_stored_in_the_explorers_order(db):
