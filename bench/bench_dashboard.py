@@ -159,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="test predictions of the main run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--only", default="", help="time only the pages whose name contains this text")
     args = parser.parse_args(argv)
 
     if args.rebuild or not args.db.exists():
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
           "(wall times grow with other processes' load; CPU time is this process's own work)")
     print(f"{'page':40s} {'median s':>9s} {'worst s':>9s} {'cpu s':>7s} {'target s':>9s}")
-    for name, fn, target in BENCHES:
+    for name, fn, target in (b for b in BENCHES if args.only in b[0]):
         times, cpus = [], []
         for _ in range(args.repeats):
             st.cache_data.clear()

@@ -106,7 +106,7 @@ DERIVED_TABLES: tuple[str, ...] = ("image_keys", "explorer_rows", "explorer_code
 EXPLORER_MASK_BITS = 63
 # Indexes added after version 1 (schema.sql's CREATE INDEX statements): {index: version}.
 ADDED_INDEXES: dict[str, int] = {"predictions_image_id": 5, "images_image_id": 5, "heatmaps_image_id": 5,
-                                 "demographics_image_id": 5}
+                                 "demographics_image_id": 5, "image_keys_image_key": 7}
 # The order `insert_frame` writes a table's rows in: {table: ORDER BY clause of its columns}.
 # Predictions: the Error explorer's default order within a run and split (dashboard/queries.py).
 STORAGE_ORDER: dict[str, tuple[tuple[str, str], ...]] = {

@@ -399,3 +399,5 @@ CREATE INDEX IF NOT EXISTS predictions_image_id ON predictions (image_id);
 CREATE INDEX IF NOT EXISTS images_image_id ON images (image_id);
 CREATE INDEX IF NOT EXISTS heatmaps_image_id ON heatmaps (image_id);
 CREATE INDEX IF NOT EXISTS demographics_image_id ON demographics (image_id);
+-- The image ids of an explorer page's N keys (schema version 7).
+CREATE INDEX IF NOT EXISTS image_keys_image_key ON image_keys (image_key);

@@ -8,6 +8,7 @@ import shutil
 import duckdb
 import pytest
 
+from pipeline.store.db import refresh_explorer
 from tests.dashboard.conftest import open_page
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
@@ -20,6 +21,7 @@ def _copy_as(fake_store, db, *, kind: str, config: dict, delete: tuple[tuple[str
     con.execute("UPDATE runs SET kind = ?, config = ? WHERE run_id = ?", [kind, json.dumps(config), RUN])
     for table, where in delete:
         con.execute(f"DELETE FROM {table} WHERE run_id = ? {where}", [RUN])
+    refresh_explorer(con)  # writes past the store's own functions: derive the explorer rows as they would
     con.close()
     return db
 
