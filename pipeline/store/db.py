@@ -490,7 +490,8 @@ def refresh_explorer(con, run_ids: list[str] | None = None) -> None:
     """Rebuild the explorer_rows and explorer_codes of `run_ids` (None: every run with predictions)
     from the store's predictions, heatmaps, failure tags and demographics; in the caller's transaction.
 
-    About 1.5 s of CPU per million predictions and demographics source (bench/bench_dashboard.py)."""
+    Measured on the 10M-prediction store of bench/bench_dashboard.py (two demographics sources,
+    so 20M rows): 97 s of CPU for its main run, once per write of that run's inputs."""
     with transaction(con):
         if run_ids is None:
             run_ids = [r[0] for r in con.execute(
@@ -519,6 +520,7 @@ def _build_explorer(con, run_id: str) -> None:
               UNION ALL SELECT 'tag', tag, count(*), count(*) FROM failure_tags WHERE run_id = $run GROUP BY tag
               UNION ALL SELECT DISTINCT 'method', method, 0, NULL FROM heatmaps WHERE run_id = $run
               UNION ALL SELECT DISTINCT 'source', source, 0, NULL FROM demographics WHERE dataset_fingerprint = $fp
+              UNION ALL SELECT 'fingerprint', $fp, 0, NULL WHERE $fp IS NOT NULL
               {demographic})""", names)
     con.execute("""INSERT INTO explorer_codes (run_id, kind, value, code) SELECT $run, 'source', '', 0
                    WHERE NOT EXISTS (SELECT 1 FROM explorer_codes WHERE run_id = $run AND kind = 'source')""",

@@ -381,7 +381,8 @@ CREATE TABLE IF NOT EXISTS explorer_rows (
 
 -- The codes of a run's explorer_rows: kind 'label' (true and predicted labels), 'tag' (n = its
 -- failure_tags rows, most frequent first), 'method' (every heatmap method of the run), 'source',
--- 'gender', 'race', 'age_group' (values of the run's dataset demographics). Codes count from 0.
+-- 'gender', 'race', 'age_group' (values of the run's dataset demographics), 'fingerprint' (the
+-- run's dataset fingerprint, the demographics' key). Codes count from 0.
 CREATE TABLE IF NOT EXISTS explorer_codes (
     run_id VARCHAR NOT NULL,
     kind   VARCHAR NOT NULL,

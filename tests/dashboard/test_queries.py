@@ -314,6 +314,9 @@ def test_a_source_not_stored_without_demographic_filters_selects_every_row(ref):
     for source in ("annotations", "deepface", "no-such-source", ""):
         f = queries.ErrorFilters(tag="background", source=source, fingerprint=FP)
         _assert_keyset_pages_match_offset(ref, f, per_page=9)
+    # the demographics of another dataset than the run's (none for these images here): looked up, not decoded
+    _assert_keyset_pages_match_offset(ref, queries.ErrorFilters(tag="background", source="annotations",
+                                                                fingerprint="fp-rafdb-1"), per_page=9)
 
 
 def test_tags_beyond_the_mask_bits_filter_through_failure_tags(fake_store, tmp_path):
