@@ -589,21 +589,13 @@ def load_page_start(ref: StoreRef, run_id: str, filters: ErrorFilters, offset: i
 
 def _page_details(ref: StoreRef, run_id: str, filters: ErrorFilters, page: pd.DataFrame) -> pd.DataFrame:
     """`page` (in its order) with each image's path and its demographics of the filters' source
-    (NULL where absent), looked up by the page's image ids through the image_id indexes; a page
-    that brings its demographics (gender, race, age_group columns: `_explorer_page`) gets its paths only."""
+    (NULL where absent), looked up by the page's image ids through the image_id indexes."""
     ids = page["image_id"].tolist()
     marks = ", ".join("?" for _ in ids) or "NULL"
     view = f"_page_{threading.get_ident()}"
     with _connection(ref) as con:
         con.register(view, page.assign(_pos=range(len(page))))
         try:
-            if "gender" in page.columns:  # each lookup walks the index's nodes from disk: ~2 ms an id at 10M
-                return con.execute(f"""
-                    WITH i AS MATERIALIZED (SELECT run_id, image_id, path FROM images WHERE image_id IN ({marks}))
-                    SELECT page.image_id, page.true_label, page.pred_label, page.confidence, page.correct,
-                           i.path, page.gender, page.race, page.age_group
-                    FROM "{view}" page LEFT JOIN i ON i.run_id = ? AND i.image_id = page.image_id
-                    ORDER BY page._pos""", [*ids, run_id]).df()
             return con.execute(f"""
                 WITH i AS MATERIALIZED (SELECT run_id, image_id, path FROM images WHERE image_id IN ({marks})),
                      dd AS MATERIALIZED (SELECT dataset_fingerprint, source, image_id, gender, race, age_group
@@ -634,7 +626,7 @@ def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limi
         return load_prediction_page_by_offset(ref, run_id, filters, None, offset)
     codes = load_explorer_codes(ref, run_id)
     if codes is not None:
-        return _page_details(ref, run_id, filters, _explorer_page(ref, run_id, filters, codes, limit, offset))
+        return _explorer_page(ref, run_id, filters, codes, limit, offset)
     frm, where, params = _filter_sql(run_id, filters, load_join_column(ref))
     joins = bool(filters.genders or filters.races or filters.ages or filters.tag or filters.method
                  or filters.slice_rank)
@@ -658,36 +650,33 @@ def load_prediction_page(ref: StoreRef, run_id: str, filters: ErrorFilters, limi
 
 def _explorer_page(ref: StoreRef, run_id: str, filters: ErrorFilters, codes: dict[str, dict[str, int]],
                    limit: int, offset: int) -> pd.DataFrame:
-    """The page's predictions from explorer_rows: the top `limit` after `offset` by rank over integer
-    columns alone, then the image ids of those rows by key; labels, and the demographics of the
-    filters' source when the rows carry them (its block; else NULL), decoded from the run's codes.
-    Without the demographics columns when the filters name another dataset than the run's."""
+    """The page from explorer_rows: the top `limit` after `offset` by an integer rank, whose image
+    ids and paths DuckDB then reads for those rows alone (by row id); labels, and the demographics
+    of the filters' source (the rows' block carries them; NULL for a source not stored), decoded
+    from the run's codes. Filters naming another dataset than the run's look its demographics up."""
     where, params = _explorer_sql(run_id, filters, codes)
     rank = "e.pos" if filters.order == "confidence" else "e.id_pos"
-    decode = {kind: {code: value for value, code in codes.get(kind, {}).items()}
-              for kind in ("label", "gender", "race", "age_group")}
-    with _connection(ref) as con:
-        top = con.execute(f"""
-            SELECT e.image_key, e.true_code, e.pred_code, e.confidence, e.correct, e.gender_code, e.race_code,
-                   e.age_code FROM explorer_rows e
-            WHERE {where} ORDER BY {rank} LIMIT ? OFFSET ?""", [*params, int(limit), int(offset)]).fetchall()
-        keys = [r[0] for r in top]
-        ids = dict(con.execute(
-            f"SELECT image_key, image_id FROM image_keys WHERE image_key IN ({', '.join('?' for _ in keys)})",
-            keys).fetchall()) if keys else {}
-
-    def column(i: int, kind: str, present: bool = True) -> pd.Series:
-        return pd.Series([decode[kind].get(r[i]) if present else None for r in top], dtype="str")
-
-    page = pd.DataFrame({"image_id": pd.Series([ids[k] for k in keys], dtype="str"),
-                         "true_label": column(1, "label"), "pred_label": column(2, "label"),
-                         "confidence": pd.Series([r[3] for r in top], dtype="float32"),
-                         "correct": pd.Series([r[4] for r in top], dtype="bool")})
-    if filters.fingerprint not in codes.get("fingerprint", {}):  # another dataset's demographics: look them up
+    own = filters.fingerprint in codes.get("fingerprint", {})
+    stored = own and filters.source in codes.get("source", {})
+    page = _read(ref, f"""
+        WITH top AS MATERIALIZED (
+                 SELECT e.image_id, e.true_code, e.pred_code, e.confidence, e.correct, e.path, e.gender_code,
+                        e.race_code, e.age_code, {rank} AS _rank
+                 FROM explorer_rows e WHERE {where} ORDER BY {rank} LIMIT ? OFFSET ?),
+             c AS MATERIALIZED (SELECT kind, code, value FROM explorer_codes WHERE run_id = ?)
+        SELECT top.image_id, lt.value AS true_label, lp.value AS pred_label, top.confidence, top.correct, top.path,
+               g.value AS gender, r.value AS race, a.value AS age_group
+        FROM top
+        JOIN c lt ON lt.kind = 'label' AND lt.code = top.true_code
+        JOIN c lp ON lp.kind = 'label' AND lp.code = top.pred_code
+        LEFT JOIN c g ON ? AND g.kind = 'gender' AND g.code = top.gender_code
+        LEFT JOIN c r ON ? AND r.kind = 'race' AND r.code = top.race_code
+        LEFT JOIN c a ON ? AND a.kind = 'age_group' AND a.code = top.age_code
+        ORDER BY top._rank""", [*params, int(limit), int(offset), run_id, stored, stored, stored])
+    if own:
         return page
-    stored = filters.source in codes.get("source", {})  # the rows' block is the source's own
-    return page.assign(gender=column(5, "gender", stored), race=column(6, "race", stored),
-                       age_group=column(7, "age_group", stored))
+    return _page_details(ref, run_id, filters, page[["image_id", "true_label", "pred_label", "confidence",
+                                                      "correct"]])
 
 
 def load_prediction_page_by_offset(ref: StoreRef, run_id: str, filters: ErrorFilters, limit: int | None,

@@ -106,7 +106,7 @@ DERIVED_TABLES: tuple[str, ...] = ("image_keys", "explorer_rows", "explorer_code
 EXPLORER_MASK_BITS = 63
 # Indexes added after version 1 (schema.sql's CREATE INDEX statements): {index: version}.
 ADDED_INDEXES: dict[str, int] = {"predictions_image_id": 5, "images_image_id": 5, "heatmaps_image_id": 5,
-                                 "demographics_image_id": 5, "image_keys_image_key": 7}
+                                 "demographics_image_id": 5}
 # The order `insert_frame` writes a table's rows in: {table: ORDER BY clause of its columns}.
 # Predictions: the Error explorer's default order within a run and split (dashboard/queries.py).
 STORAGE_ORDER: dict[str, tuple[tuple[str, str], ...]] = {
@@ -534,7 +534,7 @@ def _build_explorer(con, run_id: str) -> None:
     con.execute(f"""
         INSERT INTO explorer_rows
         WITH c AS MATERIALIZED (SELECT kind, value, code FROM explorer_codes WHERE run_id = $run),
-        p AS (SELECT split, image_key, true_label, pred_label, confidence, correct,
+        p AS (SELECT split, image_key, image_id, true_label, pred_label, confidence, correct,
                      row_number() OVER (PARTITION BY split ORDER BY confidence DESC, image_id) - 1 AS pos,
                      row_number() OVER (PARTITION BY split ORDER BY image_id) - 1 AS id_pos
               FROM predictions WHERE run_id = $run),
@@ -546,9 +546,11 @@ def _build_explorer(con, run_id: str) -> None:
               LEFT JOIN c r ON r.kind = 'race' AND r.value = d.race
               LEFT JOIN c a ON a.kind = 'age_group' AND a.value = d.age_group
               WHERE d.dataset_fingerprint = $fp)
-        SELECT $run, p.split, s.value, p.pos, p.id_pos, p.image_key, lt.code, lp.code, p.confidence, p.correct,
-               coalesce(t.mask, 0), coalesce(h.mask, 0), d.gender_code, d.race_code, d.age_code
+        SELECT $run, p.split, s.value, p.pos, p.id_pos, p.image_key, p.image_id, i.path, lt.code, lp.code,
+               p.confidence, p.correct, coalesce(t.mask, 0), coalesce(h.mask, 0), d.gender_code, d.race_code,
+               d.age_code
         FROM p
+        LEFT JOIN images i ON i.run_id = $run AND i.image_id = p.image_id
         JOIN c s ON s.kind = 'source'
         JOIN c lt ON lt.kind = 'label' AND lt.value = p.true_label
         JOIN c lp ON lp.kind = 'label' AND lp.value = p.pred_label

@@ -355,9 +355,9 @@ CREATE TABLE IF NOT EXISTS twin_predictions (
 );
 
 -- The Error explorer's rows (schema version 7): one row per prediction of a run and split, per
--- demographics source of the run's dataset ('' when it has none), integers only, so the explorer's
--- count is a filtered scan of small columns and its page the top N of them; the page's strings
--- (image ids, paths, demographics) are then fetched for those N rows alone. Derived data, rebuilt
+-- demographics source of the run's dataset ('' when it has none), filtered by integers only, so the
+-- explorer's count is a filtered scan of small columns and its page the top N of them; the page's
+-- strings (image id, path) are then read for those N rows alone (DuckDB fetches them by row id). Derived data, rebuilt
 -- by the store (store.refresh_explorer) for every run whose predictions, heatmaps, failure tags or
 -- dataset demographics a transaction wrote, before it commits; a store of an older version gets them
 -- at its first writable open. Codes and mask bits are the run's explorer_codes.
@@ -368,6 +368,8 @@ CREATE TABLE IF NOT EXISTS explorer_rows (
     pos         INTEGER NOT NULL,           -- rank in (confidence DESC, image_id) within run and split, from 0
     id_pos      INTEGER NOT NULL,           -- rank in image_id order within run and split, from 0
     image_key   INTEGER NOT NULL,           -- image_keys.image_key
+    image_id    VARCHAR NOT NULL,
+    path        VARCHAR,                    -- images.path of the run's image
     true_code   SMALLINT NOT NULL,          -- explorer_codes kind 'label'
     pred_code   SMALLINT NOT NULL,
     confidence  FLOAT NOT NULL,             -- predictions.confidence
@@ -400,5 +402,4 @@ CREATE INDEX IF NOT EXISTS predictions_image_id ON predictions (image_id);
 CREATE INDEX IF NOT EXISTS images_image_id ON images (image_id);
 CREATE INDEX IF NOT EXISTS heatmaps_image_id ON heatmaps (image_id);
 CREATE INDEX IF NOT EXISTS demographics_image_id ON demographics (image_id);
--- The image ids of an explorer page's N keys (schema version 7).
-CREATE INDEX IF NOT EXISTS image_keys_image_key ON image_keys (image_key);
+

@@ -242,12 +242,11 @@ def _make_version_5(path) -> None:
     try:
         con.execute("DROP TABLE image_keys")
         for index in store.ADDED_INDEXES:  # DuckDB alters no table with an index
-            con.execute(f'DROP INDEX IF EXISTS "{index}"')
+            con.execute(f'DROP INDEX "{index}"')
         for table in store.IMAGE_KEY_TABLES:
             con.execute(f'ALTER TABLE "{table}" DROP COLUMN image_key')
-        for statement in store.INDEX_STATEMENTS:  # those of version 5 (image_keys' went with its table)
-            if " ON image_keys " not in statement:
-                con.execute(statement)
+        for statement in store.INDEX_STATEMENTS:
+            con.execute(statement)
         con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     finally:
         con.close()

@@ -218,12 +218,11 @@ def test_store_before_image_keys_is_read_as_is_and_keyed_on_upgrade(db):
         for table in store.DERIVED_TABLES:
             con.execute(f'DROP TABLE "{table}"')
         for index in store.ADDED_INDEXES:  # DuckDB alters no table with an index
-            con.execute(f'DROP INDEX IF EXISTS "{index}"')
+            con.execute(f'DROP INDEX "{index}"')
         for table in store.IMAGE_KEY_TABLES:
             con.execute(f'ALTER TABLE "{table}" DROP COLUMN image_key')
-        for statement in store.INDEX_STATEMENTS:  # those of version 5 (image_keys' went with its table)
-            if " ON image_keys " not in statement:
-                con.execute(statement)
+        for statement in store.INDEX_STATEMENTS:
+            con.execute(statement)
         con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     with store.open_store(db, read_only=True) as con:  # readable as it is
         assert not store.has_image_keys(con) and "image_keys" in store.missing_added_tables(con)
@@ -259,9 +258,11 @@ def _explorer_decoded(con, run_id: str) -> list[tuple]:
         codes.setdefault(kind, {})[code] = value
     rows = con.execute("""SELECT e.split, e.source, e.pos, e.id_pos, k.image_id, e.true_code, e.pred_code,
                                  e.confidence, e.correct, e.tag_mask, e.method_mask, e.gender_code, e.race_code,
-                                 e.age_code
-                          FROM explorer_rows e JOIN image_keys k USING (image_key) WHERE e.run_id = ?""",
-                       [run_id]).fetchall()
+                                 e.age_code, e.path
+                          FROM explorer_rows e JOIN image_keys k ON k.image_key = e.image_key
+                                                                AND k.image_id = e.image_id
+                          WHERE e.run_id = ?""", [run_id]).fetchall()
+    assert len(rows) == con.execute("SELECT count(*) FROM explorer_rows WHERE run_id = ?", [run_id]).fetchone()[0]
 
     def bits(mask, kind):
         return frozenset(v for c, v in codes.get(kind, {}).items() if mask >> c & 1)
@@ -271,8 +272,8 @@ def _explorer_decoded(con, run_id: str) -> list[tuple]:
 
     return sorted((split, source, pos, id_pos, image_id, codes["label"][t], codes["label"][p], conf, ok,
                    bits(tags, "tag"), bits(methods, "method"), value("gender", g), value("race", r),
-                   value("age_group", a))
-                  for split, source, pos, id_pos, image_id, t, p, conf, ok, tags, methods, g, r, a in rows)
+                   value("age_group", a), path)
+                  for split, source, pos, id_pos, image_id, t, p, conf, ok, tags, methods, g, r, a, path in rows)
 
 
 def _explorer_expected(con, run_id: str) -> list[tuple]:
@@ -283,6 +284,7 @@ def _explorer_expected(con, run_id: str) -> list[tuple]:
     tags = store.load_frame(con, "failure_tags", run_id=run_id).groupby("image_id")["tag"].agg(frozenset)
     heat = store.load_frame(con, "heatmaps", run_id=run_id)
     methods = heat[heat["target"] == "pred"].groupby("image_id")["method"].agg(frozenset)
+    paths = store.load_frame(con, "images", run_id=run_id).set_index("image_id")["path"]
     out = []
     for source in sorted(demo["source"].unique()) or [""]:
         labels = demo[demo["source"] == source].set_index("image_id")
@@ -295,7 +297,7 @@ def _explorer_expected(con, run_id: str) -> list[tuple]:
                             r.true_label, r.pred_label, r.confidence, r.correct,
                             tags.get(r.image_id, frozenset()), methods.get(r.image_id, frozenset()),
                             *(None if found is None or pd.isna(found[c]) else found[c]
-                              for c in ("gender", "race", "age_group"))))
+                              for c in ("gender", "race", "age_group")), paths.get(r.image_id)))
     return sorted(out)
 
 
