@@ -1,6 +1,6 @@
 """Dashboard speed on a big store: every page's queries, and a 48-thumbnail gallery page.
 
-    python bench/bench_dashboard.py [--db bench/out/dashboard_1m.duckdb] [--n 1000000] [--rebuild]
+    python bench/bench_dashboard.py [--db bench/out/dashboard_1m.duckdb] [--n 1000000] [--rebuild] [--only errors]
 
 Builds (once) a fake store with --n test predictions in the main run, each with
 its Grad-CAM heatmaps (32x32 uint8 blobs; 'true'-target CAMs for misclassified
@@ -14,8 +14,10 @@ Targets from the issue: every page's queries under 0.5 s, a 48-thumbnail
 gallery page (queries + reading images + drawing overlays) under 1 s. The store's
 integrity check (every block of every table read back) is timed on its own line:
 the dashboard keeps its result on disk per version of the file, so pages do not pay it.
-For 10M predictions: `--n 10000000 --db bench/out/dashboard_10m.duckdb` (about 8 GB,
-built in 5-17 min). These are printed figures, never assertions.
+For 10M predictions: `--n 10000000 --db bench/out/dashboard_10m.duckdb` (10.8 GB at schema
+version 7, 9.6 GB at version 5; built in 5-17 min before version 7, whose explorer rows add
+about 170 s of CPU; docs/design-notes.md has the measured tables). These are printed figures,
+never assertions.
 """
 from __future__ import annotations
 
