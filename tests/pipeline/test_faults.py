@@ -478,6 +478,7 @@ def test_markdown_payloads_render_escaped(copy_store, monkeypatch):
         for old, new in zip(ids, PAYLOADS):
             for table in ("predictions", "images", "heatmaps", "failure_tags"):
                 con.execute(f'UPDATE "{table}" SET image_id = ? WHERE run_id = ? AND image_id = ?', [new, run_id, old])
+        store.refresh_explorer(con, [run_id])  # raw SQL, not the store's writes: derive the explorer's rows again
     monkeypatch.setenv("FER_RESULTS_DB", str(copy_store))
 
     def errors_page(**params) -> AppTest:
