@@ -25,11 +25,14 @@ no links, emphasis, LaTeX, icons, or reversed text.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -445,6 +448,43 @@ def render_figure(chart, view: str, run_id: str, *, select: bool = False, key: s
         state = None
     render_figure_downloads(chart, view, run_id)
     return state
+
+
+# ---------------------------------------------------------------- images
+
+# Faces, overlays and mean maps as encoded files, by everything their pixels depend on: a page's 16-30
+# images were otherwise decoded, blended and JPEG-encoded again on every script run.
+_IMAGES = charts.Memo(size=4096)
+
+
+def _file_state(path: str | None) -> tuple:
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return (path, None)
+    return (path, stat.st_mtime_ns, stat.st_size)
+
+
+def create_image_key(kind: str, path: str | None, *cams: np.ndarray | None, **options) -> tuple:
+    """What a drawn image depends on: the file at `path` (path, modification time and size), the content
+    of each CAM (None where absent) and the drawing options."""
+    digests = tuple(None if c is None else hashlib.blake2b(
+        np.ascontiguousarray(c).tobytes() + str((c.dtype, c.shape)).encode(), digest_size=16).digest()
+        for c in cams)
+    return (kind, _file_state(path), digests, tuple(sorted(options.items())))
+
+
+def load_image(path: str | None, size: int = charts.THUMB) -> tuple[np.ndarray, bool]:
+    """`charts.load_image_rgb`, read once per state of the file (the array is shared: do not write to it)."""
+    return _IMAGES.get(create_image_key("file", path, size=size), lambda: charts.load_image_rgb(path, size))
+
+
+def render_image(container, key: tuple, draw: Callable[[], np.ndarray], *, caption: str,
+                 width: str = "stretch") -> None:
+    """`container.image` of the pixels `draw()` returns, drawn and encoded once per `key`
+    (`create_image_key`); Streamlit sends a JPEG it is given as it is."""
+    data = _IMAGES.get(key, lambda: charts.encode_jpeg(draw()))
+    container.image(data, caption=caption, width=width, output_format="JPEG")
 
 
 # ---------------------------------------------------------------- store problems
