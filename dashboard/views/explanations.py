@@ -123,7 +123,8 @@ if len(em):
     if box is not None:
         with box:
             widgets.render_table(em if per_emotion else em[em["emotion"] == "all"], "explanation-metrics-table",
-                                 ctx.run_id, caption="Faithfulness, sanity checks and localisation per method")
+                                 ctx.run_id, caption="Faithfulness, sanity checks and localisation per method",
+                                 grid=True)
     for line in widgets.describe_checks_not_run(ctx.run, layers, em):
         st.caption(line)
     agree = em[em["metric"] == f"agree_{AGREEMENT_REFERENCE}_spearman"]
