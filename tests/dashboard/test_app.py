@@ -141,3 +141,25 @@ def test_markdown_tables_show_every_cell_as_typed():
     assert shown["image_id"].tolist() == ["a|b", "[x](http://e.com)", "**bold** $x$ U+202Eevil"]
     assert shown["f1"].tolist()[0] == 0.123 and np.isnan(shown["f1"].tolist()[1]) and shown["n"].tolist() == [3, 4, 5]
     assert text.splitlines()[1] == "|:---|---:|---:|"  # numbers right-aligned
+
+
+def test_image_keys_follow_everything_an_image_is_drawn_from(tmp_path):
+    import os
+
+    import numpy as np
+
+    from dashboard import widgets
+
+    face = tmp_path / "face.jpg"
+    face.write_bytes(b"one")
+    cam = np.linspace(0, 1, 49, dtype=np.float32).reshape(7, 7)
+    key = widgets.create_image_key("thumb", str(face), cam, None, alpha=0.5)
+    assert widgets.create_image_key("thumb", str(face), cam.copy(), None, alpha=0.5) == key  # same content
+    assert widgets.create_image_key("thumb", str(face), cam, None, alpha=0.6) != key
+    assert widgets.create_image_key("thumb", str(face), cam * 0.5, None, alpha=0.5) != key
+    assert widgets.create_image_key("thumb", str(face), None, cam, alpha=0.5) != key  # the other side
+    face.write_bytes(b"other")  # a changed file (size and mtime) is drawn again
+    os.utime(face, ns=(1, 1))
+    assert widgets.create_image_key("thumb", str(face), cam, None, alpha=0.5) != key
+    face.unlink()
+    assert widgets.create_image_key("thumb", str(face), cam, None, alpha=0.5)[1] == (str(face), None)
