@@ -510,7 +510,7 @@ def render_figure(chart, view: str, run_id: str, *, select: bool = False, key: s
 
 # Faces, overlays and mean maps as encoded files, by everything their pixels depend on: a page's 16-30
 # images were otherwise decoded, blended and JPEG-encoded again on every script run.
-_IMAGES = charts.Memo(size=4096)
+_IMAGES = charts.Memo(size=1024)  # up to ~20 MB: a 48-image gallery page at a few opacities
 
 
 def _file_state(path: str | None) -> tuple:
