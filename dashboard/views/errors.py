@@ -98,15 +98,16 @@ rows = page.to_dict("records")
 for start in range(0, len(rows), COLUMNS):
     cols = st.columns(COLUMNS)
     for col, r in zip(cols, rows[start:start + COLUMNS]):
-        image, _found = charts.load_image_rgb(r["path"])
         pred_cam = cam_of.get((r["image_id"], "pred"))
         true_cam = cam_of.get((r["image_id"], "true"), pred_cam if r["correct"] else None)
-        thumb = image if pred_cam is None and true_cam is None else \
-            charts.create_thumbnail(image, pred_cam, true_cam, alpha=alpha)
-        shown = overlay_method if pred_cam is not None or true_cam is not None else "no CAM"
-        col.image(thumb, width="stretch",
-                  caption=f"{md(r['image_id'])}: {md(r['true_label'])} → {md(r['pred_label'])} "
-                          f"({r['confidence']:.0%}) · {md(shown)}")
+        plain = pred_cam is None and true_cam is None
+        shown = "no CAM" if plain else overlay_method
+        widgets.render_image(
+            col, widgets.create_image_key("thumb", r["path"], pred_cam, true_cam, alpha=alpha),
+            lambda path=r["path"], p=pred_cam, t=true_cam, plain=plain: widgets.load_image(path)[0] if plain
+            else charts.create_thumbnail(widgets.load_image(path)[0], p, t, alpha=alpha),
+            caption=f"{md(r['image_id'])}: {md(r['true_label'])} → {md(r['pred_label'])} "
+                    f"({r['confidence']:.0%}) · {md(shown)}")
         col.button("Details", key=f"open-{r['image_id']}", on_click=open_detail, args=(r["image_id"],),
                    icon=":material/zoom_in:", type="tertiary")
 
@@ -146,18 +147,21 @@ if not len(pred):
     st.stop()
 p = pred.iloc[0]
 path = detail["image"]["path"].iloc[0] if len(detail["image"]) else None
-big, found = charts.load_image_rgb(path, size=200)
+big, found = widgets.load_image(path, size=200)
 dcams = queries.load_cams(ctx.ref, ctx.run_id, (image_id,), overlay_method) if overlay_method else cams.iloc[0:0]
 dcam = {r.target: decode_cam(r.cam, r.cam_size) for r in dcams.itertuples()}
 a, b, c = st.columns(3)
-a.image(big, caption=md(image_id) + ("" if found else " (image file missing)"), width="stretch")
+widgets.render_image(a, widgets.create_image_key("face", path, size=200), lambda: big,
+                     caption=md(image_id) + ("" if found else " (image file missing)"))
 if "pred" in dcam:
-    b.image(charts.create_overlay(big, dcam["pred"], alpha),
-            caption=f"{overlay_method} CAM for predicted: {md(p['pred_label'])}", width="stretch")
+    widgets.render_image(b, widgets.create_image_key("overlay", path, dcam["pred"], size=200, alpha=alpha),
+                         lambda: charts.create_overlay(big, dcam["pred"], alpha),
+                         caption=f"{overlay_method} CAM for predicted: {md(p['pred_label'])}")
 true_cam = dcam.get("true", dcam.get("pred") if p["correct"] else None)
 if true_cam is not None:
-    c.image(charts.create_overlay(big, true_cam, alpha), caption=f"{overlay_method} CAM for true: {md(p['true_label'])}",
-            width="stretch")
+    widgets.render_image(c, widgets.create_image_key("overlay", path, true_cam, size=200, alpha=alpha),
+                         lambda: charts.create_overlay(big, true_cam, alpha),
+                         caption=f"{overlay_method} CAM for true: {md(p['true_label'])}")
 st.write(f"True **{md(p['true_label'])}**, predicted **{md(p['pred_label'])}** with confidence {p['confidence']:.1%} "
          f"({'correct' if p['correct'] else 'misclassified'}), split {md(p['split'])}.")
 left, right = st.columns([2, 3])

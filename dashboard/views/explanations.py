@@ -52,12 +52,14 @@ for col, outcome, title in zip(st.columns(2), ("correct", "wrong"), ("Correct", 
         for pair in range(0, len(page), 2):
             inner = st.columns(2)
             for icol, r in zip(inner, page.iloc[pair:pair + 2].to_dict("records")):
-                image, _ = charts.load_image_rgb(r["path"])
                 pcam = cam_of.get((r["image_id"], "pred"))
                 tcam = cam_of.get((r["image_id"], "true"), pcam if r["correct"] else None)
                 shown = method if pcam is not None or tcam is not None else "no CAM"
-                icol.image(charts.create_thumbnail(image, pcam, tcam, alpha), width="stretch",
-                           caption=f"{r['image_id']} → {r['pred_label']} ({r['confidence']:.0%}) · {shown}")
+                widgets.render_image(
+                    icol, widgets.create_image_key("thumb-pair", r["path"], pcam, tcam, alpha=alpha),
+                    lambda path=r["path"], p=pcam, t=tcam: charts.create_thumbnail(widgets.load_image(path)[0], p, t,
+                                                                                   alpha),
+                    caption=f"{r['image_id']} → {r['pred_label']} ({r['confidence']:.0%}) · {shown}")
                 if icol.button("Details", key=f"open-{r['image_id']}", icon=":material/zoom_in:", type="tertiary"):
                     st.switch_page(ERRORS_PAGE, query_params={
                         "run": ctx.run_id, "split": split, "outcome": "all", "true": r["true_label"],
@@ -82,8 +84,10 @@ elif len(means):
         for col, emo in zip(cols, ctx.classes):
             if emo in sub.index:
                 r = sub.loc[emo]
-                col.image(charts.create_cam_image(r["mean_cam"], 96), caption=f"{emo}, {label} (n={int(r['n'])})",
-                          width="stretch")
+                cam = r["mean_cam"]
+                widgets.render_image(col, widgets.create_image_key("mean", None, cam, size=96),
+                                     lambda cam=cam: charts.create_cam_image(cam, 96),
+                                     caption=f"{emo}, {label} (n={int(r['n'])})")
             else:
                 col.caption(f"{emo}, {label}: none")
 else:
@@ -119,7 +123,8 @@ if len(em):
     if box is not None:
         with box:
             widgets.render_table(em if per_emotion else em[em["emotion"] == "all"], "explanation-metrics-table",
-                                 ctx.run_id, caption="Faithfulness, sanity checks and localisation per method")
+                                 ctx.run_id, caption="Faithfulness, sanity checks and localisation per method",
+                                 grid=True)
     for line in widgets.describe_checks_not_run(ctx.run, layers, em):
         st.caption(line)
     agree = em[em["metric"] == f"agree_{AGREEMENT_REFERENCE}_spearman"]

@@ -176,8 +176,8 @@ if len(agreement):
     if (box := widgets.open_expander("Agreement as tables", key="fairness-proxy-table")) is not None:
         with box:
             widgets.render_table(summary, "proxy-agreement-summary", ctx.run_id,
-                                 caption="Share of images whose inferred label equals the annotation")
+                                 caption="Share of images whose inferred label equals the annotation", grid=True)
             widgets.render_table(agreement, "proxy-agreement", ctx.run_id,
-                                 caption="Inferred against annotated labels")
+                                 caption="Inferred against annotated labels", grid=True)
 else:
     st.write("No dataset with both annotations and inferred labels: nothing to compare.")

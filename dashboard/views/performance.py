@@ -59,7 +59,7 @@ if (box := widgets.open_expander("Confusion counts as a table", key="confusion-t
         table = confusion.pivot_table(index="true_label", columns="pred_label", values="n", fill_value=0)
         table = table.reindex(index=ctx.classes, columns=ctx.classes, fill_value=0).reset_index()
         widgets.render_table(table, f"confusion-table-{split}", ctx.run_id,
-                             caption=f"Confusion matrix ({split}; rows true, columns predicted)")
+                             caption=f"Confusion matrix ({split}; rows true, columns predicted)", grid=True)
 
 st.subheader("Training curves")
 epochs = queries.load_epochs(ctx.ref, ctx.run_id)
@@ -67,7 +67,8 @@ if len(epochs):
     widgets.render_figure(charts.create_training_curves_chart(epochs), "training-curves", ctx.run_id)
     if (box := widgets.open_expander("Per-epoch table", key="epochs-table")) is not None:
         with box:
-            widgets.render_table(epochs, "epochs", ctx.run_id, caption="Per-epoch loss, accuracy and learning rate")
+            widgets.render_table(epochs, "epochs", ctx.run_id, caption="Per-epoch loss, accuracy and learning rate",
+                                 grid=True)
 else:
     st.write("No training epochs stored for this run (an evaluation of another run's model).")
 

@@ -1,8 +1,10 @@
 """Fixtures for the dashboard tests: stores to point the app at, and an AppTest factory."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.dashboard.fake_store import create_fake_store
@@ -39,6 +41,38 @@ def open_page(make_app, store: Path, page_script: str, **params):
     at.switch_page(page_script).run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+_SEPARATOR_ROW = re.compile(r"\|(:?-+:?\|)+")
+_CELL_BORDER = re.compile(r"(?<!\\)\|")  # a pipe that is not escaped
+
+
+def read_markdown_table(text: str) -> pd.DataFrame | None:
+    """The frame a markdown table of `widgets.create_markdown_table` shows (None if `text` is no table):
+    cells unescaped, columns whose every non-empty cell is a number read as numbers, empty cells NaN."""
+    lines = text.strip().splitlines()
+    if len(lines) < 2 or not _SEPARATOR_ROW.fullmatch(lines[1].strip()):
+        return None
+
+    def cells(line: str) -> list[str]:
+        return [re.sub(r"\\(.)", r"\1", c.strip()) for c in _CELL_BORDER.split(line.strip()[1:-1])]
+
+    df = pd.DataFrame([cells(line) for line in lines[2:]], columns=cells(lines[0]))
+    for column in df.columns:
+        values = df[column].replace("", None)
+        numbers = pd.to_numeric(values, errors="coerce")
+        if numbers.notna().sum() == values.notna().sum():
+            df[column] = numbers
+        else:
+            df[column] = values
+    return df
+
+
+def read_tables(at) -> list[pd.DataFrame]:
+    """Every table a page shows: its markdown tables (`widgets.render_table`'s plain view), then its data
+    grids, each in page order."""
+    tables = [read_markdown_table(m.value) for m in at.markdown]
+    return [t for t in tables if t is not None] + [d.value for d in at.dataframe]
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,43 @@ def test_db_argument_wins_over_environment(monkeypatch, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FER_RESULTS_DB"}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
     assert Path(out.stdout.strip()) == root / "results.duckdb"
+
+
+def test_markdown_tables_show_every_cell_as_typed():
+    import numpy as np
+    import pandas as pd
+
+    from dashboard import widgets
+    from tests.dashboard.conftest import read_markdown_table
+
+    df = pd.DataFrame({"image_id": ["a|b", "[x](http://e.com)", "**bold** $x$ \u202eevil"],
+                       "f1": [0.12345, np.nan, -1.0], "n": [3, 4, 5]})
+    text = widgets.create_markdown_table(df)
+    assert "\\[x\\]\\(http" in text and "\\*\\*bold" in text and "\u202e" not in text  # no link, emphasis, override
+    shown = read_markdown_table(text)
+    assert shown.columns.tolist() == ["image_id", "f1", "n"]
+    assert shown["image_id"].tolist() == ["a|b", "[x](http://e.com)", "**bold** $x$ U+202Eevil"]
+    assert shown["f1"].tolist()[0] == 0.123 and np.isnan(shown["f1"].tolist()[1]) and shown["n"].tolist() == [3, 4, 5]
+    assert text.splitlines()[1] == "|:---|---:|---:|"  # numbers right-aligned
+
+
+def test_image_keys_follow_everything_an_image_is_drawn_from(tmp_path):
+    import os
+
+    import numpy as np
+
+    from dashboard import widgets
+
+    face = tmp_path / "face.jpg"
+    face.write_bytes(b"one")
+    cam = np.linspace(0, 1, 49, dtype=np.float32).reshape(7, 7)
+    key = widgets.create_image_key("thumb", str(face), cam, None, alpha=0.5)
+    assert widgets.create_image_key("thumb", str(face), cam.copy(), None, alpha=0.5) == key  # same content
+    assert widgets.create_image_key("thumb", str(face), cam, None, alpha=0.6) != key
+    assert widgets.create_image_key("thumb", str(face), cam * 0.5, None, alpha=0.5) != key
+    assert widgets.create_image_key("thumb", str(face), None, cam, alpha=0.5) != key  # the other side
+    face.write_bytes(b"other")  # a changed file (size and mtime) is drawn again
+    os.utime(face, ns=(1, 1))
+    assert widgets.create_image_key("thumb", str(face), cam, None, alpha=0.5) != key
+    face.unlink()
+    assert widgets.create_image_key("thumb", str(face), cam, None, alpha=0.5)[1] == (str(face), None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.cli import main
-from tests.dashboard.conftest import open_page
+from tests.dashboard.conftest import open_page, read_tables
 from tests.pipeline.external.stores import create_byom_store, dataset_args, latest_run
 
 PAGES = ["overview", "performance", "errors", "explanations", "fairness", "compare", "export", "twins"]
@@ -45,7 +45,7 @@ def test_explanations_show_gradient_free_methods_and_the_checks_that_do_not_appl
     assert any(c.startswith("No randomisation sanity check for occlusion, rise") and "an onnx file" in c
                for c in captions), captions
     assert any(c.startswith("No agreement with Grad-CAM for occlusion, rise") for c in captions), captions
-    checks = next(d.value for d in at.dataframe if "rule" in d.value.columns)
+    checks = next(d for d in read_tables(at) if "rule" in d.columns)
     assert set(checks["method"]) == {"occlusion", "rise"}  # localisation checks on the synthetic set
 
 
@@ -53,8 +53,8 @@ def test_explanations_show_agreement_with_gradcam(make_app, byom_store):
     at = open_page(make_app, byom_store["db"], "views/explanations.py", run=byom_store["runs"]["torchscript"],
                    xmethod="occlusion")
     assert "Gradient-free maps against Grad-CAM" in [s.value for s in at.subheader]
-    agree = next(d.value for d in at.dataframe if {"method", "ci_low", "ci_high"} <= set(d.value.columns)
-                 and "rule" not in d.value.columns and "metric" not in d.value.columns)
+    agree = next(d for d in read_tables(at) if {"method", "ci_low", "ci_high"} <= set(d.columns)
+                 and "rule" not in d.columns and "metric" not in d.columns)
     assert list(agree["method"]) == ["occlusion"] and list(agree["emotion"]) == ["all"]
     captions = [c.value for c in at.caption]
     assert any("No randomisation sanity check for gradcam, occlusion" in c and "a torchscript file" in c
@@ -83,5 +83,5 @@ def test_compare_pairs_an_external_run_with_its_trained_run(make_app, byom_store
     # The export predicts what the checkpoint predicts: every shared image, none right by one run only.
     assert f"On the **{n_test}** test images" in text
     assert "right only by A **0**, only by B **0**" in text
-    shared = next(d.value for d in at.dataframe if "n_shared" in d.value.columns)
+    shared = next(d for d in read_tables(at) if "n_shared" in d.columns)
     assert set(shared["n_shared"]) == {n_test}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from dashboard import charts
 
@@ -71,6 +72,9 @@ def test_builders_are_memoized_by_content_and_page_specs_match_the_validated_spe
     assert charts.create_confusion_chart(confusion, ["Fear", "Anger"], normalise=False) is not a
     page = charts.create_page_spec(a)
     full = a.to_dict()  # validated against the Vega-Lite schema
-    assert page["layer"] == full["layer"] and page["datasets"] == full["datasets"]
+    assert page["layer"] == full["layer"] and set(page["datasets"]) == set(full["datasets"])
+    for name, rows in full["datasets"].items():  # each dataset sent as Arrow bytes holding the same rows
+        sent = pa.ipc.open_stream(page["datasets"][name]).read_all().to_pandas()
+        pd.testing.assert_frame_equal(sent, pd.DataFrame(rows))
     page["layer"].clear()  # a page's copy may be amended without touching the cached one
     assert charts.create_page_spec(a)["layer"] == full["layer"]

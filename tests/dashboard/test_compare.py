@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.dashboard.conftest import read_tables
+
 RUNS = ["20260101-000000-lightcnn-softlabel-aaaa", "20260102-000000-resnet50-transfer-bbbb"]
 
 
@@ -11,7 +13,7 @@ def test_two_runs_side_by_side(make_app, fake_store):
     at.switch_page("views/compare.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert sorted(at.multiselect(key="runs").value) == sorted(RUNS)
-    tables = [d.value for d in at.dataframe]
+    tables = read_tables(at)
     per_class = next(t for t in tables if "label" in t.columns)
     assert set(RUNS) <= set(per_class.columns)
     assert per_class.set_index("label").loc["Neutral", RUNS[0]] != per_class.set_index("label").loc["Neutral", RUNS[0]]  # NaN: 6-class run
@@ -22,9 +24,9 @@ def test_two_runs_side_by_side(make_app, fake_store):
 def test_metric_and_run_selection(make_app, fake_store):
     at = make_app(fake_store).run()
     at.switch_page("views/compare.py").run()
-    f1 = next(d.value for d in at.dataframe if "label" in d.value.columns)
+    f1 = next(d for d in read_tables(at) if "label" in d.columns)
     at.selectbox(key="cmetric").set_value("recall").run()
-    recall = next(d.value for d in at.dataframe if "label" in d.value.columns)
+    recall = next(d for d in read_tables(at) if "label" in d.columns)
     assert not f1.equals(recall)
     at.multiselect(key="runs").set_value([RUNS[0]]).run()
     assert any("two or more" in i.value for i in at.info)
@@ -68,5 +70,5 @@ def test_paired_comparison_of_two_runs_on_the_same_images(make_app, two_run_stor
     text = " ".join(m.value for m in at.markdown)
     assert f"**{len(a)}** test images" in text and f"p = {want['p_value']:.4g}" in text
     # 42 test faces: no group reaches the minimum support of 30 images, and the page says so
-    assert not any("change" in d.value.columns for d in at.dataframe)
+    assert not any("change" in d.columns for d in read_tables(at))
     assert "No group has enough images with annotations demographics" in text

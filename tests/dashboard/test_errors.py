@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from dashboard import queries, widgets
-from tests.dashboard.conftest import open_page
+from tests.dashboard.conftest import open_page, read_tables
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 
@@ -107,7 +107,7 @@ def test_detail_view_and_missing_images(make_app, fake_store):
     assert at.selectbox(key="img").value == missing_id
     shown = widgets.escape_markdown(missing_id)  # captions show data-derived ids escaped
     assert any(f"{shown} (image file missing)" in c for img in at.image for c in img.captions)
-    tables = [d.value for d in at.dataframe]
+    tables = read_tables(at)
     assert any("source" in t.columns and "gender_conf" in t.columns for t in tables)  # demographics
     assert any("mouth" in t.columns for t in tables)  # region energies
     assert not at.exception

@@ -7,7 +7,7 @@ import duckdb
 import pytest
 
 from dashboard import queries
-from tests.dashboard.conftest import open_page
+from tests.dashboard.conftest import open_page, read_tables
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 
@@ -21,14 +21,14 @@ def test_sections_and_tables(make_app, fake_store):
     subheaders = [s.value for s in at.subheader]
     assert subheaders[1:] == ["Mean heatmap per emotion", "Energy per facial region",
                               "Faithfulness and sanity checks"]
-    tables = [d.value for d in at.dataframe]
+    tables = read_tables(at)
     assert any({"emotion", "correct", "mouth", "background"} <= set(t.columns) for t in tables)
     checks = next(t for t in tables if {"check", "baseline", "rule", "result"} <= set(t.columns))
     assert set(checks["emotion"]) == {"all"}  # per emotion only when asked
     assert not at.success and not at.error  # no more green/red boxes: one table and a verdict per method
     assert any(m.value.startswith("**gradcam**: passes") for m in at.markdown)
     at.toggle(key="xm_all").set_value(True).run()
-    checks = next(d.value for d in at.dataframe if "rule" in d.value.columns)
+    checks = next(d for d in read_tables(at) if "rule" in d.columns)
     assert len(set(checks["emotion"])) > 1
 
 

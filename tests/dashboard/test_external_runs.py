@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from pipeline.store.db import refresh_explorer
-from tests.dashboard.conftest import open_page
+from tests.dashboard.conftest import open_page, read_tables
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 
@@ -73,5 +73,5 @@ def test_compare_counts_the_images_runs_share(make_app, predictions_store):
     assert set(shared["n_shared"]) == {expected}
     assert (shared["n_shared"] <= shared["n"]).all()
     at = open_page(make_app, predictions_store, "views/compare.py", run=complete[0])
-    tables = [d.value for d in at.dataframe if "n_shared" in d.value.columns]
+    tables = [d for d in read_tables(at) if "n_shared" in d.columns]
     assert tables and list(tables[0]["n_shared"]) == list(shared["n_shared"])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dashboard import queries
-from tests.dashboard.conftest import open_page
+from tests.dashboard.conftest import open_page, read_tables
 
 
 def _open(make_app, store, **params):
@@ -14,7 +14,7 @@ def test_tables_and_figures_are_present(make_app, app_store):
     ref = queries.create_store_ref(app_store)
     run_id = at.selectbox(key="run").value
     metrics = queries.load_class_metrics(ref, run_id, "test")
-    first = at.dataframe[0].value
+    first = read_tables(at)[0]
     assert set(["label", "precision", "recall", "f1", "support"]) <= set(first.columns)
     assert first["label"].tolist() == metrics["label"].tolist()
     assert [s.value for s in at.subheader] == ["Per-class report", "Confusion matrix", "Training curves",
@@ -47,7 +47,20 @@ def test_confusion_cell_opens_error_explorer_filtered_to_it(make_app, app_store)
 
 def test_switching_run_changes_the_report(make_app, fake_store):
     at = _open(make_app, fake_store, run="20260101-000000-lightcnn-softlabel-aaaa")
-    six = at.dataframe[0].value["label"].tolist()
+    six = read_tables(at)[0]["label"].tolist()
     at.selectbox(key="run").set_value("20260102-000000-resnet50-transfer-bbbb").run()
-    seven = at.dataframe[0].value["label"].tolist()
+    seven = read_tables(at)[0]["label"].tolist()
     assert "Neutral" not in six and "Neutral" in seven
+
+
+def test_report_is_plain_until_the_grid_is_asked_for(make_app, fake_store):
+    at = _open(make_app, fake_store)
+    split = at.radio(key="split").value
+    plain = read_tables(at)[0]
+    assert not at.dataframe  # no grid on first load: its JavaScript is not fetched
+    at.button(key=f"grid-button-class-metrics-{split}").click().run()
+    grid = next(d.value for d in at.dataframe if "f1" in d.value.columns)
+    assert grid["label"].tolist() == plain["label"].tolist()
+    assert (grid[["precision", "recall", "f1"]] - plain[["precision", "recall", "f1"]]).abs().max().max() <= 5e-4
+    at.button(key=f"grid-button-class-metrics-{split}").click().run()  # "Plain table" swaps back
+    assert not any("f1" in d.value.columns for d in at.dataframe)

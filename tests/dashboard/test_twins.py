@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dashboard.conftest import open_page
+from tests.dashboard.conftest import open_page, read_tables
 
 
 def test_twins_page_shows_recall_by_skin_tone(make_app, pipeline_store):
@@ -11,7 +11,12 @@ def test_twins_page_shows_recall_by_skin_tone(make_app, pipeline_store):
     from pipeline.synth.twins import compute_twin_recall
 
     at = open_page(make_app, pipeline_store, "views/twins.py")
-    table = next(d.value for d in at.dataframe if "twins: Caucasian" in d.value.columns).set_index("emotion")
+    shown = next(d for d in read_tables(at) if "twins: Caucasian" in d.columns)  # markdown, three decimals
+    at.button(key="grid-button-twins-skin-table").click().run()  # the grid holds the exact values
+    table = next(d.value for d in at.dataframe if "twins: Caucasian" in d.value.columns)
+    assert table.columns.tolist() == shown.columns.tolist() and table["emotion"].tolist() == shown["emotion"].tolist()
+    assert (table.drop(columns="emotion") - shown.drop(columns="emotion")).abs().max().max() <= 5e-4
+    table = table.set_index("emotion")
     with store.open_store(pipeline_store, read_only=True) as con:
         run_id = store.get_run(con, "latest")["run_id"]
         twins = store.load_frame(con, "twin_predictions", run_id=run_id, kind="skin")
