@@ -134,6 +134,8 @@ def ensure_store(db: Path, n: int) -> None:
 
 
 def main(argv=None) -> int:
+    # Long on purpose: one benchmark run reads top to bottom (options, servers, interleaved loads,
+    # navigation, the printed table); its pieces are already functions.
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, default=ROOT / "bench" / "out" / "dashboard_1m.duckdb")
     parser.add_argument("--n", type=int, default=1_000_000, help="test predictions of the main run (when built)")
