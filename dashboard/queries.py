@@ -464,16 +464,7 @@ def _explorer_sql(run_id: str, f: ErrorFilters, codes: dict[str, dict[str, int]]
         codes_in("e.true_code", codes.get("label", {}), f.true_labels)
     if f.pred_labels:
         codes_in("e.pred_code", codes.get("label", {}), f.pred_labels)
-    if f.correct == "wrong":
-        where.append("NOT e.correct")
-    elif f.correct == "correct":
-        where.append("e.correct")
-    if f.conf_min > 0.0:
-        where.append("e.confidence >= ?")
-        params.append(float(f.conf_min))
-    if f.conf_max < 1.0:
-        where.append("e.confidence <= ?")
-        params.append(float(f.conf_max))
+    _add_outcome_sql("e", f, where, params)
     for column, known, values in demographic:
         codes_in(f"e.{column}", known, values)
     for value, kind, mask, table, extra in ((f.tag, "tag", "tag_mask", "failure_tags", "tag = ?"),
@@ -497,6 +488,21 @@ def _explorer_sql(run_id: str, f: ErrorFilters, codes: dict[str, dict[str, int]]
     return " AND ".join(where), params
 
 
+def _add_outcome_sql(alias: str, f: ErrorFilters, where: list[str], params: list) -> None:
+    """Append the conditions on outcome (correct / wrong) and confidence range of `f`, on the
+    columns of table `alias`, with their parameters."""
+    if f.correct == "wrong":
+        where.append(f"NOT {alias}.correct")
+    elif f.correct == "correct":
+        where.append(f"{alias}.correct")
+    if f.conf_min > 0.0:
+        where.append(f"{alias}.confidence >= ?")
+        params.append(float(f.conf_min))
+    if f.conf_max < 1.0:
+        where.append(f"{alias}.confidence <= ?")
+        params.append(float(f.conf_max))
+
+
 def _filter_sql(run_id: str, f: ErrorFilters, key: str = "image_id") -> tuple[str, str, list]:
     """(FROM clause, WHERE clause, parameters) of the predictions `f` selects.
 
@@ -510,16 +516,7 @@ def _filter_sql(run_id: str, f: ErrorFilters, key: str = "image_id") -> tuple[st
         if values:
             where.append(f"{column} IN ({', '.join('?' for _ in values)})")
             params += list(values)
-    if f.correct == "wrong":
-        where.append("NOT p.correct")
-    elif f.correct == "correct":
-        where.append("p.correct")
-    if f.conf_min > 0.0:
-        where.append("p.confidence >= ?")
-        params.append(float(f.conf_min))
-    if f.conf_max < 1.0:
-        where.append("p.confidence <= ?")
-        params.append(float(f.conf_max))
+    _add_outcome_sql("p", f, where, params)
     demographic = [(c, v) for c, v in (("gender", f.genders), ("race", f.races), ("age_group", f.ages)) if v]
     if demographic:
         where.append(f"p.{key} IN (SELECT {key} FROM demographics WHERE dataset_fingerprint = ? AND source = ? "
