@@ -9,6 +9,7 @@ import pytest
 
 from dashboard import queries
 from pipeline.store.db import refresh_explorer
+from tests.store_versions import make_version_5, make_version_6
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 FP = "fp-synth-1"
@@ -226,28 +227,16 @@ def _make_version_6(path) -> None:
     """Make `path` a store written before explorer rows (schema version 6): no explorer tables."""
     con = duckdb.connect(str(path))
     try:
-        con.execute("DROP TABLE explorer_rows")
-        con.execute("DROP TABLE explorer_codes")
-        con.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+        make_version_6(con)
     finally:
         con.close()
 
 
 def _make_version_5(path) -> None:
     """Make `path` a store written before image keys (schema version 5): no image_keys table or columns."""
-    from pipeline.store import db as store
-
-    _make_version_6(path)
     con = duckdb.connect(str(path))
     try:
-        con.execute("DROP TABLE image_keys")
-        for index in store.ADDED_INDEXES:  # DuckDB alters no table with an index
-            con.execute(f'DROP INDEX "{index}"')
-        for table in store.IMAGE_KEY_TABLES:
-            con.execute(f'ALTER TABLE "{table}" DROP COLUMN image_key')
-        for statement in store.INDEX_STATEMENTS:
-            con.execute(statement)
-        con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        make_version_5(con)
     finally:
         con.close()
 

@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.store import db as store
 from pipeline.errors import UserError
+from tests.store_versions import make_version_5
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CLASSES = ["Surprise", "Fear", "Happiness"]
@@ -214,16 +215,7 @@ def test_store_before_image_keys_is_read_as_is_and_keyed_on_upgrade(db):
         store.replace_rows(con, "slice_images", pd.DataFrame({"image_id": ["img002"]}),
                            run_id="run-v5", source="annotations", split="test", rank=1)
         keyed = _keys_of(con)
-        # make it a store written by version 5: no image_keys table, no image_key columns, no explorer rows
-        for table in store.DERIVED_TABLES:
-            con.execute(f'DROP TABLE "{table}"')
-        for index in store.ADDED_INDEXES:  # DuckDB alters no table with an index
-            con.execute(f'DROP INDEX "{index}"')
-        for table in store.IMAGE_KEY_TABLES:
-            con.execute(f'ALTER TABLE "{table}" DROP COLUMN image_key')
-        for statement in store.INDEX_STATEMENTS:
-            con.execute(statement)
-        con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        make_version_5(con)  # a store written by version 5: no image_keys table or columns, no explorer rows
     with store.open_store(db, read_only=True) as con:  # readable as it is
         assert not store.has_image_keys(con) and "image_keys" in store.missing_added_tables(con)
         assert len(store.load_frame(con, "predictions", run_id="run-v5")) == 4
