@@ -17,7 +17,7 @@ from pipeline.synth.faces import (
     SKIN_BASE, SynthConfig, compute_colour_headroom, create_reskinned_params, generate_dataset, load_au_masks, load_manifest, load_synthetic_attributes,
     parse_bias, sample_face_params, write_preview,
 )
-from pipeline.synth.draw import NOISE_SIGMA_RANGE, render_face
+from pipeline.synth.draw import NOISE_SIGMA_RANGE, create_gradient_image, render_face
 
 N = 80
 CONFIG = SynthConfig(n=N, seed=3, workers=1)
@@ -196,6 +196,17 @@ def _expressive_params(config: SynthConfig, count: int, bias=None):
 def _reskinned(params, race: int):
     """The same face (pose, light, skin jitter) with the skin of `race`'s group, noise off."""
     return replace(create_reskinned_params(params, race), noise=0.0)
+
+
+@pytest.mark.parametrize("c0, c1, size", [((30, 200, 90), (229, 31, 130), 280), ((0, 0, 0), (255, 255, 255), 7),
+                                           ((100, 100, 100), (100, 100, 100), 1)])
+def test_gradient_image_equals_its_column_broadcast_over_the_width(c0, c1, size):
+    c0, c1 = np.array(c0), np.array(c1)
+    t = np.linspace(0, 1, size)[:, None, None]
+    expected = np.broadcast_to((c0 * (1 - t) + c1 * t).astype(np.uint8), (size, size, 3))
+    image = create_gradient_image(c0, c1, size)
+    assert image.mode == "RGB" and image.size == (size, size)
+    assert np.array_equal(np.asarray(image), expected)
 
 
 def test_reskinned_params_change_the_skin_only():
