@@ -18,7 +18,7 @@ gallery page (queries + reading images + drawing overlays) under 1 s. The store'
 integrity check (every block of every table read back) is timed on its own line:
 the dashboard keeps its result on disk per version of the file, so pages do not pay it.
 For 10M predictions: `--n 10000000 --db bench/out/dashboard_10m.duckdb` (10.8 GB at schema
-version 7, 9.6 GB at version 5; built in 5-17 min before version 7, whose explorer rows add
+versions 7 and 8, 9.6 GB at version 5; built in 5-17 min before version 7, whose explorer rows add
 about 170 s of CPU; docs/design-notes.md has the measured tables). These are printed figures,
 never assertions.
 """

@@ -329,7 +329,12 @@ def load_runs(ref: StoreRef) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def load_demographic_sources(ref: StoreRef, fingerprint: str) -> pd.DataFrame:
-    """The demographic sources stored for a dataset: source, inferred, n (annotations first)."""
+    """The demographic sources stored for a dataset: source, inferred, n (annotations first); from the
+    store's demographic_sources (schema version 8), else, on an older store read as it is, its demographics."""
+    if "demographic_sources" not in load_missing_tables(ref):
+        return _read(ref, """
+            SELECT source, inferred, n FROM demographic_sources WHERE dataset_fingerprint = ?
+            ORDER BY inferred, source""", [fingerprint])
     return _read(ref, """
         SELECT source, bool_or(inferred) AS inferred, count(*) AS n
         FROM demographics WHERE dataset_fingerprint = ?
@@ -397,9 +402,11 @@ def load_explainer_methods(ref: StoreRef, run_id: str) -> list[str]:
 
 @st.cache_data(show_spinner=False)
 def load_heatmap_layers(ref: StoreRef, run_id: str) -> dict[str, str]:
-    """{method: the layer its maps were read at} of a run's heatmaps ('input' for gradient-free methods)."""
-    df = _read(ref, """
-        SELECT method, min(target_layer) AS target_layer FROM heatmaps WHERE run_id = ?
+    """{method: the layer its maps were read at} of a run's heatmaps ('input' for gradient-free methods);
+    from the store's heatmap_layers (schema version 8), else, on an older store read as it is, its heatmaps."""
+    table = "heatmaps" if "heatmap_layers" in load_missing_tables(ref) else "heatmap_layers"
+    df = _read(ref, f"""
+        SELECT method, min(target_layer) AS target_layer FROM {table} WHERE run_id = ?
         GROUP BY method ORDER BY method""", [run_id])
     return dict(zip(df["method"], df["target_layer"]))
 

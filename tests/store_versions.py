@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 
+def make_version_7(con) -> None:
+    """No heatmap_layers or demographic_sources (they came with version 8)."""
+    con.execute("DROP TABLE heatmap_layers")
+    con.execute("DROP TABLE demographic_sources")
+    con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+
+
 def make_version_6(con) -> None:
-    """No explorer tables (they came with version 7)."""
+    """No explorer tables (they came with version 7), nor version 8's tables."""
+    make_version_7(con)
     con.execute("DROP TABLE explorer_rows")
     con.execute("DROP TABLE explorer_codes")
     con.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")

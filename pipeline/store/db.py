@@ -25,6 +25,9 @@ Rules it relies on:
   runs concerned, and the outermost `transaction` rebuilds their explorer rows
   (`refresh_explorer`) just before it commits, so they never disagree with what they derive
   from; a writable open of an older store builds them for every run.
+  Beside them (version 8), `heatmap_layers` (a run's methods and layers) and
+  `demographic_sources` (a dataset's sources) are rebuilt the same way, so the
+  dashboard reads a few rows where it grouped every heatmap or demographics row.
 - Storage order: a table in `STORAGE_ORDER` is written sorted by its key
   (`insert_frame`), so one run's predictions lie in the order the dashboard pages
   them (most confident first) and DuckDB's zone maps let a page read a few row
@@ -77,14 +80,15 @@ from pipeline.paths import DEFAULT_DB
 if TYPE_CHECKING:  # duckdb is imported lazily so `--help` stays fast
     import duckdb
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Tables added after version 1, with the version that added them. Every other table and
 # column is unchanged since UPGRADABLE_FROM, so a store of that version or later is read
 # as it is and upgraded in place (the added tables created empty) when opened writable.
 ADDED_TABLES: dict[str, int] = {"heatmap_summary": 2, "audits": 3, "slices": 4, "slice_images": 4,
                                 "calibration": 4, "calibration_bins": 4,
                                 "twin_predictions": 4, "image_keys": 6,
-                                "explorer_rows": 7, "explorer_codes": 7}
+                                "explorer_rows": 7, "explorer_codes": 7,
+                                "heatmap_layers": 8, "demographic_sources": 8}
 # Columns added to existing tables after version 1: {table: {column: version}}. Their
 # types come from schema.sql; a writable open of an older store adds them (NULL in the
 # rows already there), and readers of an older store find them absent.
@@ -100,7 +104,8 @@ IMAGE_KEY_TABLES: tuple[str, ...] = ("predictions", "heatmaps", "failure_tags", 
 EXPLORER_INPUTS: dict[str, str] = {"predictions": "run_id", "heatmaps": "run_id", "failure_tags": "run_id",
                                    "demographics": "dataset_fingerprint"}
 # Tables the store derives from others (a salvaged copy derives them anew).
-DERIVED_TABLES: tuple[str, ...] = ("image_keys", "explorer_rows", "explorer_codes")
+DERIVED_TABLES: tuple[str, ...] = ("image_keys", "explorer_rows", "explorer_codes", "heatmap_layers",
+                                   "demographic_sources")
 # Tags and methods of a run with a bit in explorer_rows' BIGINT masks (the non-sign bits); the
 # explorer filters a rarer tag of a run with more through failure_tags itself.
 EXPLORER_MASK_BITS = 63
@@ -371,6 +376,9 @@ def ensure_schema(con) -> None:
             fill_image_keys(con)
         if found is not None and found < ADDED_TABLES["explorer_rows"]:  # upgraded: every run's explorer rows
             refresh_explorer(con)
+        elif found is not None and found < ADDED_TABLES["heatmap_layers"]:  # upgraded from 7: the facets alone
+            _build_heatmap_layers(con, None)
+            _build_demographic_sources(con, None)
         con.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
@@ -470,7 +478,7 @@ def mark_explorer_stale(con, table: str, values: list | None) -> None:
 
 
 def _refresh_stale_explorer(con) -> None:
-    """`refresh_explorer` for the runs `mark_explorer_stale` noted on `con` (called before a commit)."""
+    """`refresh_explorer` for the runs and datasets `mark_explorer_stale` noted on `con` (called before a commit)."""
     stale = _STALE_EXPLORER.pop(id(con), None)
     if not stale or "explorer_rows" not in _existing_tables(con):
         return
@@ -481,19 +489,21 @@ def _refresh_stale_explorer(con) -> None:
     fingerprints = sorted(stale.get("dataset_fingerprint", set()))
     if fingerprints:
         run_ids |= {r[0] for r in con.execute(
-            f"SELECT run_id FROM runs WHERE dataset_fingerprint IN ({', '.join('?' for _ in fingerprints)})",
-            fingerprints).fetchall()}
-    refresh_explorer(con, sorted(run_ids))
+            f"SELECT run_id FROM runs WHERE dataset_fingerprint IN ({_marks(fingerprints)})", fingerprints).fetchall()}
+    refresh_explorer(con, sorted(run_ids), fingerprints)
 
 
-def refresh_explorer(con, run_ids: list[str] | None = None) -> None:
-    """Rebuild the explorer_rows and explorer_codes of `run_ids` (None: every run with predictions)
-    from the store's predictions, heatmaps, failure tags and demographics; in the caller's transaction.
+def refresh_explorer(con, run_ids: list[str] | None = None, fingerprints: list[str] = ()) -> None:
+    """Rebuild the explorer_rows, explorer_codes and heatmap_layers of `run_ids` (None: every run with
+    predictions, and every dataset) from the store's predictions, heatmaps, failure tags and
+    demographics, and the demographic_sources of their datasets and of `fingerprints`; in the caller's
+    transaction.
 
     Measured on the 10M-prediction store of bench/bench_dashboard.py (two demographics sources,
     so 20M rows): 97 s of CPU for its main run, once per write of that run's inputs."""
     with transaction(con):
-        if run_ids is None:
+        everything = run_ids is None
+        if everything:
             run_ids = [r[0] for r in con.execute(
                 "SELECT DISTINCT run_id FROM predictions UNION SELECT DISTINCT run_id FROM explorer_codes "
                 "ORDER BY run_id").fetchall()]
@@ -501,6 +511,41 @@ def refresh_explorer(con, run_ids: list[str] | None = None) -> None:
             con.execute("DELETE FROM explorer_rows WHERE run_id = ?", [run_id])
             con.execute("DELETE FROM explorer_codes WHERE run_id = ?", [run_id])
             _build_explorer(con, run_id)
+        _build_heatmap_layers(con, None if everything else run_ids)
+        if not everything and run_ids:
+            fingerprints = sorted(set(fingerprints) | {r[0] for r in con.execute(
+                f"SELECT dataset_fingerprint FROM runs WHERE run_id IN ({_marks(run_ids)}) "
+                f"AND dataset_fingerprint IS NOT NULL", list(run_ids)).fetchall()})
+        _build_demographic_sources(con, None if everything else list(fingerprints))
+
+
+def _marks(values) -> str:
+    """'?, ?, ?': one parameter per value."""
+    return ", ".join("?" for _ in values)
+
+
+def _build_heatmap_layers(con, run_ids: list[str] | None) -> None:
+    """heatmap_layers of `run_ids` (None: every run) from their heatmaps."""
+    if run_ids is not None and not run_ids:
+        return
+    where = "" if run_ids is None else f" WHERE run_id IN ({_marks(run_ids)})"
+    params = [] if run_ids is None else list(run_ids)
+    con.execute(f"DELETE FROM heatmap_layers{where}", params)
+    con.execute(f"""INSERT INTO heatmap_layers (run_id, method, target_layer, n)
+                    SELECT run_id, method, target_layer, count(*) FROM heatmaps{where}
+                    GROUP BY run_id, method, target_layer""", params)
+
+
+def _build_demographic_sources(con, fingerprints: list[str] | None) -> None:
+    """demographic_sources of the datasets `fingerprints` (None: every dataset) from their demographics."""
+    if fingerprints is not None and not fingerprints:
+        return
+    where = "" if fingerprints is None else f" WHERE dataset_fingerprint IN ({_marks(fingerprints)})"
+    params = [] if fingerprints is None else list(fingerprints)
+    con.execute(f"DELETE FROM demographic_sources{where}", params)
+    con.execute(f"""INSERT INTO demographic_sources (dataset_fingerprint, source, inferred, n)
+                    SELECT dataset_fingerprint, source, bool_or(inferred), count(*) FROM demographics{where}
+                    GROUP BY dataset_fingerprint, source""", params)
 
 
 def _build_explorer(con, run_id: str) -> None:

@@ -394,6 +394,28 @@ CREATE TABLE IF NOT EXISTS explorer_codes (
     PRIMARY KEY (run_id, kind, value)
 );
 
+-- Derived data beside the explorer rows (schema version 8), rebuilt by the store with them
+-- (store.refresh_explorer) before a transaction that wrote their inputs commits: the dashboard's
+-- shell and Explanations page read these few rows instead of grouping every heatmap or demographics
+-- row (12.5M and 20M at bench/bench_dashboard.py's 10M predictions).
+-- The layers each method's heatmaps of a run were read at (n: its heatmaps at that layer).
+CREATE TABLE IF NOT EXISTS heatmap_layers (
+    run_id       VARCHAR NOT NULL,
+    method       VARCHAR NOT NULL,
+    target_layer VARCHAR NOT NULL,
+    n            BIGINT NOT NULL,
+    PRIMARY KEY (run_id, method, target_layer)
+);
+
+-- The demographics sources stored for a dataset (n: its images labelled by that source).
+CREATE TABLE IF NOT EXISTS demographic_sources (
+    dataset_fingerprint VARCHAR NOT NULL,
+    source        VARCHAR NOT NULL,
+    inferred      BOOLEAN NOT NULL,         -- bool_or of its rows' demographics.inferred
+    n             BIGINT NOT NULL,
+    PRIMARY KEY (dataset_fingerprint, source)
+);
+
 -- Lookups by image id alone (the dashboard's page of images: paths, demographics, CAMs, one image's
 -- detail), answered from these ART indexes instead of a scan of every row (schema version 5). The
 -- primary keys lead with run_id / dataset_fingerprint, and DuckDB does not use a compound index

@@ -9,7 +9,7 @@ import pytest
 
 from dashboard import queries
 from pipeline.store.db import refresh_explorer
-from tests.store_versions import make_version_5, make_version_6
+from tests.store_versions import make_version_5, make_version_6, make_version_7
 
 RUN = "20260101-000000-lightcnn-softlabel-aaaa"
 FP = "fp-synth-1"
@@ -335,3 +335,30 @@ def test_tags_beyond_the_mask_bits_filter_through_failure_tags(fake_store, tmp_p
                         [RUN, tag])[0][0]
         assert queries.count_predictions(many, RUN, f) == expected > 0
         _assert_keyset_pages_match_offset(many, f, per_page=25)
+
+
+@pytest.mark.parametrize("version", [8, 7])
+def test_demographic_sources_and_heatmap_layers_equal_their_definition(fake_store, tmp_path, version):
+    """The shell's sources and the Explanations page's layers: read from the store's derived tables
+    (version 8) or, on a version-7 store read as it is, grouped from the demographics and heatmaps."""
+    path = tmp_path / f"v{version}.duckdb"
+    shutil.copy(fake_store, path)
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE heatmaps SET target_layer = 'features.2' WHERE run_id = ? AND method = 'gradcam' "
+                "AND image_id IN (SELECT image_id FROM heatmaps WHERE run_id = ? LIMIT 3)", [RUN, RUN])
+    refresh_explorer(con)  # a write past the store's own functions: derive as they would
+    if version == 7:
+        make_version_7(con)
+    con.close()
+    ref = queries.create_store_ref(path)
+    assert ("heatmap_layers" in queries.load_missing_tables(ref)) == (version == 7)
+    sources = queries.load_demographic_sources(ref, FP)
+    expected = _sql(path, """SELECT source, bool_or(inferred), count(*) FROM demographics
+                             WHERE dataset_fingerprint = ? GROUP BY source ORDER BY bool_or(inferred), source""", [FP])
+    assert list(sources.itertuples(index=False, name=None)) == expected and len(expected) >= 2
+    assert queries.load_demographic_sources(ref, "no-such-fingerprint").empty
+    layers = _sql(path, "SELECT method, min(target_layer) FROM heatmaps WHERE run_id = ? GROUP BY method "
+                        "ORDER BY method", [RUN])
+    assert queries.load_heatmap_layers(ref, RUN) == dict(layers) and len(layers) >= 2
+    assert dict(layers)["gradcam"] == "features.2"
+    assert queries.load_heatmap_layers(ref, "no-such-run") == {}

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.store import db as store
 from pipeline.errors import UserError
-from tests.store_versions import make_version_5
+from tests.store_versions import make_version_5, make_version_7
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CLASSES = ["Surprise", "Fear", "Happiness"]
@@ -96,14 +96,15 @@ def test_ensure_schema_is_idempotent_and_records_version(db):
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         assert tables == set(store.TABLES)
         assert con.execute("SELECT key, value FROM meta").fetchall() == [("schema_version", str(store.SCHEMA_VERSION))]
-        assert store.schema_version(con) == store.SCHEMA_VERSION == 7
+        assert store.schema_version(con) == store.SCHEMA_VERSION == 8
         indexes = {r[0] for r in con.execute("SELECT index_name FROM duckdb_indexes()").fetchall()}
         assert indexes == set(store.ADDED_INDEXES) and len(store.INDEX_STATEMENTS) == len(store.ADDED_INDEXES)
         assert store.missing_added_tables(con) == []
         store.check_schema(con)
     with store.open_store(db) as con:  # reopening changes nothing
         assert con.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
-    assert set(store.RUN_TABLES) == set(store.TABLES) - {"meta", "runs", "demographics", "proxy_agreement", "image_keys"}
+    assert set(store.RUN_TABLES) == set(store.TABLES) - {"meta", "runs", "demographics", "proxy_agreement", "image_keys",
+                                                        "demographic_sources"}
 
 
 def test_schema_version_of_empty_database_is_none():
@@ -293,6 +294,17 @@ def _explorer_expected(con, run_id: str) -> list[tuple]:
     return sorted(out)
 
 
+def _assert_facets_match_their_definition(con) -> None:
+    """heatmap_layers and demographic_sources hold exactly what they derive from the heatmaps and demographics."""
+    def rows(sql):
+        return sorted(con.execute(sql).fetchall())
+
+    assert rows("SELECT run_id, method, target_layer, n FROM heatmap_layers") == rows(
+        "SELECT run_id, method, target_layer, count(*) FROM heatmaps GROUP BY ALL")
+    assert rows("SELECT dataset_fingerprint, source, inferred, n FROM demographic_sources") == rows(
+        "SELECT dataset_fingerprint, source, bool_or(inferred), count(*) FROM demographics GROUP BY ALL")
+
+
 def test_explorer_rows_follow_every_write_and_match_their_definition(db):
     tables = make_tables(n=6)
     tables["failure_tags"] = pd.DataFrame({"image_id": ["img000", "img000", "img003"], "method": ["gradcam", "", ""],
@@ -302,6 +314,8 @@ def test_explorer_rows_follow_every_write_and_match_their_definition(db):
     with store.open_store(db) as con:
         assert _explorer_decoded(con, "run-a") == _explorer_expected(con, "run-a")
         assert {r[1] for r in _explorer_decoded(con, "run-a")} == {""}  # no demographics yet: one block
+        _assert_facets_match_their_definition(con)
+        assert con.execute("SELECT count(*) FROM heatmap_layers").fetchone()[0] == 2  # one layer of each run
         assert _explorer_decoded(con, "run-a")[0][9] == frozenset({"background", "occlusion"})
         # demographics of run-a's dataset: run-a's rows gain a block per source; run-b's stay as they were
         b_before = _explorer_decoded(con, "run-b")
@@ -315,8 +329,11 @@ def test_explorer_rows_follow_every_write_and_match_their_definition(db):
         assert {r[1] for r in _explorer_decoded(con, "run-a")} == {"annotations", "deepface"}
         assert _explorer_decoded(con, "run-a") == _explorer_expected(con, "run-a")
         assert _explorer_decoded(con, "run-b") == b_before
+        _assert_facets_match_their_definition(con)
+        assert con.execute("SELECT count(*) FROM demographic_sources").fetchone()[0] == 2
         # new heatmaps and tags (explain's replace_rows, in one transaction)
-        heat = make_tables(n=6)["heatmaps"].iloc[:2].assign(method="gradcam++")
+        heat = make_tables(n=6)["heatmaps"].iloc[:3].assign(method="gradcam++",
+                                                              target_layer=["features.3", "features.2", "features.2"])
         with store.transaction(con):
             store.replace_rows(con, "heatmaps", heat, run_id="run-a", method="gradcam++")
             store.replace_rows(con, "failure_tags", pd.DataFrame({"image_id": ["img005"], "tag": ["occlusion"]}),
@@ -324,6 +341,18 @@ def test_explorer_rows_follow_every_write_and_match_their_definition(db):
         assert _explorer_decoded(con, "run-a") == _explorer_expected(con, "run-a")
         assert dict(con.execute("SELECT value, n FROM explorer_codes WHERE run_id = 'run-a' AND kind = 'tag'"
                                 ).fetchall()) == {"background": 1, "occlusion": 1}
+        _assert_facets_match_their_definition(con)
+        assert con.execute("SELECT n FROM heatmap_layers WHERE run_id = 'run-a' AND method = 'gradcam++' "
+                           "AND target_layer = 'features.2'").fetchall() == [(2,)]
+        store.replace_rows(con, "demographics", _demographics(["img003"]), dataset_fingerprint="fp-3",
+                           source="annotations")  # a dataset no run uses yet: its own row, fp-1's stay
+        _assert_facets_match_their_definition(con)
+        with store.transaction(con):  # and beside a run's write
+            store.replace_rows(con, "demographics", _demographics(["img004"]), dataset_fingerprint="fp-3",
+                               source="deepface")
+            store.replace_rows(con, "failure_tags", pd.DataFrame({"image_id": ["img004"], "tag": ["occlusion"]}),
+                               run_id="run-b", method="")
+        _assert_facets_match_their_definition(con)
         # a write that fails leaves the explorer rows of the rows it did not write
         before = _explorer_decoded(con, "run-a")
         with pytest.raises(RuntimeError):
@@ -335,6 +364,8 @@ def test_explorer_rows_follow_every_write_and_match_their_definition(db):
         store.delete_run(con, "run-a")
         assert con.execute("SELECT count(*) FROM explorer_rows WHERE run_id = 'run-a'").fetchone()[0] == 0
         assert con.execute("SELECT count(*) FROM explorer_codes WHERE run_id = 'run-a'").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM heatmap_layers WHERE run_id = 'run-a'").fetchone()[0] == 0
+        _assert_facets_match_their_definition(con)
 
 
 def test_store_before_explorer_rows_gets_them_at_its_first_writable_open(db):
@@ -351,6 +382,25 @@ def test_store_before_explorer_rows_gets_them_at_its_first_writable_open(db):
     with store.open_store(db) as con:
         assert store.has_explorer_rows(con)
         assert _explorer_decoded(con, "run-v6") == built == _explorer_expected(con, "run-v6")
+
+
+def test_store_before_facets_gets_them_at_its_first_writable_open(db):
+    """A version-7 store (no heatmap_layers or demographic_sources) is read as it is, and a writable
+    open builds both from its heatmaps and demographics without rebuilding its explorer rows."""
+    store.save_run(db, make_run("run-v7"), make_tables(n=5))
+    with store.open_store(db) as con:
+        store.replace_rows(con, "demographics", _demographics(["img001", "img003"]), dataset_fingerprint="fp-1",
+                           source="annotations")
+        explorer = _explorer_decoded(con, "run-v7")
+        make_version_7(con)
+    with store.open_store(db, read_only=True) as con:
+        assert set(store.missing_added_tables(con)) == {"heatmap_layers", "demographic_sources"}
+    with store.open_store(db) as con:
+        assert store.schema_version(con) == store.SCHEMA_VERSION and store.missing_added_tables(con) == []
+        _assert_facets_match_their_definition(con)
+        assert con.execute("SELECT count(*) FROM heatmap_layers").fetchone()[0] == 1
+        assert con.execute("SELECT count(*) FROM demographic_sources").fetchone()[0] == 1
+        assert _explorer_decoded(con, "run-v7") == explorer
 
 
 def test_predictions_are_stored_in_the_explorers_order(db):
