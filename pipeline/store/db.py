@@ -377,8 +377,8 @@ def ensure_schema(con) -> None:
         if found is not None and found < ADDED_TABLES["explorer_rows"]:  # upgraded: every run's explorer rows
             refresh_explorer(con)
         elif found is not None and found < ADDED_TABLES["heatmap_layers"]:  # upgraded from 7: the facets alone
-            _build_heatmap_layers(con, None)
-            _build_demographic_sources(con, None)
+            for table in _GROUPED:
+                _rebuild_grouped(con, table, None)
         con.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
             [str(SCHEMA_VERSION)],
@@ -511,12 +511,12 @@ def refresh_explorer(con, run_ids: list[str] | None = None, fingerprints: list[s
             con.execute("DELETE FROM explorer_rows WHERE run_id = ?", [run_id])
             con.execute("DELETE FROM explorer_codes WHERE run_id = ?", [run_id])
             _build_explorer(con, run_id)
-        _build_heatmap_layers(con, None if everything else run_ids)
+        _rebuild_grouped(con, "heatmap_layers", None if everything else run_ids)
         if not everything and run_ids:
             fingerprints = sorted(set(fingerprints) | {r[0] for r in con.execute(
                 f"SELECT dataset_fingerprint FROM runs WHERE run_id IN ({_marks(run_ids)}) "
                 f"AND dataset_fingerprint IS NOT NULL", list(run_ids)).fetchall()})
-        _build_demographic_sources(con, None if everything else list(fingerprints))
+        _rebuild_grouped(con, "demographic_sources", None if everything else list(fingerprints))
 
 
 def _marks(values) -> str:
@@ -524,28 +524,25 @@ def _marks(values) -> str:
     return ", ".join("?" for _ in values)
 
 
-def _build_heatmap_layers(con, run_ids: list[str] | None) -> None:
-    """heatmap_layers of `run_ids` (None: every run) from their heatmaps."""
-    if run_ids is not None and not run_ids:
-        return
-    where = "" if run_ids is None else f" WHERE run_id IN ({_marks(run_ids)})"
-    params = [] if run_ids is None else list(run_ids)
-    con.execute(f"DELETE FROM heatmap_layers{where}", params)
-    con.execute(f"""INSERT INTO heatmap_layers (run_id, method, target_layer, n)
-                    SELECT run_id, method, target_layer, count(*) FROM heatmaps{where}
-                    GROUP BY run_id, method, target_layer""", params)
+# Derived tables that group one input table, in their columns' order:
+# {table: (input table, key column, grouping columns, aggregates)}.
+_GROUPED: dict[str, tuple[str, str, str, str]] = {
+    "heatmap_layers": ("heatmaps", "run_id", "run_id, method, target_layer", "count(*)"),
+    "demographic_sources": ("demographics", "dataset_fingerprint", "dataset_fingerprint, source",
+                            "bool_or(inferred), count(*)"),
+}
 
 
-def _build_demographic_sources(con, fingerprints: list[str] | None) -> None:
-    """demographic_sources of the datasets `fingerprints` (None: every dataset) from their demographics."""
-    if fingerprints is not None and not fingerprints:
+def _rebuild_grouped(con, table: str, keys: list[str] | None) -> None:
+    """Rebuild the rows of the derived `table` (`_GROUPED`) whose key is in `keys` (None: every row)."""
+    if keys is not None and not keys:
         return
-    where = "" if fingerprints is None else f" WHERE dataset_fingerprint IN ({_marks(fingerprints)})"
-    params = [] if fingerprints is None else list(fingerprints)
-    con.execute(f"DELETE FROM demographic_sources{where}", params)
-    con.execute(f"""INSERT INTO demographic_sources (dataset_fingerprint, source, inferred, n)
-                    SELECT dataset_fingerprint, source, bool_or(inferred), count(*) FROM demographics{where}
-                    GROUP BY dataset_fingerprint, source""", params)
+    source, key, groups, aggregates = _GROUPED[table]
+    where = "" if keys is None else f" WHERE {key} IN ({_marks(keys)})"
+    params = [] if keys is None else list(keys)
+    con.execute(f"DELETE FROM {_q(table)}{where}", params)
+    con.execute(f"INSERT INTO {_q(table)} SELECT {groups}, {aggregates} FROM {_q(source)}{where} GROUP BY {groups}",
+                params)
 
 
 def _build_explorer(con, run_id: str) -> None:
