@@ -494,10 +494,10 @@ def _refresh_stale_explorer(con) -> None:
 
 
 def refresh_explorer(con, run_ids: list[str] | None = None, fingerprints: list[str] = ()) -> None:
-    """Rebuild the explorer_rows, explorer_codes and heatmap_layers of `run_ids` (None: every run with
-    predictions, and every dataset) from the store's predictions, heatmaps, failure tags and
-    demographics, and the demographic_sources of their datasets and of `fingerprints`; in the caller's
-    transaction.
+    """Rebuild the explorer_rows, explorer_codes and heatmap_layers of `run_ids` from the store's
+    predictions, heatmaps, failure tags and demographics, and the demographic_sources of the datasets
+    `fingerprints` (whose demographics changed); `run_ids` None: every run and every dataset. In the
+    caller's transaction.
 
     Measured on the 10M-prediction store of bench/bench_dashboard.py (two demographics sources,
     so 20M rows): 97 s of CPU for its main run, once per write of that run's inputs."""
@@ -512,16 +512,7 @@ def refresh_explorer(con, run_ids: list[str] | None = None, fingerprints: list[s
             con.execute("DELETE FROM explorer_codes WHERE run_id = ?", [run_id])
             _build_explorer(con, run_id)
         _rebuild_grouped(con, "heatmap_layers", None if everything else run_ids)
-        if not everything and run_ids:
-            fingerprints = sorted(set(fingerprints) | {r[0] for r in con.execute(
-                f"SELECT dataset_fingerprint FROM runs WHERE run_id IN ({_marks(run_ids)}) "
-                f"AND dataset_fingerprint IS NOT NULL", list(run_ids)).fetchall()})
         _rebuild_grouped(con, "demographic_sources", None if everything else list(fingerprints))
-
-
-def _marks(values) -> str:
-    """'?, ?, ?': one parameter per value."""
-    return ", ".join("?" for _ in values)
 
 
 # Derived tables that group one input table, in their columns' order:
@@ -817,6 +808,11 @@ def _primary_key(con, table: str) -> list[str]:
     return list(row[0]) if row else []
 
 
+def _marks(values) -> str:
+    """'?, ?, ?': one parameter per value."""
+    return ", ".join("?" for _ in values)
+
+
 def _q(name: str) -> str:
     """Quote an identifier that has already been checked against the schema."""
     return '"' + name.replace('"', '""') + '"'
@@ -1022,7 +1018,7 @@ def _where(info: dict[str, tuple[str, bool]], table: str, keys: dict[str, Any]) 
             if not values:
                 clauses.append("FALSE")
                 continue
-            clauses.append(f"{_q(key)} IN ({', '.join('?' for _ in values)})")
+            clauses.append(f"{_q(key)} IN ({_marks(values)})")
             params.extend(values)
         elif value is None:
             clauses.append(f"{_q(key)} IS NULL")
@@ -1122,7 +1118,7 @@ def _run_row(con, run: dict, status: str) -> dict[str, Any]:
 def _insert_run_row(con, row: dict[str, Any]) -> None:
     cols = list(row)
     con.execute(
-        f"INSERT INTO runs ({', '.join(_q(c) for c in cols)}) VALUES ({', '.join('?' for _ in cols)})",
+        f"INSERT INTO runs ({', '.join(_q(c) for c in cols)}) VALUES ({_marks(cols)})",
         [row[c] for c in cols],
     )
 
@@ -1244,7 +1240,7 @@ def list_runs(con, include_incomplete: bool = False) -> pd.DataFrame:
 
 def resolve_run_id(con, run_id: str, statuses: tuple[str, ...] = ("complete",)) -> str:
     """An exact run id, a unique prefix, or 'latest' → the full id among runs of `statuses`."""
-    marks = ", ".join("?" for _ in statuses)
+    marks = _marks(statuses)
     where = _store_path(con)
     if run_id == "latest":
         found = con.execute(f"SELECT run_id FROM runs WHERE status IN ({marks}) "
