@@ -75,6 +75,11 @@ def _pixels_to_image(pixels: np.ndarray, image_id: str) -> Image.Image:
 
 
 def _open_file(record: ImageRecord, draft_size: int | None = None) -> Image.Image:
+    return _open_file_sized(record, draft_size)[0]
+
+
+def _open_file_sized(record: ImageRecord, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """The file as RGB, and its width and height from the header (before any draft or EXIF turn)."""
     path = record.path
     try:
         with Image.open(path) as image:
@@ -88,7 +93,7 @@ def _open_file(record: ImageRecord, draft_size: int | None = None) -> Image.Imag
             image.load()
             if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
                 image = ImageOps.exif_transpose(image)
-            return compute_rgb(image)
+            return compute_rgb(image), (width, height)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path} (image {record.image_id}); "
                            "check the dataset root or restore the file") from None
@@ -132,14 +137,15 @@ def load_image(record: ImageRecord) -> Image.Image:
     raise DatasetError(f"image {record.image_id} has neither a path nor pixels")
 
 
-def _load_resized(record: ImageRecord, size: int) -> np.ndarray:
+def _load_resized(record: ImageRecord, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The record's image at size x size, and its file's header size ((-1, -1) for in-memory pixels)."""
     if record.path is not None:
-        image = _open_file(record, draft_size=size)
+        image, header = _open_file_sized(record, draft_size=size)
     else:
-        image = load_image(record)
+        image, header = load_image(record), (-1, -1)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8), header
 
 
 def default_workers() -> int:
@@ -184,16 +190,25 @@ def load_images_array(records: Sequence[ImageRecord], size: int, workers: int | 
     progress: show a tqdm progress bar. The first unreadable image raises
     `DatasetError` naming its file.
     """
+    return decode_images(records, size, workers, progress, desc)[0]
+
+
+def decode_images(records: Sequence[ImageRecord], size: int, workers: int | None = None,
+                  progress: bool = False, desc: str = "decoding images") -> tuple[np.ndarray, np.ndarray]:
+    """`load_images_array`, plus each file's width and height from its header (N, 2; -1 for
+    in-memory pixels), read in the same pass: `find_small_images` of the decoded records is
+    `list_small_images(records, sizes)`, without opening every file a second time."""
     if size <= 0:
         raise ValueError(f"size must be positive, got {size}")
     n = len(records)
     out = np.empty((n, size, size, 3), dtype=np.uint8)
+    sizes = np.full((n, 2), -1, dtype=np.int64)
     if n == 0:
-        return out
+        return out, sizes
 
     def work(start: int, stop: int) -> None:
         for i in range(start, stop):
-            out[i] = _load_resized(records[i], size)
+            out[i], sizes[i] = _load_resized(records[i], size)
 
     workers = default_workers() if workers is None else max(1, int(workers))
     bar = _progress_bar(progress, n, desc)
@@ -202,7 +217,15 @@ def load_images_array(records: Sequence[ImageRecord], size: int, workers: int | 
     finally:
         if bar is not None:
             bar.close()
-    return out
+    return out, sizes
+
+
+def list_small_images(records: Sequence[ImageRecord], sizes: np.ndarray,
+                      min_side: int = MIN_IMAGE_SIDE) -> list[tuple[str, str]]:
+    """(path, 'WxH') of the file-backed records whose header size (from `decode_images`) has a
+    side under `min_side`: the same list as `find_small_images` gives for decodable files."""
+    return [(str(r.path), f"{w}x{h}") for r, (w, h) in zip(records, sizes.tolist())
+            if r.path is not None and w >= 0 and min(w, h) < min_side]
 
 
 def verify_images(records: Sequence[ImageRecord], workers: int | None = None,

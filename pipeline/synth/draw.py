@@ -569,11 +569,34 @@ def _draw_stubble(img: Image.Image, p: FaceParams) -> None:
     img.paste(_off(p.skin, (-22, -20, -16)), mask=mask)
 
 
-def render_face(params: FaceParams) -> RenderedFace:
-    """Draw one face. Pure: the same params always give the same pixels."""
+def _pixel_noise(p: FaceParams, shape: tuple[int, ...], reuse: dict | None) -> np.ndarray:
+    """The face's Gaussian pixel noise (sigma p.noise, float32), from `reuse` when its last face had the same."""
+    key = (p.noise_seed, p.noise, shape)
+    cached = reuse.get("noise") if reuse is not None else None
+    if cached is None or cached[0] != key:
+        noise = np.random.default_rng(p.noise_seed).standard_normal(shape, dtype=np.float32) * np.float32(p.noise)
+        cached = (key, noise)
+        if reuse is not None:
+            reuse["noise"] = cached
+    return cached[1]
+
+
+def render_face(params: FaceParams, reuse: dict | None = None) -> RenderedFace:
+    """Draw one face. Pure: the same params always give the same pixels.
+
+    reuse: a dict the caller keeps across calls, holding the last face's background and pixel
+    noise; a face with the same background (or noise) seed takes them from it instead of
+    drawing them again, and gets the same pixels. Counterfactual twins of one face share both
+    (a third of a face's drawing time)."""
     p = params
     size = ORIGINAL * SS
-    img = _draw_background(p, size)
+    if reuse is None:
+        img = _draw_background(p, size)
+    else:
+        cached = reuse.get("background")
+        if cached is None or cached[0] != (p.background_seed, size):
+            cached = reuse["background"] = ((p.background_seed, size), _draw_background(p, size))
+        img = cached[1].copy()
     pen = _Pen(ImageDraw.Draw(img), p, SS, OFFSET)
     skin = p.skin
     _draw_hair_back(pen, p)
@@ -607,7 +630,7 @@ def render_face(params: FaceParams) -> RenderedFace:
     ramp = np.linspace(-1.0, 1.0, ORIGINAL, dtype=np.float32)
     arr = arr + (gx * ramp[None, :, None] + gy * ramp[:, None, None] + off)
     if p.noise > 0:
-        arr += np.random.default_rng(p.noise_seed).standard_normal(arr.shape, dtype=np.float32) * np.float32(p.noise)
+        arr += _pixel_noise(p, arr.shape, reuse)
     original = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     aligned = original[OFFSET:OFFSET + ALIGNED, OFFSET:OFFSET + ALIGNED].copy()
     lm = compute_landmarks(p)

@@ -60,10 +60,11 @@ def create_twin_variants(params: FaceParams, kind: str) -> list[tuple[str, FaceP
     raise ValueError(f"kind must be one of {', '.join(TWIN_KINDS)}, got {kind!r}")
 
 
-def render_as_loaded(params: FaceParams, size: int) -> np.ndarray:
+def render_as_loaded(params: FaceParams, size: int, reuse: dict | None = None) -> np.ndarray:
     """The aligned face as the loader reads it from disk (pipeline.data.images): JPEG round
-    trip, libjpeg's reduced-scale draft where it applies, RGB, bilinear resize."""
-    return _decode_as_loaded(encode_jpeg(render_face(params).aligned), size)
+    trip, libjpeg's reduced-scale draft where it applies, RGB, bilinear resize. `reuse`:
+    as in `draw.render_face` (the same pixels, faster for consecutive twins of one face)."""
+    return _decode_as_loaded(encode_jpeg(render_face(params, reuse).aligned), size)
 
 
 def _decode_as_loaded(jpeg: bytes, size: int) -> np.ndarray:
@@ -78,10 +79,12 @@ def _decode_as_loaded(jpeg: bytes, size: int) -> np.ndarray:
 
 
 def _render_chunk(job: tuple[list[FaceParams | Path], int]) -> np.ndarray:
-    """Draw each face, or decode it from its stored file (a Path): the same pixels either way."""
+    """Draw each face, or decode it from its stored file (a Path): the same pixels either way.
+    Consecutive twins of one face share its background and pixel noise (`draw.render_face`)."""
     params, size = job
-    return np.stack([_decode_as_loaded(p.read_bytes(), size) if isinstance(p, Path) else render_as_loaded(p, size)
-                     for p in params])
+    reuse: dict = {}
+    return np.stack([_decode_as_loaded(p.read_bytes(), size) if isinstance(p, Path)
+                     else render_as_loaded(p, size, reuse) for p in params])
 
 
 def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size: int, workers: int = 1,

@@ -531,6 +531,12 @@ def test_tiny_images_and_undecoded_files_are_reported(copy_data, capsys):
     out = capsys.readouterr().out
     assert "image files not decoded" in out
     assert "1 images smaller than 16 px" in out and f"{victim}: 1x1" in out
+    # Training reads the same warning from the headers it decodes (not from a second pass).
+    db = copy_data / "tiny.duckdb"
+    assert main(["train", "--dataset", "synthetic", "--root", str(copy_data), "--db", str(db), "--epochs", "1",
+                 *TINY]) == 0
+    err = capsys.readouterr()
+    assert f"1 images are smaller than 16 px on a side (used as they are), e.g. {victim} (1x1)" in err.out + err.err
 
 
 def test_soft_labels_contradicting_hard_labels_are_reported_and_chosen(copy_data, capsys):

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import DatasetError
-from pipeline.data.images import load_image, load_images_array
+from pipeline.data.images import (decode_images, find_small_images, list_small_images, load_image,
+                                  load_images_array)
 from pipeline.data.records import ImageRecord
 
 
@@ -136,3 +137,20 @@ def test_load_images_array_reports_the_bad_file(image_files, tmp_path):
 
 def test_load_images_array_empty():
     assert load_images_array([], 8).shape == (0, 8, 8, 3)
+
+
+def test_decode_images_reads_header_sizes_and_small_images_in_one_pass(image_files, tmp_path):
+    """The header sizes come with the pixels; the small-image list from them equals
+    `find_small_images` (which opens every file again), in-memory pixels are never listed."""
+    d, files = image_files
+    Image.fromarray(_gradient(9, 30)).save(tmp_path / "thin.png")
+    Image.fromarray(_gradient(1, 1)).save(tmp_path / "dot.jpg")
+    records = [_record(d / name, name) for name in files] + [_record(tmp_path / "thin.png", "thin"),
+                                                             _record(tmp_path / "dot.jpg", "dot")]
+    records.append(ImageRecord(image_id="px", split="test", label=0, pixels=np.full((8, 8), 5, np.uint8)))
+    images, sizes = decode_images(records, 16, workers=2)
+    assert np.array_equal(images, load_images_array(records, 16, workers=1))
+    assert sizes.tolist() == [list(files[name]) for name in files] + [[30, 9], [1, 1], [-1, -1]]
+    small = list_small_images(records, sizes)
+    assert small == find_small_images(records)
+    assert small == [(str(tmp_path / "thin.png"), "30x9"), (str(tmp_path / "dot.jpg"), "1x1")]

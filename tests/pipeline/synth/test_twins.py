@@ -40,6 +40,20 @@ def test_skin_twins_change_the_skin_only():
         assert replace(twin, race=params.race, skin=params.skin) == params
 
 
+def test_faces_drawn_with_reuse_are_the_faces_drawn_alone():
+    """Twins of one face share its background and pixel noise through `reuse`; any order of
+    faces (a face, its twins, another face, the first again) draws the same pixels as alone."""
+    a, _ = sample_face_params(CUE, 1)
+    b, _ = sample_face_params(CUE, 2)
+    sequence = [*(t for _, t in create_twin_variants(a, "skin")), b, a, replace(a, noise=0.0),
+                *(t for _, t in create_twin_variants(a, "cue")), replace(b, noise=a.noise), b]
+    reuse: dict = {}
+    for params in sequence:
+        shared, alone = render_face(params, reuse), render_face(params)
+        assert np.array_equal(shared.original, alone.original) and np.array_equal(shared.aligned, alone.aligned)
+    assert reuse["background"][0][0] == b.background_seed and reuse["noise"][0][0] == b.noise_seed
+
+
 def test_twin_images_match_what_the_loader_reads(tmp_path):
     root = tmp_path / "ds"
     generate_dataset(root, CUE, progress=False)
@@ -72,7 +86,8 @@ def test_a_face_s_own_twin_is_decoded_from_its_stored_file_not_drawn(tmp_path, m
         drawn_frame, drawn = create_twin_images(faces, kind, size=24)
         calls = []
         real = twins.render_as_loaded
-        monkeypatch.setattr(twins, "render_as_loaded", lambda p, size: calls.append(p) or real(p, size))
+        monkeypatch.setattr(twins, "render_as_loaded",
+                            lambda p, size, reuse=None: calls.append(p) or real(p, size, reuse))
         frame, images = create_twin_images(faces, kind, size=24, root=root)
         monkeypatch.setattr(twins, "render_as_loaded", real)
         assert len(calls) == (variants - 1) * len(faces) > 0

@@ -54,3 +54,23 @@ def test_split_results_and_epochs_frames():
     epochs = create_epochs_frame([{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": float("nan"),
                                    "val_acc": None, "lr": 1e-3, "seconds": 2.0}])
     assert epochs["epoch"].dtype == "int64" and epochs.loc[0, "val_loss"] is None
+
+
+def test_resolve_paths_equals_resolving_each_path(tmp_path, monkeypatch):
+    """The images table's paths: one folder resolve shared by its files, the same strings as
+    `Path.resolve` each, through folder and file symlinks, `..`, `.` and relative paths."""
+    from pathlib import Path
+
+    from pipeline.train.runner import resolve_paths
+
+    (tmp_path / "real" / "d").mkdir(parents=True)
+    (tmp_path / "real" / "d" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "far").mkdir()
+    (tmp_path / "far" / "b.jpg").write_bytes(b"y")
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "d")
+    (tmp_path / "real" / "d" / "c.jpg").symlink_to(tmp_path / "far" / "b.jpg")
+    monkeypatch.chdir(tmp_path)
+    paths = ["link/a.jpg", "link/../x.jpg", "link/c.jpg", "real/d/c.jpg", "a.jpg", Path("link/a.jpg"), None,
+             str(tmp_path / "link" / "a.jpg"), "link/./a.jpg", "missing/z.jpg", "link/c.jpg/.."]
+    assert resolve_paths(paths) == [str(Path(p).resolve()) if p is not None else None for p in paths]
+    assert resolve_paths(["link/c.jpg"]) == [str(tmp_path / "far" / "b.jpg")]
