@@ -17,11 +17,12 @@ def default_workers(limit: int = 4) -> int:
     return max(1, min(limit, n))
 
 
-def create_worker_pool(workers: int):
-    """A process pool of `workers` processes (forked where the platform can). The caller closes it."""
+def create_worker_pool(workers: int, initializer=None):
+    """A process pool of `workers` processes (forked where the platform can), each running
+    `initializer()` first when given. The caller closes it."""
     import multiprocessing as mp
 
-    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers)
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None).Pool(workers, initializer)
 
 
 @functools.lru_cache(maxsize=1)

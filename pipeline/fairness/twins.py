@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
-from pipeline.synth.twins import TWIN_KINDS
+from pipeline.synth.twins import TWIN_KINDS, BackgroundTwins, TwinRequest
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,22 @@ def create_twin_frame(twins: pd.DataFrame, probs: np.ndarray, classes: list[str]
                         probs=list(probs.astype(np.float32)))
 
 
+def create_twin_requests(synth, classes, image_size: int, root: str | Path, config: TwinsConfig) -> list[TwinRequest]:
+    """The twin images a model of `classes` and input size `image_size`, trained on the set at
+    `root` made with generator arguments `synth`, is shown: one request per kind of `config`."""
+    size = min(int(image_size), 100)
+    return [TwinRequest(synth, tuple(str(c) for c in classes), kind, size, str(Path(root).resolve()),
+                        config.n_images, config.seed) for kind in config.kinds]
+
+
 def create_stored_twins(db: str | Path, run: str, config: TwinsConfig = TwinsConfig(),
-                        log: Callable[[str], None] = print) -> dict:
-    """Predict and store the twins of `run` (id, prefix or 'latest'); returns {kind: rows}."""
+                        log: Callable[[str], None] = print, background: BackgroundTwins | None = None) -> dict:
+    """Predict and store the twins of `run` (id, prefix or 'latest'); returns {kind: rows}.
+    `background`: images already being drawn (`BackgroundTwins`); a kind it does not hold,
+    or holds for other settings, is drawn here."""
     from pipeline.store import db as store
     from pipeline.synth.faces import load_synth_config
-    from pipeline.synth.twins import create_twin_images, select_test_faces
+    from pipeline.synth.twins import create_twin_images
     from pipeline.train.loop import predict_probabilities
     from pipeline.train.models import load_run_model
 
@@ -69,14 +79,18 @@ def create_stored_twins(db: str | Path, run: str, config: TwinsConfig = TwinsCon
     model, meta = load_run_model(db, row, device)   # from the store's runs/ folder, SHA-256 checked
     classes = [str(c) for c in meta["classes"]]
     synth = load_synth_config(root)
-    size = min(int(meta["image_size"]), 100)
     frames = {}
-    for kind in config.kinds:
-        faces = select_test_faces(synth, classes=classes, kind=kind, n_images=config.n_images, seed=config.seed)
-        twins, images = create_twin_images(faces, kind, size=size, workers=config.workers, root=root)
+    for request in create_twin_requests(synth, classes, meta["image_size"], root, config):
+        drawn = background.take(request) if background is not None else None
+        if drawn is None:
+            faces = request.faces()
+            twins, images = create_twin_images(faces, request.kind, size=request.size, workers=config.workers,
+                                               root=root)
+            drawn = (twins, images, len(faces))
+        twins, images, n_faces = drawn
         probs = predict_probabilities(model, images, meta, device, config.batch_size)
-        frames[kind] = create_twin_frame(twins, probs, classes)
-        log(f"{kind} twins: {len(faces)} faces, {len(twins)} images predicted")
+        frames[request.kind] = create_twin_frame(twins, probs, classes)
+        log(f"{request.kind} twins: {n_faces} faces, {len(twins)} images predicted")
     with store.open_store(db) as con, store.transaction(con):
         counts = {kind: store.replace_rows(con, "twin_predictions", frame, run_id=run_id, kind=kind)
                   for kind, frame in frames.items()}

@@ -13,7 +13,8 @@ JPEG round trip, then the resize the loader does); the caller predicts and store
 from __future__ import annotations
 
 import io
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,26 @@ def _render_chunk(job: tuple[list[FaceParams | Path], int]) -> np.ndarray:
                      else render_as_loaded(p, size, reuse) for p in params])
 
 
+def _twin_jobs(faces: list[tuple[FaceParams, dict]], kind: str,
+               root: Path | None) -> tuple[pd.DataFrame, list[FaceParams | Path]]:
+    """The twins' frame and, in its order, each twin's params, or its stored file where the
+    twin is the face as the dataset holds it."""
+    rows, twins = [], []
+    for params, meta in faces:
+        drawn_as = RACES[meta["race"]] if kind == "skin" else CUE_VARIANTS[0 if meta["background_cue"] else 1]
+        stored = None if root is None else root / "Image" / "aligned" / f"{meta['image_id']}_aligned.jpg"
+        for variant, twin in create_twin_variants(params, kind):
+            rows.append({"image_id": meta["image_id"], "variant": variant, "drawn_as": drawn_as,
+                         "true_label": meta["label"]})
+            twins.append(stored if variant == drawn_as and stored is not None and stored.is_file() else twin)
+    return pd.DataFrame(rows, columns=["image_id", "variant", "drawn_as", "true_label"]), twins
+
+
+def _chunks(twins: list[FaceParams | Path], size: int, workers: int) -> list[tuple[list[FaceParams | Path], int]]:
+    chunk = max(1, min(100, -(-len(twins) // (4 * max(1, workers)))))    # about 4 chunks per worker
+    return [(twins[s:s + chunk], size) for s in range(0, len(twins), chunk)]
+
+
 def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size: int, workers: int = 1,
                        root: Path | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Every variant of every face: a frame (image_id, variant, drawn_as, true_label) and the
@@ -97,24 +118,94 @@ def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size:
     With the dataset's `root`, a face's own variant (the twin equal to the face) is decoded
     from its stored aligned image rather than drawn again: the generator wrote exactly that
     JPEG, so the pixels are the same (a test) and a third of the skin twins cost a decode."""
-    rows, twins = [], []
-    for params, meta in faces:
-        drawn_as = RACES[meta["race"]] if kind == "skin" else CUE_VARIANTS[0 if meta["background_cue"] else 1]
-        stored = None if root is None else root / "Image" / "aligned" / f"{meta['image_id']}_aligned.jpg"
-        for variant, twin in create_twin_variants(params, kind):
-            rows.append({"image_id": meta["image_id"], "variant": variant, "drawn_as": drawn_as,
-                         "true_label": meta["label"]})
-            twins.append(stored if variant == drawn_as and stored is not None and stored.is_file() else twin)
-    frame = pd.DataFrame(rows, columns=["image_id", "variant", "drawn_as", "true_label"])
+    frame, twins = _twin_jobs(faces, kind, root)
     if not twins:
         return frame, np.zeros((0, size, size, 3), np.uint8)
-    chunk = max(1, min(100, -(-len(twins) // (4 * max(1, workers)))))    # about 4 chunks per worker
-    jobs = [(twins[s:s + chunk], size) for s in range(0, len(twins), chunk)]
+    jobs = _chunks(twins, size, workers)
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
         return frame, np.concatenate([_render_chunk(job) for job in jobs])
     with create_worker_pool(workers) as pool:
         return frame, np.concatenate(pool.map(_render_chunk, jobs))
+
+
+@dataclass(frozen=True)
+class TwinRequest:
+    """What one kind of twin images is drawn from: the set's generator arguments, the model's
+    classes and input size, the face subset (n_images, seed) and the dataset's folder."""
+    config: SynthConfig
+    classes: tuple[str, ...]
+    kind: str
+    size: int
+    root: str
+    n_images: int | None = None
+    seed: int = 0
+
+    def faces(self) -> list[tuple[FaceParams, dict]]:
+        return select_test_faces(self.config, classes=list(self.classes), kind=self.kind, n_images=self.n_images,
+                                 seed=self.seed)
+
+
+def _lowest_priority() -> None:
+    """Pool initializer: run only on CPU time nobody else wants (SCHED_IDLE where Linux has it)."""
+    try:
+        os.nice(19)
+        if hasattr(os, "sched_setscheduler"):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        pass
+
+
+class BackgroundTwins:
+    """Twin images drawn by lowest-priority worker processes while this process goes on with
+    other work: they take CPU time only when a core would be idle. `take(request)` returns
+    (frame, images, faces) for a request it was started with, waiting for what is left, and
+    None for any other (the caller then draws); the images equal `create_twin_images`'s (a
+    test). The demo starts one after training, while explain, demographics and audit leave
+    a core idle, and its twins stage takes the images. `close()` (or the with block) stops it."""
+
+    def __init__(self, requests: list[TwinRequest], workers: int = 2):
+        self._pool = create_worker_pool(workers, initializer=_lowest_priority)
+        self._closed = False
+        self._pending: dict[TwinRequest, tuple] = {}
+        try:
+            for request in requests:
+                faces = request.faces()
+                frame, twins = _twin_jobs(faces, request.kind, Path(request.root))
+                self._pending[request] = (frame, len(faces), self._pool.map_async(
+                    _render_chunk, _chunks(twins, request.size, workers)) if twins else None)
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self, request: TwinRequest) -> tuple[pd.DataFrame, np.ndarray, int] | None:
+        entry = self._pending.pop(request, None)
+        if entry is None:
+            return None
+        frame, n_faces, result = entry
+        images = np.concatenate(result.get()) if result is not None else np.zeros((0, request.size, request.size, 3),
+                                                                                  np.uint8)
+        if not self._pending:
+            self.close()
+        return frame, images, n_faces
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The drawing processes' ids (empty once closed)."""
+        return [] if self._closed else [w.pid for w in self._pool._pool]
+
+    def close(self) -> None:
+        self._pending.clear()
+        if not self._closed:
+            self._closed = True
+            self._pool.terminate()
+            self._pool.join()
+
+    def __enter__(self) -> "BackgroundTwins":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def compute_twin_recall(twins: pd.DataFrame) -> pd.DataFrame:

@@ -10,8 +10,8 @@ def _count(con, sql: str, *params) -> int:
 
 
 def test_demo_stores_every_stage(demo_store):
-    assert [name for name, _ in STAGES] == ["synthetic data", "train + evaluate", "explain", "demographics",
-                                           "fairness audit", "counterfactual twins"]
+    assert [name for name, _ in STAGES] == ["synthetic data", "train + evaluate", "twins drawing starts", "explain",
+                                           "demographics", "fairness audit", "counterfactual twins"]
     with store.open_store(demo_store, read_only=True) as con:
         run = store.get_run(con, "latest")
         rid = run["run_id"]
@@ -40,6 +40,32 @@ def test_demo_stores_every_stage(demo_store):
         # twins: every test face in each of the three skin tones
         assert _count(con, f"SELECT count(*) FROM twin_predictions WHERE run_id = '{rid}' AND kind = 'skin'") \
             == 3 * n_test
+
+
+def test_a_failing_stage_stops_the_twins_drawn_in_the_background(demo_store, monkeypatch, capsys):
+    """The twins' drawing processes started after training are stopped when a later stage fails."""
+    import argparse
+    import os
+
+    import pytest
+
+    from pipeline.commands import demo
+
+    seen = {}
+
+    def failing(ctx):
+        seen["pids"] = ctx.background.worker_pids
+        raise RuntimeError("a stage failed")
+
+    monkeypatch.setattr(demo, "STAGES", [("twins drawing starts", demo.stage_start_twins), ("explain", failing)])
+    args = argparse.Namespace(db=str(demo_store), data=str(demo_store.parent / "data"), n=300, seed=0,
+                              device="cpu", quiet=True, epochs=1)
+    with pytest.raises(RuntimeError, match="a stage failed"):
+        demo.run(args)
+    assert len(seen["pids"]) == 2
+    for pid in seen["pids"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_demo_reuses_an_existing_dataset(demo_store, capsys):

@@ -1,6 +1,7 @@
 """Counterfactual twins: one thing changed per variant, images as the loader reads them."""
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -97,6 +98,41 @@ def test_a_face_s_own_twin_is_decoded_from_its_stored_file_not_drawn(tmp_path, m
     (root / "Image" / "aligned" / f"{faces[0][1]['image_id']}_aligned.jpg").unlink()
     assert np.array_equal(create_twin_images(faces, "skin", size=24, root=root)[1],
                           create_twin_images(faces, "skin", size=24)[1])
+
+
+def test_twins_drawn_in_the_background_are_the_twins_drawn_here(tmp_path):
+    """`BackgroundTwins` draws in lowest-priority processes what `create_twin_images` draws:
+    the same frame and pixels for each request it was started with; any other request (other
+    size, classes, kind or subset) is None, so the caller draws it; it stops its processes."""
+    from pipeline.synth.twins import BackgroundTwins, TwinRequest
+
+    root = tmp_path / "ds"
+    generate_dataset(root, CUE, progress=False)
+    skin = TwinRequest(CUE, tuple(ALL_CLASSES[:6]), "skin", 24, str(root.resolve()))
+    cue = TwinRequest(CUE, tuple(ALL_CLASSES[:6]), "cue", 24, str(root.resolve()), n_images=5, seed=3)
+    background = BackgroundTwins([skin, cue])
+    pids = background.worker_pids
+    assert len(pids) == 2 and all(os.sched_getscheduler(pid) == os.SCHED_IDLE for pid in pids)
+    for request in (replace(skin, size=16), replace(skin, classes=tuple(ALL_CLASSES)), replace(cue, seed=4)):
+        assert background.take(request) is None
+    for request in (cue, skin):
+        faces = request.faces()
+        frame, images, n_faces = background.take(request)
+        here_frame, here = create_twin_images(faces, request.kind, size=request.size, root=root)
+        assert n_faces == len(faces) > 0 and frame.equals(here_frame) and np.array_equal(images, here)
+        assert background.take(request) is None                          # taken once
+    assert background.worker_pids == [] and not any(_alive(pid) for pid in pids)   # stopped once all are taken
+    with BackgroundTwins([skin]) as unused:
+        pids = unused.worker_pids
+    assert pids and not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_cue_twins_are_the_subgroup_and_the_summaries():
