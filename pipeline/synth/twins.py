@@ -36,9 +36,18 @@ def select_test_faces(config: SynthConfig, *, classes: list[str], kind: str, n_i
     `cue` twins only the cue bias's subgroup. At most `n_images`, a seeded random subset."""
     if kind not in TWIN_KINDS:
         raise ValueError(f"kind must be one of {', '.join(TWIN_KINDS)}, got {kind!r}")
+    faces = _test_faces(config, classes, kind, range(config.n_train, config.n))
+    if n_images is not None and len(faces) > n_images:
+        pick = np.sort(np.random.default_rng(seed).permutation(len(faces))[:n_images])
+        faces = [faces[i] for i in pick]
+    return faces
+
+
+def _test_faces(config: SynthConfig, classes, kind: str, indices: range) -> list[tuple[FaceParams, dict]]:
+    """`select_test_faces` over the images `indices` (all faces, no subset), in index order."""
     bias = parse_bias(config.bias)
     faces = []
-    for index in range(config.n_train, config.n):
+    for index in indices:
         params, meta = sample_face_params(config, index, bias)
         if meta["label"] not in classes:
             continue
@@ -46,9 +55,6 @@ def select_test_faces(config: SynthConfig, *, classes: list[str], kind: str, n_i
                 bias, meta["gender"], meta["race"], meta["age"]):
             continue
         faces.append((params, {**meta, "image_id": image_id(config, index)}))
-    if n_images is not None and len(faces) > n_images:
-        pick = np.sort(np.random.default_rng(seed).permutation(len(faces))[:n_images])
-        faces = [faces[i] for i in pick]
     return faces
 
 
@@ -156,6 +162,16 @@ def _lowest_priority() -> None:
         pass
 
 
+def _draw_faces_of(job: tuple[TwinRequest, range]) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """Worker: the twins of the request's test faces among images `indices` (frame, images, faces)."""
+    request, indices = job
+    faces = _test_faces(request.config, list(request.classes), request.kind, indices)
+    frame, twins = _twin_jobs(faces, request.kind, Path(request.root))
+    images = (_render_chunk((twins, request.size)) if twins
+              else np.zeros((0, request.size, request.size, 3), np.uint8))
+    return frame, images, len(faces)
+
+
 class BackgroundTwins:
     """Twin images drawn by lowest-priority worker processes while this process goes on with
     other work: they take CPU time only when a core would be idle. `take(request)` returns
@@ -170,6 +186,12 @@ class BackgroundTwins:
         self._pending: dict[TwinRequest, tuple] = {}
         try:
             for request in requests:
+                if request.n_images is None:        # every face: each worker selects its share of the images
+                    first, n = request.config.n_train, request.config.n - request.config.n_train
+                    step = max(1, -(-n // (4 * workers)))
+                    parts = [(request, range(s, min(s + step, first + n))) for s in range(first, first + n, step)]
+                    self._pending[request] = (None, None, self._pool.map_async(_draw_faces_of, parts))
+                    continue
                 faces = request.faces()
                 frame, twins = _twin_jobs(faces, request.kind, Path(request.root))
                 self._pending[request] = (frame, len(faces), self._pool.map_async(
@@ -183,8 +205,15 @@ class BackgroundTwins:
         if entry is None:
             return None
         frame, n_faces, result = entry
-        images = np.concatenate(result.get()) if result is not None else np.zeros((0, request.size, request.size, 3),
-                                                                                  np.uint8)
+        if frame is None:                           # parts of (frame, images, faces) in image order
+            parts = result.get() or [(_twin_jobs([], request.kind, None)[0],
+                                      np.zeros((0, request.size, request.size, 3), np.uint8), 0)]
+            frame = pd.concat([part[0] for part in parts], ignore_index=True)
+            images, n_faces = np.concatenate([part[1] for part in parts]), sum(part[2] for part in parts)
+        elif result is not None:
+            images = np.concatenate(result.get())
+        else:
+            images = np.zeros((0, request.size, request.size, 3), np.uint8)
         if not self._pending:
             self.close()
         return frame, images, n_faces
