@@ -18,7 +18,7 @@ soft-label cross-entropy, class-balanced sampling, flip/±15°/10% shift, one-cy
 2e-3 over 12 epochs, batch 64, no early stopping. Target (issue 15): the whole
 demo in at most 2 minutes on a 2-core CPU with test accuracy >= 0.88 and macro-F1
 >= 0.77 on the default synthetic set (7000 images); bench/bench_demo.py measures
-them (an idle AMD EPYC: 98 s on 2026-12-03, 152.5 s on a slower 2026-12-07, both 0.893, 0.790;
+them (an idle AMD EPYC: 98 s on 2026-12-03, 109.9-123.8 s on 2026-12-07, always 0.893, 0.790;
 at 64x64 it was 169 s, 0.889, 0.772).
 """
 from __future__ import annotations
