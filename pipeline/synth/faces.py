@@ -450,6 +450,11 @@ def _generate_chunk(job: tuple) -> list[dict]:
         iid = image_id(config, index)
         (tmp_root / "Image" / "aligned" / f"{iid}_aligned.jpg").write_bytes(encode_jpeg(face.aligned))
         (tmp_root / "Image" / "original" / f"{iid}.jpg").write_bytes(encode_jpeg(face.original))
+        # RAF-DB's manual attribute file (landmarks in the original frame, gender, race, age),
+        # written here beside the image rather than by the parent after the pool
+        (tmp_root / "Annotation" / "manual" / f"{iid}_manu_attri.txt").write_text(
+            "".join("%.2f %.2f\n" % (x, y) for x, y in face.landmarks_original.tolist())
+            + f"{meta['gender']}\n{meta['race']}\n{meta['age']}\n")
         meta["image_id"] = iid
         meta["landmarks_aligned"] = face.landmarks.tolist()
         meta["landmarks_original"] = face.landmarks_original.tolist()
@@ -526,9 +531,6 @@ def _write_labels(root: Path, config: SynthConfig, bias: dict | None, metas: lis
         iid = m["image_id"]
         labels.append(f"{iid}.jpg {EMOTIONS.index(m['label']) + 1}\n")
         dists.append(f"{iid}.jpg " + " ".join("%.4f" % p for p in m["soft_label"]) + "\n")
-        lm_o = m["landmarks_original"]
-        (root / "Annotation" / "manual" / f"{iid}_manu_attri.txt").write_text(
-            "".join("%.2f %.2f\n" % (x, y) for x, y in lm_o) + f"{m['gender']}\n{m['race']}\n{m['age']}\n")
         lms.append(iid + " " + " ".join("%.2f %.2f" % (x, y) for x, y in m["landmarks_aligned"]) + "\n")
         occ.append(f"{iid} {m['occluder']}\n")
     (root / "EmoLabel" / "list_patition_label.txt").write_text("".join(labels))
