@@ -155,8 +155,9 @@ class TwinRequest:
 def _lowest_priority() -> None:
     """Pool initializer: run only on CPU time nobody else wants (SCHED_IDLE where Linux has it)."""
     try:
-        os.nice(19)
-        if hasattr(os, "sched_setscheduler"):
+        if hasattr(os, "nice"):
+            os.nice(19)
+        if hasattr(os, "SCHED_IDLE"):
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except OSError:
         pass
@@ -221,7 +222,7 @@ class BackgroundTwins:
     @property
     def worker_pids(self) -> list[int]:
         """The drawing processes' ids (empty once closed)."""
-        return [] if self._closed else [w.pid for w in self._pool._pool]
+        return [] if self._closed else [w.pid for w in self._pool._pool]    # multiprocessing's own list
 
     def close(self) -> None:
         self._pending.clear()
