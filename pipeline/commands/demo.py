@@ -197,11 +197,7 @@ def stage_twins(ctx: DemoContext) -> None:
     from pipeline.synth.twins import compute_twin_recall
 
     config = _twins_config(ctx, load_synth_config(ctx.data))
-    try:
-        out = create_stored_twins(ctx.db, ctx.run_id or "latest", config, background=ctx.background)
-    finally:
-        if ctx.background is not None:
-            ctx.background.close()
+    out = create_stored_twins(ctx.db, ctx.run_id or "latest", config, background=ctx.background)
     print("skin twins: recall per emotion by skin tone (the same faces in every tone)")
     print(compute_twin_recall(out["frames"]["skin"]).round(3).to_string())
 

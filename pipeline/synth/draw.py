@@ -569,15 +569,13 @@ def _draw_stubble(img: Image.Image, p: FaceParams) -> None:
     img.paste(_off(p.skin, (-22, -20, -16)), mask=mask)
 
 
-def _pixel_noise(p: FaceParams, shape: tuple[int, ...], reuse: dict | None) -> np.ndarray:
-    """The face's Gaussian pixel noise (sigma p.noise, float32), from `reuse` when its last face had the same."""
-    key = (p.noise_seed, p.noise, shape)
-    cached = reuse.get("noise") if reuse is not None else None
+def _reused(reuse: dict | None, name: str, key: tuple, make):
+    """`make()`, or the value `reuse[name]` holds for the same `key` (then kept for the next call)."""
+    if reuse is None:
+        return make()
+    cached = reuse.get(name)
     if cached is None or cached[0] != key:
-        noise = np.random.default_rng(p.noise_seed).standard_normal(shape, dtype=np.float32) * np.float32(p.noise)
-        cached = (key, noise)
-        if reuse is not None:
-            reuse["noise"] = cached
+        cached = reuse[name] = (key, make())
     return cached[1]
 
 
@@ -590,13 +588,9 @@ def render_face(params: FaceParams, reuse: dict | None = None) -> RenderedFace:
     (a third of a face's drawing time)."""
     p = params
     size = ORIGINAL * SS
-    if reuse is None:
-        img = _draw_background(p, size)
-    else:
-        cached = reuse.get("background")
-        if cached is None or cached[0] != (p.background_seed, size):
-            cached = reuse["background"] = ((p.background_seed, size), _draw_background(p, size))
-        img = cached[1].copy()
+    img = _reused(reuse, "background", (p.background_seed, size), lambda: _draw_background(p, size))
+    if reuse is not None:
+        img = img.copy()                   # the kept background stays as drawn
     pen = _Pen(ImageDraw.Draw(img), p, SS, OFFSET)
     skin = p.skin
     _draw_hair_back(pen, p)
@@ -630,7 +624,9 @@ def render_face(params: FaceParams, reuse: dict | None = None) -> RenderedFace:
     ramp = np.linspace(-1.0, 1.0, ORIGINAL, dtype=np.float32)
     arr = arr + (gx * ramp[None, :, None] + gy * ramp[:, None, None] + off)
     if p.noise > 0:
-        arr += _pixel_noise(p, arr.shape, reuse)
+        shape = arr.shape
+        arr += _reused(reuse, "noise", (p.noise_seed, p.noise, shape), lambda: np.random.default_rng(
+            p.noise_seed).standard_normal(shape, dtype=np.float32) * np.float32(p.noise))
     original = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
     aligned = original[OFFSET:OFFSET + ALIGNED, OFFSET:OFFSET + ALIGNED].copy()
     lm = compute_landmarks(p)

@@ -43,8 +43,8 @@ def select_test_faces(config: SynthConfig, *, classes: list[str], kind: str, n_i
     return faces
 
 
-def _test_faces(config: SynthConfig, classes, kind: str, indices: range) -> list[tuple[FaceParams, dict]]:
-    """`select_test_faces` over the images `indices` (all faces, no subset), in index order."""
+def _test_faces(config: SynthConfig, classes, kind: str, indices) -> list[tuple[FaceParams, dict]]:
+    """`select_test_faces` over the images `indices` (all that qualify, no subset), in their order."""
     bias = parse_bias(config.bias)
     faces = []
     for index in indices:
@@ -109,6 +109,10 @@ def _twin_jobs(faces: list[tuple[FaceParams, dict]], kind: str,
     return pd.DataFrame(rows, columns=["image_id", "variant", "drawn_as", "true_label"]), twins
 
 
+def _no_images(size: int) -> np.ndarray:
+    return np.zeros((0, size, size, 3), np.uint8)
+
+
 def _chunks(twins: list[FaceParams | Path], size: int, workers: int) -> list[tuple[list[FaceParams | Path], int]]:
     chunk = max(1, min(100, -(-len(twins) // (4 * max(1, workers)))))    # about 4 chunks per worker
     return [(twins[s:s + chunk], size) for s in range(0, len(twins), chunk)]
@@ -126,7 +130,7 @@ def create_twin_images(faces: list[tuple[FaceParams, dict]], kind: str, *, size:
     JPEG, so the pixels are the same (a test) and a third of the skin twins cost a decode."""
     frame, twins = _twin_jobs(faces, kind, root)
     if not twins:
-        return frame, np.zeros((0, size, size, 3), np.uint8)
+        return frame, _no_images(size)
     jobs = _chunks(twins, size, workers)
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
@@ -163,14 +167,12 @@ def _lowest_priority() -> None:
         pass
 
 
-def _draw_faces_of(job: tuple[TwinRequest, range]) -> tuple[pd.DataFrame, np.ndarray, int]:
-    """Worker: the twins of the request's test faces among images `indices` (frame, images, faces)."""
+def _draw_faces_of(job: tuple[TwinRequest, list[int]]) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """Worker: the twins of the request's test faces among the images `indices` (frame, images, faces)."""
     request, indices = job
     faces = _test_faces(request.config, list(request.classes), request.kind, indices)
     frame, twins = _twin_jobs(faces, request.kind, Path(request.root))
-    images = (_render_chunk((twins, request.size)) if twins
-              else np.zeros((0, request.size, request.size, 3), np.uint8))
-    return frame, images, len(faces)
+    return frame, _render_chunk((twins, request.size)) if twins else _no_images(request.size), len(faces)
 
 
 class BackgroundTwins:
@@ -184,40 +186,29 @@ class BackgroundTwins:
     def __init__(self, requests: list[TwinRequest], workers: int = 2):
         self._pool = create_worker_pool(workers, initializer=_lowest_priority)
         self._closed = False
-        self._pending: dict[TwinRequest, tuple] = {}
+        self._pending: dict = {}
         try:
             for request in requests:
-                if request.n_images is None:        # every face: each worker selects its share of the images
-                    first, n = request.config.n_train, request.config.n - request.config.n_train
-                    step = max(1, -(-n // (4 * workers)))
-                    parts = [(request, range(s, min(s + step, first + n))) for s in range(first, first + n, step)]
-                    self._pending[request] = (None, None, self._pool.map_async(_draw_faces_of, parts))
-                    continue
-                faces = request.faces()
-                frame, twins = _twin_jobs(faces, request.kind, Path(request.root))
-                self._pending[request] = (frame, len(faces), self._pool.map_async(
-                    _render_chunk, _chunks(twins, request.size, workers)) if twins else None)
+                # The images to draw from: all test images (each worker selects its share of the
+                # faces), or those of the seeded subset, selected here.
+                indices = (list(range(request.config.n_train, request.config.n)) if request.n_images is None
+                           else [meta["index"] for _, meta in request.faces()])
+                step = max(1, -(-len(indices) // (4 * workers)))
+                self._pending[request] = self._pool.map_async(
+                    _draw_faces_of, [(request, indices[s:s + step]) for s in range(0, len(indices), step)])
         except BaseException:
             self.close()
             raise
 
     def take(self, request: TwinRequest) -> tuple[pd.DataFrame, np.ndarray, int] | None:
-        entry = self._pending.pop(request, None)
-        if entry is None:
+        result = self._pending.pop(request, None)
+        if result is None:
             return None
-        frame, n_faces, result = entry
-        if frame is None:                           # parts of (frame, images, faces) in image order
-            parts = result.get() or [(_twin_jobs([], request.kind, None)[0],
-                                      np.zeros((0, request.size, request.size, 3), np.uint8), 0)]
-            frame = pd.concat([part[0] for part in parts], ignore_index=True)
-            images, n_faces = np.concatenate([part[1] for part in parts]), sum(part[2] for part in parts)
-        elif result is not None:
-            images = np.concatenate(result.get())
-        else:
-            images = np.zeros((0, request.size, request.size, 3), np.uint8)
+        parts = result.get() or [(_twin_jobs([], request.kind, None)[0], _no_images(request.size), 0)]
         if not self._pending:
             self.close()
-        return frame, images, n_faces
+        return (pd.concat([part[0] for part in parts], ignore_index=True),
+                np.concatenate([part[1] for part in parts]), sum(part[2] for part in parts))
 
     @property
     def worker_pids(self) -> list[int]:
