@@ -65,6 +65,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="additive colour-shift augmentation up to ±S of the 0..1 range (e.g. 0.15; 0 = off): "
                             "skin tone and white balance vary while feature contrast stays")
     model.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="epochs without improvement; 0 = off")
+    model.add_argument("--progressive", metavar="SIZE:FRACTION",
+                       help="progressive resizing: train the first FRACTION of the epochs on SIZE-pixel inputs "
+                            "(e.g. 32:0.5, the demo preset's; about (SIZE/image size)^2 of an epoch's cost), "
+                            "the rest at the model's size; 'off' = every epoch at the model's size")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", metavar="RUN_OR_DIR",
                      help="continue an interrupted run (id, id prefix or runs/<id> folder) from its last.pt")
@@ -99,6 +103,8 @@ def build_recipe(args: argparse.Namespace):
         if not 0.0 <= args.colour_shift <= 0.5:
             raise UserError(f"--colour-shift must be between 0 and 0.5, got {args.colour_shift}")
         train["augment"] = replace(recipe.train.augment, colour_shift=args.colour_shift)
+    if args.progressive is not None:
+        train["progressive_size"], train["progressive_fraction"] = parse_progressive(args.progressive)
     if args.groups is not None:
         train["group_attributes"] = tuple(a.strip() for a in args.groups.split(",") if a.strip())
     if args.dro_step_size is not None and args.dro_step_size <= 0:
@@ -106,6 +112,21 @@ def build_recipe(args: argparse.Namespace):
     if recipe.arch.startswith("resnet") and top.get("arch", recipe.arch).startswith("lightcnn"):
         train["frozen_modules"] = ()
     return replace(recipe, **top, train=replace(recipe.train, **train))
+
+
+def parse_progressive(text: str) -> tuple[int | None, float]:
+    """`--progressive SIZE:FRACTION` (or 'off') -> (progressive_size, progressive_fraction)."""
+    from pipeline.errors import UserError
+
+    if text.strip().lower() in ("off", "none", "0"):
+        return None, 0.0
+    size, sep, fraction = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(size), float(fraction)
+    except ValueError:
+        raise UserError(f"--progressive takes SIZE:FRACTION (e.g. 32:0.5) or 'off', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,7 +9,10 @@ scheduler, scaler, epoch, best metric, early-stop counter and RNG states.
 Options plug in through `TrainConfig`: losses "ce" (label smoothing), "soft-ce"
 (targets are soft labels when given, else one-hot), "focal"; class weights
 "none"/"sqrt"/"balanced"; sampler "shuffle"/"balanced"; schedulers "plateau",
-"onecycle", "none"; early stopping on the validation loss.
+"onecycle", "none"; early stopping on the validation loss; progressive resizing
+(`progressive_size`, `progressive_fraction`): the first epochs train on inputs resized
+to a smaller size, which costs about (small/full)^2 of a full epoch for a fully
+convolutional model; validation, evaluation and later epochs use the model's size.
 
 Mitigations of group gaps work on cells = demographic group x emotion (the
 train split's `groups` codes, built by the caller from `group_attributes`):
@@ -80,6 +83,35 @@ class TrainConfig:
     group_balance: str = "none"            # "none" | "sample" | "reweight" over group x emotion cells
     group_dro: bool = False                # group DRO over group x emotion cells
     dro_step_size: float = 0.01            # the step of the exponentiated-gradient update of the cell weights
+    progressive_size: int | None = None    # progressive resizing: the first progressive_fraction of the epochs
+    progressive_fraction: float = 0.0      # train on inputs of this size, the rest at the model's image_size
+
+    @property
+    def progressive_epochs(self) -> int:
+        """How many of the first epochs train at `progressive_size`: the fraction of the epochs, rounded
+        to the nearest (halves up). A fraction, so that --epochs keeps the split."""
+        if self.progressive_size is None:
+            return 0
+        return math.floor(self.progressive_fraction * self.epochs + 0.5)
+
+    def epoch_image_size(self, epoch: int, image_size: int) -> int:
+        """The input size epoch `epoch` (1-based) trains at, for a model of `image_size`."""
+        return self.progressive_size if epoch <= self.progressive_epochs else image_size
+
+
+def check_progressive_resizing(config: TrainConfig, image_size: int) -> None:
+    """Raise UserError when the progressive-resizing settings cannot apply to a model of `image_size`."""
+    from pipeline.errors import UserError
+
+    size, fraction = config.progressive_size, config.progressive_fraction
+    if size is None:
+        return
+    if not 8 <= size < image_size:
+        raise UserError(f"the progressive-resizing size must be at least 8 and smaller than the model's input size "
+                        f"{image_size}, got {size} (--progressive SIZE:FRACTION, or --progressive off)")
+    if not 0.0 < fraction <= 1.0:
+        raise UserError(f"the progressive-resizing fraction of the epochs must be in (0, 1], got {fraction} "
+                        "(--progressive SIZE:FRACTION, or --progressive off)")
 
 
 @dataclass
@@ -422,6 +454,7 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
     from pipeline.train.distributed import current_world
 
     world = current_world()
+    check_progressive_resizing(config, int(meta["image_size"]))
     device = torch.device(device)
     generator = seed_everything(config.seed, device)
     model.to(device).to(memory_format=torch.channels_last)
@@ -473,6 +506,7 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
         else:
             order = epoch_order(train.labels, config.sampler, generator)
         total_loss, total_correct, seen = 0.0, 0, 0
+        epoch_meta = {**meta, "image_size": config.epoch_image_size(epoch, int(meta["image_size"]))}
         bar = tqdm(range(steps), desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False,
                    file=sys.stderr)
         for b in bar:
@@ -481,7 +515,7 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
                 continue  # a lone sample (on a rank) breaks BatchNorm; it is seen again next epoch
             if world.size > 1:
                 idx = idx[world.rank::world.size]
-            x = augment_batch(_stage(train.images[idx], device), meta, config.augment, aug_generator, device)
+            x = augment_batch(_stage(train.images[idx], device), epoch_meta, config.augment, aug_generator, device)
             y = train.labels[idx].to(device)
             soft = train.soft[idx].to(device) if train.soft is not None else None
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
@@ -526,6 +560,7 @@ def fit(model: nn.Module, train: SplitTensors, val: SplitTensors, meta: dict[str
                          and epoch < config.epochs)
         log(f"epoch {epoch:3d}/{config.epochs}  loss {row['train_loss']:.4f}  acc {row['train_acc']:.4f}  "
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {lr:.2e}  {seconds:.1f}s"
+            + (f"  (trained at {epoch_meta['image_size']}px)" if epoch_meta["image_size"] != meta["image_size"] else "")
             + ("  *" if improved else ""))
         if on_checkpoint is not None:
             on_checkpoint({

@@ -415,7 +415,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
     from pipeline.data.loaders import load_dataset
     from pipeline.train.models import create_model, hash_checkpoint, load_checkpoint, save_checkpoint
     from pipeline.train.distributed import barrier, broadcast_object, current_world
-    from pipeline.train.loop import fit, predict_probabilities, seed_everything
+    from pipeline.train.loop import check_progressive_resizing, fit, predict_probabilities, seed_everything
 
     db = Path(config.db)
     device = resolve_device(config.device)
@@ -445,6 +445,7 @@ def run_train(config: TrainRunConfig, log: Callable[[str], None] = print) -> Run
         log(f"resuming run {run_id} after epoch {resume_state['epoch']}")
     else:
         recipe, spec, weights = config.recipe, config.dataset, config.weights
+        check_progressive_resizing(recipe.train, recipe.image_size)   # before any file is written
         spec = dataclasses.replace(spec, root=str(Path(spec.root).resolve()))
         run_id, started_at = broadcast_object((store.new_run_id(recipe.name), _utcnow()) if world.is_main else None)
         run_dir = runs_dir_for(db) / run_id

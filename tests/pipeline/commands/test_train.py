@@ -228,6 +228,33 @@ def test_command_line_overrides_reach_the_recipe():
         train.build_recipe(parser.parse_args(base + ["--colour-shift", "2"]))
 
 
+
+def test_progressive_option_reaches_the_recipe_and_a_bad_one_writes_nothing(synth_root, tmp_path, capsys):
+    from pipeline.cli import build_parser
+    from pipeline.commands import train
+    from pipeline.errors import UserError
+
+    parser = build_parser()
+    base = ["train", "--dataset", "synthetic", "--root", "x", "--preset", "demo"]
+    recipe = train.build_recipe(parser.parse_args(base + ["--progressive", "24:0.25"]))
+    assert (recipe.train.progressive_size, recipe.train.progressive_fraction) == (24, 0.25)
+    assert train.build_recipe(parser.parse_args(base + ["--progressive", "off"])).train.progressive_epochs == 0
+    for bad in ("32", "a:0.5", "32:x"):
+        with pytest.raises(UserError, match="--progressive takes SIZE:FRACTION"):
+            train.build_recipe(parser.parse_args(base + ["--progressive", bad]))
+
+    db = tmp_path / "results.duckdb"   # a size the model's 16 px cannot take: refused before any file is made
+    assert main(["train", "--dataset", "synthetic", "--root", str(synth_root), "--db", str(db), *LIGHT,
+                 "--progressive", "16:0.5"]) == 2
+    assert "smaller than the model's input size 16" in capsys.readouterr().err
+    assert not db.exists() and not runs_dir_for(db).exists()
+    run = _train(db, synth_root, "--progressive", "8:0.5")
+    assert run["status"] == "complete"
+    import json
+
+    stored = run["config"] if isinstance(run["config"], dict) else json.loads(run["config"])
+    assert (stored["recipe"]["train"]["progressive_size"], stored["recipe"]["train"]["progressive_fraction"]) == (8, 0.5)
+
 def test_group_mitigation_run_records_its_groups(synth_root, tmp_path, capsys):
     import json
 

@@ -204,3 +204,62 @@ def test_group_mitigations_plug_into_the_loop_and_resume_exactly(data, changes):
 def test_group_mitigation_without_groups_is_refused(data):
     with pytest.raises(ValueError, match="group codes"):
         _fit("lightcnn-half", _config("lightcnn-softlabel", epochs=1, group_dro=True), data)
+
+
+def _input_sizes(model) -> list[tuple[bool, int]]:
+    """(training?, input height) of every forward call of `model`, recorded by a hook."""
+    seen: list[tuple[bool, int]] = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, int(args[0].shape[-1]))))
+    return seen
+
+
+def test_progressive_resizing_trains_the_first_epochs_small_and_resumes_exactly(data):
+    config = _config("lightcnn-softlabel", epochs=4, progressive_size=8, progressive_fraction=0.5)
+    assert config.progressive_epochs == 2
+    seed_everything(0)
+    model = create_model("lightcnn-lite", 6)
+    seen = _input_sizes(model)
+    logs: list[str] = []
+    full = fit(model, data[0], data[1], META, config, progress=False, log=logs.append)
+    steps = 3                                     # 24 images in batches of 8
+    train_sizes = [size for training, size in seen if training]
+    assert train_sizes == [8] * (2 * steps) + [16] * (2 * steps)
+    assert {size for training, size in seen if not training} == {16}   # validation at the model's size
+    assert ["trained at 8px" in line for line in logs if line.startswith("epoch")] == [True, True, False, False]
+
+    plain = _config("lightcnn-softlabel", epochs=4)
+    seed_everything(0)
+    plain_model = create_model("lightcnn-lite", 6)
+    fit(plain_model, data[0], data[1], META, plain, progress=False, log=lambda s: None)
+    assert not torch.equal(plain_model.state_dict()["block1.0.0.weight"], model.state_dict()["block1.0.0.weight"])
+
+    saved = []                                    # stopped inside the small epochs, resumed across the switch
+    seed_everything(0)
+    fit(create_model("lightcnn-lite", 6), data[0], data[1], META, config, progress=False, log=lambda s: None,
+        stop_after=1, on_checkpoint=lambda s, best: saved.append(copy.deepcopy(s)))
+    seed_everything(0)
+    resumed_model = create_model("lightcnn-lite", 6)
+    resumed = fit(resumed_model, data[0], data[1], META, config, progress=False, log=lambda s: None, resume=saved[-1])
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    for a, b in zip(model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("epochs,fraction,expected", [(12, 0.5, 6), (12, 1 / 3, 4), (12, 0.333, 4), (1, 1 / 3, 0),
+                                                     (3, 0.5, 2), (10, 0.7, 7), (5, 1.0, 5)])
+def test_progressive_epochs_are_the_fraction_rounded_to_the_nearest(epochs, fraction, expected):
+    config = TrainConfig(epochs=epochs, progressive_size=32, progressive_fraction=fraction)
+    assert config.progressive_epochs == expected
+    assert [config.epoch_image_size(e, 48) for e in range(1, epochs + 1)] == [32] * expected + [48] * (epochs - expected)
+    assert TrainConfig(epochs=epochs, progressive_fraction=fraction).progressive_epochs == 0
+
+
+@pytest.mark.parametrize("size,fraction,words", [(16, 0.5, "smaller than the model's input size 16"),
+                                                 (4, 0.5, "at least 8"), (8, 0.0, "must be in (0, 1]"),
+                                                 (8, 1.5, "must be in (0, 1]")])
+def test_progressive_resizing_that_cannot_apply_is_refused(data, size, fraction, words):
+    from pipeline.errors import UserError
+
+    config = _config("lightcnn-softlabel", epochs=2, progressive_size=size, progressive_fraction=fraction)
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        _fit("lightcnn-lite", config, data)
