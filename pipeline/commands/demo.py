@@ -77,8 +77,22 @@ def stage_synthetic(ctx: DemoContext) -> None:
         force = True
     print(f"generating {ctx.n_images} synthetic faces in {ctx.data} ...")
     manifest = generate_dataset(ctx.data, SynthConfig(n=ctx.n_images, seed=ctx.seed), progress=not ctx.quiet,
-                                force=force)
+                                force=force, meanwhile=import_training)
     ctx.summary["synthetic_counts"] = manifest["counts"]
+
+
+def import_training() -> None:
+    """Import what the train stage needs (torch, torch._dynamo, which the optimizer's first step
+    imports, duckdb and the training modules: 4-6 s in one thread). The synthetic stage calls it while its
+    workers draw, so the train stage does not start with a core idle."""
+    import torch  # noqa: F401
+    import torch._dynamo  # noqa: F401
+    import pipeline.data.loaders  # noqa: F401
+    import pipeline.store.db  # noqa: F401
+    import pipeline.train.distributed  # noqa: F401
+    import pipeline.train.evaluation  # noqa: F401
+    import pipeline.train.loop  # noqa: F401
+    import pipeline.train.runner  # noqa: F401
 
 
 def _made_by_demo(root: Path) -> bool:

@@ -31,6 +31,7 @@ import shutil
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -474,11 +475,14 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             zf.writestr(info, buf.getvalue())
 
 
-def generate_dataset(out_dir: Path, config: SynthConfig, progress: bool = True, force: bool = False) -> dict:
+def generate_dataset(out_dir: Path, config: SynthConfig, progress: bool = True, force: bool = False,
+                     meanwhile: Callable[[], None] | None = None) -> dict:
     """Generate the dataset into `out_dir` (RAF-DB basic layout + `Synthetic/`); return the manifest.
 
     Writes into a temporary sibling folder and renames it into place at the end. Refuses a
-    non-empty `out_dir` unless `force`.
+    non-empty `out_dir` unless `force`. `meanwhile`: called in this process once the worker
+    processes are drawing (after they are forked), so its time overlaps theirs; the demo
+    imports the training stage's libraries there.
     """
     config.validate()
     bias = parse_bias(config.bias)
@@ -504,6 +508,8 @@ def generate_dataset(out_dir: Path, config: SynthConfig, progress: bool = True, 
         pool = create_worker_pool(workers) if workers > 1 else None
         results = pool.imap(_generate_chunk, jobs) if pool is not None else map(_generate_chunk, jobs)
         try:
+            if meanwhile is not None:
+                meanwhile()
             for part in results:
                 metas.extend(part)
                 if bar is not None:

@@ -106,9 +106,14 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_deterministic_and_parallel_safe(tmp_path):
-    config = SynthConfig(n=30, seed=11, workers=1)
+    import multiprocessing
+
+    config = SynthConfig(n=210, seed=11, workers=1)   # three chunks of at most 100 faces: two workers start
     generate_dataset(tmp_path / "a", config, progress=False)
-    generate_dataset(tmp_path / "b", replace(config, workers=2), progress=False)
+    live = []                                          # the work given for meanwhile runs while they draw
+    generate_dataset(tmp_path / "b", replace(config, workers=2), progress=False,
+                     meanwhile=lambda: live.append(len(multiprocessing.active_children())))
+    assert live == [2]
     a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     assert a.keys() == b.keys()
     manifest_key = str(Path("Synthetic") / "manifest.json")
