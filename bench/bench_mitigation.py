@@ -45,13 +45,16 @@ MITIGATIONS = {
 
 
 def train_run(data: Path, db: Path, seed: int, epochs: int | None, changes: dict, image_size: int | None) -> dict:
-    from pipeline.train.recipes import get_recipe
+    from pipeline.train.recipes import get_recipe, with_image_size
     from pipeline.train.runner import DatasetSpec, TrainRunConfig, run_train
 
     recipe = get_recipe("lightcnn-softlabel", "demo")
+    if image_size:
+        recipe, note = with_image_size(recipe, image_size)
+        if note:
+            print(note)
     recipe = replace(recipe, train=replace(recipe.train, seed=seed, group_attributes=("race",), **changes,
-                                           **({"epochs": epochs} if epochs else {})),
-                     **({"image_size": image_size} if image_size else {}))
+                                           **({"epochs": epochs} if epochs else {})))
     spec = DatasetSpec(name="synthetic", root=str(data), num_classes=recipe.num_classes, seed=seed)
     t0 = time.perf_counter()
     outcome = run_train(TrainRunConfig(dataset=spec, recipe=recipe, weights="none", db=str(db), quiet=True),

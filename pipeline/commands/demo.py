@@ -15,11 +15,12 @@ recipe "lightcnn-softlabel" with config["preset"] = "demo"): the light CNN at
 lite variant (16/32/64 channels, blocks of 1/2/2 layers, dropout 0.2), 48x48 input (the full recipe's is
 64x64), 6 classes (Neutral dropped),
 soft-label cross-entropy, class-balanced sampling, flip/±15°/10% shift, one-cycle schedule peaking at
-2e-3 over 12 epochs, batch 64, no early stopping. Target (issue 15): the whole
-demo in at most 2 minutes on a 2-core CPU with test accuracy >= 0.88 and macro-F1
->= 0.77 on the default synthetic set (7000 images); bench/bench_demo.py measures
-them (an idle AMD EPYC: 98 s on 2026-12-03, 109.9-123.8 s on 2026-12-07, always 0.893, 0.790;
-at 64x64 it was 169 s, 0.889, 0.772).
+2e-3 over 12 epochs (the first 6 at 40x40: progressive resizing), batch 64, no early stopping.
+Target (issue 15): the whole demo in at most 2 minutes on a 2-core CPU with test accuracy >= 0.88
+and macro-F1 >= 0.77 on the default synthetic set (7000 images); bench/bench_demo.py measures
+them (an idle AMD EPYC: 98 s on 2026-12-03 and 109.9-123.8 s on 2026-12-07 with 0.893, 0.790 before
+progressive resizing; 117.1 and 119.5 s on a slower afternoon with it, 0.890, 0.779; at 64x64 it
+was 169 s, 0.889, 0.772).
 """
 from __future__ import annotations
 

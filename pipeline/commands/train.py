@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="epochs without improvement; 0 = off")
     model.add_argument("--progressive", metavar="SIZE:FRACTION",
                        help="progressive resizing: train the first FRACTION of the epochs on SIZE-pixel inputs "
-                            "(e.g. 32:0.5, the demo preset's; about (SIZE/image size)^2 of an epoch's cost), "
+                            "(e.g. 40:0.5, the demo preset's; about (SIZE/image size)^2 of an epoch's cost), "
                             "the rest at the model's size; 'off' = every epoch at the model's size")
     run = parser.add_argument_group("run")
     run.add_argument("--resume", metavar="RUN_OR_DIR",
@@ -88,7 +88,7 @@ def build_recipe(args: argparse.Namespace):
     from dataclasses import replace
 
     from pipeline.errors import UserError
-    from pipeline.train.recipes import get_recipe
+    from pipeline.train.recipes import get_recipe, with_image_size
 
     recipe = get_recipe(args.recipe, args.preset)
     top = {field: getattr(args, arg) for arg, field in RECIPE_OVERRIDES if getattr(args, arg) is not None}
@@ -111,6 +111,10 @@ def build_recipe(args: argparse.Namespace):
         raise UserError(f"--dro-step-size must be positive, got {args.dro_step_size}")
     if recipe.arch.startswith("resnet") and top.get("arch", recipe.arch).startswith("lightcnn"):
         train["frozen_modules"] = ()
+    if "image_size" in top and args.progressive is None:
+        recipe, note = with_image_size(recipe, top["image_size"])
+        if note:
+            print(note)
     return replace(recipe, **top, train=replace(recipe.train, **train))
 
 
@@ -126,7 +130,7 @@ def parse_progressive(text: str) -> tuple[int | None, float]:
             raise ValueError
         return int(size), float(fraction)
     except ValueError:
-        raise UserError(f"--progressive takes SIZE:FRACTION (e.g. 32:0.5) or 'off', got {text!r}") from None
+        raise UserError(f"--progressive takes SIZE:FRACTION (e.g. 40:0.5) or 'off', got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -89,10 +89,11 @@ class TrainConfig:
     @property
     def progressive_epochs(self) -> int:
         """How many of the first epochs train at `progressive_size`: the fraction of the epochs, rounded
-        to the nearest (halves up). A fraction, so that --epochs keeps the split."""
+        to the nearest, halves down (a fraction, so that --epochs keeps the split; one epoch of a
+        half trains at the model's size)."""
         if self.progressive_size is None:
             return 0
-        return math.floor(self.progressive_fraction * self.epochs + 0.5)
+        return max(0, math.ceil(self.progressive_fraction * self.epochs - 0.5))
 
     def epoch_image_size(self, epoch: int, image_size: int) -> int:
         """The input size epoch `epoch` (1-based) trains at, for a model of `image_size`."""

@@ -236,9 +236,17 @@ def test_progressive_option_reaches_the_recipe_and_a_bad_one_writes_nothing(synt
 
     parser = build_parser()
     base = ["train", "--dataset", "synthetic", "--root", "x", "--preset", "demo"]
+    demo = train.build_recipe(parser.parse_args(base)).train
+    assert (demo.progressive_size, demo.progressive_epochs) == (40, 6)          # the demo preset's
     recipe = train.build_recipe(parser.parse_args(base + ["--progressive", "24:0.25"]))
     assert (recipe.train.progressive_size, recipe.train.progressive_fraction) == (24, 0.25)
     assert train.build_recipe(parser.parse_args(base + ["--progressive", "off"])).train.progressive_epochs == 0
+    small = train.build_recipe(parser.parse_args(base + ["--image-size", "40"])).train   # not above 40: off
+    assert small.progressive_size is None and "every epoch trains at 40 pixels" in capsys.readouterr().out
+    kept = train.build_recipe(parser.parse_args(base + ["--image-size", "64"])).train
+    assert kept.progressive_size == 40 and capsys.readouterr().out == ""
+    chosen = train.build_recipe(parser.parse_args(base + ["--image-size", "32", "--progressive", "24:0.5"])).train
+    assert (chosen.progressive_size, chosen.progressive_epochs) == (24, 6)
     for bad in ("32", "a:0.5", "32:x"):
         with pytest.raises(UserError, match="--progressive takes SIZE:FRACTION"):
             train.build_recipe(parser.parse_args(base + ["--progressive", bad]))

@@ -21,7 +21,7 @@ from pipeline.synth.faces import SynthConfig, parse_bias, sample_face_params
 from pipeline.synth.twins import render_as_loaded
 from pipeline.train.loop import SplitTensors, fit, predict_probabilities, seed_everything
 from pipeline.train.models import create_model
-from pipeline.train.recipes import get_recipe
+from pipeline.train.recipes import get_recipe, with_image_size
 
 SIZE = 32
 CONFIG = SynthConfig(n=900, seed=5, workers=1, test_fraction=0.25, race_shares=(0.5, 0.0, 0.5),
@@ -44,7 +44,7 @@ def _tensors(faces) -> SplitTensors:
 
 @pytest.fixture(scope="module")
 def cue_model():
-    recipe = get_recipe("lightcnn-softlabel", "demo")
+    recipe, _ = with_image_size(get_recipe("lightcnn-softlabel", "demo"), SIZE)
     train = _tensors(_faces("train"))
     meta = {"num_classes": 6, "image_size": SIZE, "mean": list(recipe.mean), "std": list(recipe.std)}
     seed_everything(0)

@@ -246,7 +246,7 @@ def test_progressive_resizing_trains_the_first_epochs_small_and_resumes_exactly(
 
 
 @pytest.mark.parametrize("epochs,fraction,expected", [(12, 0.5, 6), (12, 1 / 3, 4), (12, 0.333, 4), (1, 1 / 3, 0),
-                                                     (3, 0.5, 2), (10, 0.7, 7), (5, 1.0, 5)])
+                                                     (1, 0.5, 0), (3, 0.5, 1), (10, 0.7, 7), (5, 1.0, 5)])
 def test_progressive_epochs_are_the_fraction_rounded_to_the_nearest(epochs, fraction, expected):
     config = TrainConfig(epochs=epochs, progressive_size=32, progressive_fraction=fraction)
     assert config.progressive_epochs == expected
