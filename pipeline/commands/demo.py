@@ -19,8 +19,8 @@ soft-label cross-entropy, class-balanced sampling, flip/±15°/10% shift, one-cy
 Target (issue 15): the whole demo in at most 2 minutes on a 2-core CPU with test accuracy >= 0.88
 and macro-F1 >= 0.77 on the default synthetic set (7000 images); bench/bench_demo.py measures
 them (an idle AMD EPYC: 98 s on 2026-12-03 and 109.9-123.8 s on 2026-12-07 with 0.893, 0.790 before
-progressive resizing; 117.1 and 119.5 s on a slower afternoon with it, 0.890, 0.779; at 64x64 it
-was 169 s, 0.889, 0.772).
+progressive resizing; 112.4-119.5 s in six runs on a slower afternoon with it, against 120.0-141.6 s
+for the old code in turn, 0.890, 0.779; at 64x64 it was 169 s, 0.889, 0.772).
 """
 from __future__ import annotations
 
