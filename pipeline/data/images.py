@@ -114,18 +114,16 @@ def _bomb(record: ImageRecord, claimed: str) -> DatasetError:
 def find_small_images(records: Sequence[ImageRecord], min_side: int = MIN_IMAGE_SIDE) -> list[tuple[str, str]]:
     """(path, 'WxH') of file-backed images with a side under `min_side` pixels, from their headers only
     (unreadable files are left to the decoder, which names them)."""
-    small = []
-    for r in records:
+    sizes = np.full((len(records), 2), -1, dtype=np.int64)
+    for i, r in enumerate(records):
         if r.path is None:
             continue
         try:
             with Image.open(r.path) as image:
-                width, height = image.size
+                sizes[i] = image.size
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue
-        if min(width, height) < min_side:
-            small.append((str(r.path), f"{width}x{height}"))
-    return small
+    return list_small_images(records, sizes, min_side)
 
 
 def load_image(record: ImageRecord) -> Image.Image:

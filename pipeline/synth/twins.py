@@ -94,6 +94,9 @@ def _render_chunk(job: tuple[list[FaceParams | Path], int]) -> np.ndarray:
                      else render_as_loaded(p, size, reuse) for p in params])
 
 
+TWIN_COLUMNS = ["image_id", "variant", "drawn_as", "true_label"]   # one row per twin image
+
+
 def _twin_jobs(faces: list[tuple[FaceParams, dict]], kind: str,
                root: Path | None) -> tuple[pd.DataFrame, list[FaceParams | Path]]:
     """The twins' frame and, in its order, each twin's params, or its stored file where the
@@ -106,7 +109,7 @@ def _twin_jobs(faces: list[tuple[FaceParams, dict]], kind: str,
             rows.append({"image_id": meta["image_id"], "variant": variant, "drawn_as": drawn_as,
                          "true_label": meta["label"]})
             twins.append(stored if variant == drawn_as and stored is not None and stored.is_file() else twin)
-    return pd.DataFrame(rows, columns=["image_id", "variant", "drawn_as", "true_label"]), twins
+    return pd.DataFrame(rows, columns=TWIN_COLUMNS), twins
 
 
 def _no_images(size: int) -> np.ndarray:
@@ -204,7 +207,7 @@ class BackgroundTwins:
         result = self._pending.pop(request, None)
         if result is None:
             return None
-        parts = result.get() or [(_twin_jobs([], request.kind, None)[0], _no_images(request.size), 0)]
+        parts = result.get() or [(pd.DataFrame(columns=TWIN_COLUMNS), _no_images(request.size), 0)]
         if not self._pending:
             self.close()
         return (pd.concat([part[0] for part in parts], ignore_index=True),
