@@ -33,15 +33,17 @@ from dashboard import queries, widgets  # noqa: E402
 
 SIDEBAR_PX = 400  # wide enough for a whole run id in the run picker
 PAGES_DIR = Path(__file__).resolve().parent / "views"
+# Navigation links without icons: eight Material Symbols icons cost 0.11-0.17x of a bare page's fresh load
+# here (docs/design-notes.md, "Dashboard rendering").
 PAGES = [
-    ("overview.py", "Overview", ":material/home:"),
-    ("performance.py", "Performance", ":material/monitoring:"),
-    ("errors.py", "Error explorer", ":material/image_search:"),
-    ("explanations.py", "Explanations", ":material/visibility:"),
-    ("fairness.py", "Fairness audit", ":material/balance:"),
-    ("compare.py", "Compare runs", ":material/compare_arrows:"),
-    ("twins.py", "Counterfactual twins", ":material/group:"),
-    ("export.py", "Export", ":material/download:"),
+    ("overview.py", "Overview"),
+    ("performance.py", "Performance"),
+    ("errors.py", "Error explorer"),
+    ("explanations.py", "Explanations"),
+    ("fairness.py", "Fairness audit"),
+    ("compare.py", "Compare runs"),
+    ("twins.py", "Counterfactual twins"),
+    ("export.py", "Export"),
 ]
 
 
@@ -66,7 +68,9 @@ def refuses_to_serve(address: str | None, argv: list[str]) -> bool:
 
 
 def main() -> None:
-    st.set_page_config(page_title="FER results", page_icon=":material/face:", layout="wide",
+    # An emoji page icon is drawn in the browser; a `:material/` one is fetched from fonts.gstatic.com on every
+    # load, which would tell Google when the results are browsed (tests/dashboard/test_browser.py).
+    st.set_page_config(page_title="FER results", page_icon="🙂", layout="wide",
                        initial_sidebar_state=SIDEBAR_PX)
     address = st.get_option("server.address")
     if refuses_to_serve(address, sys.argv[1:]):
@@ -74,8 +78,8 @@ def main() -> None:
                  f"so other machines could read them. Start it with `python -m dashboard` (127.0.0.1 only), or "
                  f"pass `-- {EXPOSE_FLAG}` to `streamlit run` if you mean to share them.")
         st.stop()
-    pages = [st.Page(PAGES_DIR / name, title=title, icon=icon, default=(i == 0))
-             for i, (name, title, icon) in enumerate(PAGES)]
+    pages = [st.Page(PAGES_DIR / name, title=title, default=(i == 0))
+             for i, (name, title) in enumerate(PAGES)]
     page = st.navigation(pages)
     db_path = queries.resolve_db_path()
     ref = queries.create_store_ref(db_path)

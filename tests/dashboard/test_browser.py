@@ -212,3 +212,24 @@ def test_thumbnail_opens_detail_and_the_url_shares_it(page, server, shot):
         re.compile(rf"^{image_id}( \(image file missing\))?$")).wait_for()
     assert f"img={image_id}" in page.url
     page.screenshot(path=shot("errors-shared-detail"), full_page=True)
+
+
+def test_pages_request_nothing_from_other_hosts(page, server):
+    """A fresh load of every page fetches only from the dashboard's own server. A results browser bound to
+    loopback must not tell another host that, or when, it is used, nor wait on one offline: a Material
+    Symbols page icon made every load fetch its SVG from fonts.gstatic.com."""
+    outside: dict[str, set[str]] = {}
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        for path, title in [*PAGES, ("twins", "Counterfactual twins")]:
+            pg = context.new_page()
+            pg.set_default_timeout(90_000)
+            pg.on("request", lambda r, t=title: None if r.url.startswith((server, "data:", "blob:"))
+                  else outside.setdefault(t, set()).add(r.url))
+            pg.goto(f"{server}/{path}")
+            _settle(pg, title)
+            pg.wait_for_load_state("networkidle")
+            pg.close()
+    finally:
+        context.close()
+    assert outside == {}
