@@ -2,6 +2,7 @@
 
     python bench/bench_browser.py [--db bench/out/dashboard_1m.duckdb] [--n 1000000] [--repeats 3]
                                   [--against DIR]
+    python bench/bench_browser.py --elements [--repeats 6]
 
 Serves `dashboard/app.py` on the store (built once by tests/dashboard/fake_store.py
 with --n predictions, as bench_dashboard.py builds it) and, in the same run, a
@@ -17,7 +18,11 @@ same run (the median load's ratio; the fastest load's ratio, "best x", is
 printed beside it, being the one the shared machine disturbed least). `--against DIR` also serves DIR/dashboard/app.py (another checkout,
 e.g. `git worktree add DIR main`) on the same store, for a before/after in
 one run. Then, in one context per app, it clicks through the navigation and
-times each page switch the same way. Prints figures, never asserts.
+times each page switch the same way. `--elements` instead measures the floor
+under that target: one-line pages that each add one kind of element to the
+bare page (a selectbox, a Vega-Lite chart, a metric, ...), served and loaded
+in turn the same way, so what one element kind costs a fresh load on this
+machine is printed beside the 1.3x budget. Prints figures, never asserts.
 """
 from __future__ import annotations
 
@@ -121,6 +126,51 @@ def time_navigation(browser, url: str) -> dict[str, float]:
     return out
 
 
+BARE = 'import streamlit as st\nst.write("hello")\n'
+CHART = ('st.vega_lite_chart({"data": {"values": [{"a": "x", "b": 1}, {"a": "y", "b": 3}]}, "mark": "bar", '
+         '"encoding": {"x": {"field": "a", "type": "nominal"}, "y": {"field": "b", "type": "quantitative"}}})')
+# One element kind each (the last, two), added to the bare page's line; every page of the dashboard draws several of them.
+ELEMENTS = {
+    "selectbox": 'st.selectbox("Run", ["a", "b", "c"])',
+    "selectbox in the sidebar": 'st.sidebar.selectbox("Run", ["a", "b", "c"])',
+    "radio": 'st.radio("Split", ["test", "val"], horizontal=True)',
+    "Vega-Lite bar chart": CHART,
+    "metric": 'st.metric("Test accuracy", "89.0%")',
+    "48x48 image": 'st.image(__import__("numpy").full((48, 48, 3), 128, dtype="uint8"))',
+    "markdown table": 'st.markdown("| a | b |\\n|---|---:|\\n| x | 1 |\\n| y | 3 |")',
+    "button": 'st.button("Refresh")',
+    "sidebar selectbox + chart": 'st.sidebar.selectbox("Run", ["a", "b", "c"])\n' + CHART,
+}
+
+
+def time_elements(browser_factory, repeats: int) -> None:
+    """Serve the bare page and one page per element kind; print each one's median fresh load against the bare."""
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        urls = {}
+        for i, (name, line) in enumerate({"(bare one-liner)": "", **ELEMENTS}.items()):
+            script = Path(tmp) / f"element_{i}.py"
+            script.write_text(BARE + line + "\n")
+            urls[name] = stack.enter_context(serve(script, {}))
+        browser = browser_factory(stack)
+        for url in urls.values():  # warm each server: not measured
+            time_fresh_load(browser, url, None)
+        load_before = os.getloadavg()
+        times: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            for name, url in urls.items():
+                times.setdefault(name, []).append(time_fresh_load(browser, url, None))
+        load_after = os.getloadavg()
+        print(f"one element kind added to the bare page; fresh browser context per load, median of {repeats} "
+              f"interleaved; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, on "
+              f"{os.cpu_count()} cores; budget for a whole page: {TARGET}x")
+        bare_s, bare_min = statistics.median(times["(bare one-liner)"]), min(times["(bare one-liner)"])
+        print(f"{'page':26s} {'s':>6s} {'x bare':>7s} {'best x':>7s}")
+        for name, xs in times.items():
+            print(f"{name:26s} {statistics.median(xs):6.2f} {statistics.median(xs) / bare_s:7.2f} "
+                  f"{min(xs) / bare_min:7.2f}", flush=True)
+        browser.close()
+
+
 def ensure_store(db: Path, n: int) -> None:
     if db.exists():
         return
@@ -141,13 +191,23 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="test predictions of the main run (when built)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh loads per page (the median is reported)")
     parser.add_argument("--against", type=Path, help="another checkout whose dashboard is measured alongside")
+    parser.add_argument("--elements", action="store_true",
+                        help="measure one-element pages against the bare page instead of the dashboard")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    def launch(stack: ExitStack):
+        return stack.enter_context(sync_playwright()).chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+
+    if args.elements:
+        time_elements(launch, args.repeats)
+        return 0
     if args.against and not (args.against / "dashboard" / "app.py").exists():
         raise SystemExit(f"{args.against / 'dashboard' / 'app.py'} is missing: --against takes a project checkout")
     ensure_store(args.db, args.n)
-    from playwright.sync_api import sync_playwright
 
     apps = {"this": ROOT}
     if args.against:
@@ -155,12 +215,11 @@ def main(argv=None) -> int:
     env = {"FER_RESULTS_DB": str(args.db)}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         bare = Path(tmp) / "bare.py"
-        bare.write_text('import streamlit as st\nst.write("hello")\n')
+        bare.write_text(BARE)
         bare_url = stack.enter_context(serve(bare, {}))
         urls = {name: stack.enter_context(serve(root / "dashboard" / "app.py", env, cwd=root))
                 for name, root in apps.items()}
-        browser = stack.enter_context(sync_playwright()).chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = launch(stack)
         for url in urls.values():  # warm the servers (imports, first cache fill): not measured
             for path, title in PAGES:
                 time_fresh_load(browser, f"{url}/{path}", title)
