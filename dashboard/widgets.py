@@ -37,6 +37,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries
+from pipeline.fairness.audit import compute_wilson_interval
 
 # Markdown's ASCII punctuation that Streamlit's renderer acts on (links, emphasis, code, LaTeX `$`,
 # `:icon:`/`:colour[...]` directives, HTML-like `<`), each escaped with a backslash.
@@ -272,6 +273,24 @@ def describe_checks_not_run(run: dict, layers: dict[str, str], metrics: pd.DataF
         lines.append("No localisation of the action-unit regions: it needs their ground truth, which only the "
                      "synthetic set has.")
     return lines
+
+
+def describe_headline(run: dict, n_classes: int) -> str:
+    """The run's headline numbers as a one-row markdown table, test accuracy with its 95% Wilson interval
+    over the test images (a markdown table, not `st.metric`: that element's JavaScript alone costs a fresh
+    load about a fifth of a bare page's, bench/bench_browser.py --elements)."""
+    acc, n, f1 = run.get("test_accuracy"), run.get("n_test"), run.get("test_macro_f1")
+    missing = pd.isna  # None or NaN: a run without an evaluation
+    if missing(acc):
+        accuracy = "—"
+    elif missing(n) or int(n) == 0:
+        accuracy = f"{acc:.1%}"
+    else:
+        lo, hi = compute_wilson_interval(round(acc * int(n)), int(n))
+        accuracy = f"{acc:.1%} [{float(lo):.1%}, {float(hi):.1%}]"
+    return ("| Test accuracy [95% CI] | Macro F1 | Test images | Classes |\n|---:|---:|---:|---:|\n"
+            f"| {accuracy} | {'—' if missing(f1) else f'{f1:.3f}'} | {'—' if missing(n) else f'{int(n):,}'} "
+            f"| {n_classes} |")
 
 
 def describe_source(row: dict) -> str:

@@ -16,11 +16,7 @@ if run["is_synthetic"]:
                "for trying the tool out. Its numbers say nothing about real faces.", icon=":material/science:")
 
 st.subheader(f"Run {ctx.run_id}")
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Test accuracy", "—" if run["test_accuracy"] is None else f"{run['test_accuracy']:.1%}")
-c2.metric("Macro F1", "—" if run["test_macro_f1"] is None else f"{run['test_macro_f1']:.3f}")
-c3.metric("Test images", "—" if run["n_test"] is None else f"{int(run['n_test']):,}")
-c4.metric("Classes", len(ctx.classes))
+st.markdown(widgets.describe_headline(run, len(ctx.classes)))
 st.write(f"Dataset **{run['dataset']}** ({run['dataset_root']}), recipe **{run['recipe']}**, "
          f"model {run['model']}, kind {run['kind']}, seed {run['seed']}, device {run['device']}.")
 if run.get("parent_run_id"):

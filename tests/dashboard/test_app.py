@@ -44,6 +44,22 @@ def test_synthetic_run_shows_a_banner(make_app, fake_store):
     assert at.query_params["run"] == "20260102-000000-resnet50-transfer-bbbb"
 
 
+def test_overview_headline_gives_accuracy_with_its_wilson_interval(make_app, app_store):
+    from statsmodels.stats.proportion import proportion_confint
+
+    from tests.dashboard.conftest import read_markdown_table
+
+    at = make_app(app_store).run()
+    run = queries.load_runs(queries.create_store_ref(app_store)).set_index("run_id").loc[at.selectbox(key="run").value]
+    headline = next(t for t in (read_markdown_table(m.value) for m in at.markdown)
+                    if t is not None and "Macro F1" in t.columns).iloc[0]
+    n = int(run["n_test"])
+    lo, hi = proportion_confint(round(run["test_accuracy"] * n), n, method="wilson")
+    assert headline["Test accuracy [95% CI]"] == f"{run['test_accuracy']:.1%} [{lo:.1%}, {hi:.1%}]"
+    assert headline["Macro F1"] == pytest.approx(run["test_macro_f1"], abs=5e-4)
+    assert str(headline["Test images"]) == f"{n:,}"
+
+
 def test_missing_store_shows_what_to_run(make_app, tmp_path):
     at = make_app(tmp_path / "nowhere.duckdb").run()
     assert not at.exception
