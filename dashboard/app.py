@@ -33,8 +33,8 @@ from dashboard import queries, widgets  # noqa: E402
 
 SIDEBAR_PX = 400  # wide enough for a whole run id in the run picker
 PAGES_DIR = Path(__file__).resolve().parent / "views"
-# Navigation links without icons: eight Material Symbols icons cost 0.11-0.17x of a bare page's fresh load
-# here (docs/design-notes.md, "Dashboard rendering").
+# Navigation links without icons: on a scratch page, eight Material Symbols icons cost 0.11-0.17x of a bare
+# page's fresh load (docs/design-notes.md, "Dashboard rendering"; on the dashboard, within the noise).
 PAGES = [
     ("overview.py", "Overview"),
     ("performance.py", "Performance"),

@@ -277,8 +277,8 @@ def describe_checks_not_run(run: dict, layers: dict[str, str], metrics: pd.DataF
 
 def describe_headline(run: dict, n_classes: int) -> str:
     """The run's headline numbers as a one-row markdown table, test accuracy with its 95% Wilson interval
-    over the test images (a markdown table, not `st.metric`: that element's JavaScript alone costs a fresh
-    load about a fifth of a bare page's, bench/bench_browser.py --elements)."""
+    over the test images (`st.metric` has no room for an interval, and its JavaScript alone adds 0.16-0.21x
+    to a bare page's fresh load: bench/bench_browser.py --elements)."""
     acc, n, f1 = run.get("test_accuracy"), run.get("n_test"), run.get("test_macro_f1")
     missing = pd.isna  # None or NaN: a run without an evaluation
     if missing(acc):
