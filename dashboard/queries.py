@@ -328,6 +328,15 @@ def load_runs(ref: StoreRef) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False)
+def load_seed_spread(ref: StoreRef) -> pd.DataFrame:
+    """Per recipe trained with two or more seeds on one dataset: test accuracy and macro-F1 across the seeds
+    (pipeline.train.seeds.compute_seed_spread over the complete runs)."""
+    from pipeline.train.seeds import compute_seed_spread
+
+    return compute_seed_spread(load_runs(ref))
+
+
+@st.cache_data(show_spinner=False)
 def load_demographic_sources(ref: StoreRef, fingerprint: str) -> pd.DataFrame:
     """The demographic sources stored for a dataset: source, inferred, n (annotations first); from the
     store's demographic_sources (schema version 8), else, on an older store read as it is, its demographics."""

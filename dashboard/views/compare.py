@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, queries, widgets
+from pipeline.export.tables import compute_seed_spread_table
 
 ctx = widgets.get_page_context()
 st.title("Compare runs")
@@ -103,3 +104,18 @@ if len(chosen) >= 2:
                 st.write(f"No group has enough images with {ctx.source} demographics to compare.")
             else:
                 st.write("No demographics for this dataset: only the overall comparison is shown.")
+
+st.subheader("Across seeds: how much a recipe's figures move")
+spread = queries.load_seed_spread(ctx.ref)
+if len(spread):
+    widgets.render_table(compute_seed_spread_table(spread), "seed-spread", ctx.run_id,
+                         caption="Test accuracy and macro-F1 of each recipe trained with two or more seeds on one "
+                                 "dataset: mean ± sample SD (n - 1) and (range) over the seeds")
+    for r in spread.itertuples(index=False):
+        st.caption(f"{r.recipe} on {r.dataset}: seeds {r.seeds}; runs {r.run_ids}.")
+    st.caption("A run's confidence intervals cover its test images, not training randomness: a figure quoted "
+               "from one seed can sit anywhere in this range. Replicas share the dataset files and every "
+               "setting of the recipe but the seed (which also draws the validation split).")
+else:
+    st.write("No recipe in this store was trained with two or more seeds on one dataset. Train it again with "
+             "`--seed 1`, `--seed 2`, ... (same dataset and options) to see how much its test figures move.")

@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import charts, checks, queries, widgets
 from pipeline.constants import FACE_REGIONS
 from pipeline.export.kit import create_kit_zip
+from pipeline.export.tables import compute_seed_spread_table
 
 ctx = widgets.get_page_context()
 st.title("Export")
@@ -79,6 +80,10 @@ for source, split in audit[["source", "split"]].itertuples(index=False):
     if len(gaps):
         tables[f"audit-gaps-{source}-{split}"] = (gaps, f"Gaps with {level} CI and corrected p ({source}, {split})")
         figures[f"audit-gaps-{source}-{split}"] = charts.create_gap_chart(gaps, level=level)
+spread = queries.load_seed_spread(ref)
+if len(spread):
+    tables["seed-spread"] = (compute_seed_spread_table(spread),
+                             "Test accuracy and macro-F1 across seeds per recipe and dataset: mean ± SD (range)")
 agreement = queries.load_proxy_agreement(ref, ctx.fingerprint)
 if len(agreement):
     tables["proxy-agreement"] = (agreement, "Inferred against annotated labels")

@@ -2,8 +2,11 @@
 
 Lists complete runs newest first (`--all` adds running, failed and interrupted
 ones; a 'running' row whose process is gone shows as 'running (stale)');
-`--delete RUN` removes a run (full id or unique prefix), every row it owns and
-any orphan rows in one transaction. `--check` reads every table back and
+`--seeds` prints the seed spread instead: for each recipe trained with two
+or more seeds on the same dataset, the mean, sample SD and range of test
+accuracy and macro-F1 (pipeline.train.seeds). `--delete RUN` removes a run
+(full id or unique prefix), every row it owns and any orphan rows in one
+transaction. `--check` reads every table back and
 reports damage, orphan rows and stale runs; `--salvage NEW` copies what still
 reads into a new store. Listing opens the store read-only and closes it at once.
 """
@@ -21,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true",
                         help="include running, failed and interrupted runs (a running row whose process is gone "
                              "shows as stale)")
+    parser.add_argument("--seeds", action="store_true",
+                        help="print the seed spread: test accuracy and macro-F1 (mean, sample SD, range) of each "
+                             "recipe trained with two or more seeds on one dataset")
     parser.add_argument("--delete", metavar="RUN",
                         help="delete this run (full id or unique prefix) and all its rows, and orphan rows of runs deleted earlier")
     parser.add_argument("--check", action="store_true",
@@ -79,12 +85,36 @@ def run(args: argparse.Namespace) -> int:
 
     with store.open_store(args.db, read_only=True, timeout_s=args.timeout) as con:
         runs = store.list_runs(con, include_incomplete=args.all)
+    if args.seeds:
+        print(render_seed_spread(runs, args.db))
+        return 0
     if runs.empty:
         which = "runs" if args.all else "complete runs (use --all to include running and failed ones)"
         print(f"no {which} in {args.db}")
         return 0
     print(render_runs(runs))
     return 0
+
+
+def render_seed_spread(runs, db) -> str:
+    """The seed spread of the complete runs as text: one block per recipe and dataset."""
+    from pipeline.train.seeds import compute_seed_spread
+
+    spread = compute_seed_spread(runs[runs["status"] == "complete"] if "status" in runs else runs)
+    if spread.empty:
+        return (f"no recipe in {db} was trained with two or more seeds on one dataset; train it again with "
+                f"`--seed 1`, `--seed 2`, ... to see how much its figures move")
+    lines = []
+    for r in spread.to_dict("records"):
+        lines += [f"{r['recipe']} ({r['model']}) on {r['dataset']}: {r['n_seeds']} seeds ({r['seeds']})"
+                  + (f", {r['n_test']:,} test images" if r["n_test"] is not None and r["n_test"] == r["n_test"]
+                     else ""),
+                  f"  accuracy  {r['accuracy_mean']:.4f} ± {r['accuracy_sd']:.4f} (SD), "
+                  f"range {r['accuracy_min']:.4f}–{r['accuracy_max']:.4f}",
+                  f"  macro-F1  {r['macro_f1_mean']:.4f} ± {r['macro_f1_sd']:.4f} (SD), "
+                  f"range {r['macro_f1_min']:.4f}–{r['macro_f1_max']:.4f}",
+                  f"  runs      {r['run_ids']}"]
+    return "\n".join(lines)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ Pure: frames and strings in, LaTeX source out. The rules a journal expects:
 - Every character typesets as written: `escape_latex` escapes LaTeX's specials
   (`\\ & % $ # _ { } ~ ^ < > |`; `|` is an em dash in LaTeX's default font
   encoding), writes a minus before a number as a real minus sign (`$-$`), an
-  age range such as `0-3` with an en dash, and `×`, `–`, `≥`, `≤`, `†` as
+  age range such as `0-3` with an en dash, and `×`, `–`, `≥`, `≤`, `†`, `±` as
   commands every engine knows.
 - `to_latex` writes booktabs rules (needs `\\usepackage{booktabs}`) in a
   `table` float, or a `longtable` (needs `\\usepackage{longtable}`) that breaks
@@ -44,7 +44,7 @@ _SPECIALS = {
     # '$' as math: the text-mode \$ of the default font encoding is a bitmap (Type 3) font below 10pt.
     # Non-ASCII characters our tables produce, as commands any LaTeX engine knows.
     "×": r"$\times$", "–": "--", "—": "---", "−": "$-$", "≥": r"$\geq$", "≤": r"$\leq$",
-    "†": r"$^{\dagger}$", "α": r"$\alpha$",
+    "†": r"$^{\dagger}$", "α": r"$\alpha$", "±": r"$\pm$",
 }
 # A hyphen that starts a number (after a space, a bracket or at the start) is a minus sign.
 _MINUS = re.compile(r"(?:^|(?<=[\s\[(]))-(?=[0-9.])")

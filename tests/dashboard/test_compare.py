@@ -72,3 +72,35 @@ def test_paired_comparison_of_two_runs_on_the_same_images(make_app, two_run_stor
     # 42 test faces: no group reaches the minimum support of 30 images, and the page says so
     assert not any("change" in d.columns for d in read_tables(at))
     assert "No group has enough images with annotations demographics" in text
+
+
+def test_seed_spread_of_a_recipe_trained_with_two_seeds(make_app, seed_store):
+    from pipeline.store import db as store
+    from pipeline.export.tables import format_spread
+    from pipeline.train.seeds import compute_seed_spread
+
+    with store.open_store(seed_store, read_only=True) as con:
+        want = compute_seed_spread(store.list_runs(con)).iloc[0]
+    at = make_app(seed_store).run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    spread = next(t for t in read_tables(at) if "macro-F1" in t.columns and "seeds" in t.columns)
+    assert len(spread) == 1
+    row = spread.iloc[0]
+    assert row["seeds"] == 2
+    assert row["accuracy"] == format_spread(want["accuracy_mean"], want["accuracy_sd"], want["accuracy_min"],
+                                            want["accuracy_max"])
+    assert row["macro-F1"] == format_spread(want["macro_f1_mean"], want["macro_f1_sd"], want["macro_f1_min"],
+                                            want["macro_f1_max"])
+    assert any(f"seeds 0, 1; runs {want['run_ids']}." in c.value for c in at.caption)
+    at.switch_page("views/export.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(o.startswith("seed-spread — ") for o in at.selectbox(key="export-table").options)
+
+
+def test_no_seed_spread_says_how_to_make_one(make_app, fake_store):
+    at = make_app(fake_store).run()
+    at.switch_page("views/compare.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("macro-F1" in t.columns for t in read_tables(at))
+    assert any("two or more seeds" in m.value for m in at.markdown)

@@ -11,6 +11,7 @@ import pytest
 from pipeline.export import tables as export
 from pipeline.fairness.audit import AuditConfig, compute_audit
 from pipeline.constants import EMOTIONS
+from tests.pipeline.export.latex_check import compile_body, requires_pdflatex
 
 
 @pytest.fixture
@@ -188,3 +189,27 @@ def test_proxy_table():
     assert table.loc["male", "most frequent other label"] == "female (2)"
     assert "agreement [99% CI]" in export.compute_proxy_table(agreement, alpha=0.01).columns
     assert table.loc["female", "most frequent other label"] == "–"
+
+
+def _seed_spread() -> pd.DataFrame:
+    from pipeline.train.seeds import SPREAD_COLUMNS
+
+    return pd.DataFrame([{
+        "recipe": "resnet50-transfer", "model": "resnet50", "dataset": "rafdb", "n_seeds": 5,
+        "seeds": "0, 1, 2, 3, 4", "accuracy_mean": 0.8866, "accuracy_sd": 0.00432, "accuracy_min": 0.882,
+        "accuracy_max": 0.893, "macro_f1_mean": 0.7624, "macro_f1_sd": 0.02157, "macro_f1_min": 0.742,
+        "macro_f1_max": 0.790, "n_test": 3068, "run_ids": "a, b, c, d, e"}], columns=SPREAD_COLUMNS)
+
+
+def test_seed_spread_table_is_mean_sd_and_range():
+    table = export.compute_seed_spread_table(_seed_spread())
+    assert table.to_dict("records") == [{"recipe": "resnet50-transfer", "dataset": "rafdb", "seeds": 5,
+                                         "accuracy": "0.887 ± 0.004 (0.882–0.893)",
+                                         "macro-F1": "0.762 ± 0.022 (0.742–0.790)"}]
+    assert r"0.887 $\pm$ 0.004 (0.882--0.893)" in export.to_latex(table, caption="Across seeds", label="tab:s")
+
+
+@requires_pdflatex
+def test_seed_spread_table_compiles_and_fits_the_page(tmp_path):
+    compile_body(tmp_path, export.to_latex(export.compute_seed_spread_table(_seed_spread()),
+                                           caption="Across seeds", label="tab:seeds"))
