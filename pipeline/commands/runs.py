@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
 def render_seed_spread(runs, db) -> str:
     """The seed spread of the complete runs as text: one block per recipe and dataset."""
+    import pandas as pd
+
     from pipeline.train.seeds import compute_seed_spread
 
     spread = compute_seed_spread(runs[runs["status"] == "complete"] if "status" in runs else runs)
@@ -107,8 +109,7 @@ def render_seed_spread(runs, db) -> str:
     lines = []
     for r in spread.to_dict("records"):
         lines += [f"{r['recipe']} ({r['model']}) on {r['dataset']}: {r['n_seeds']} seeds ({r['seeds']})"
-                  + (f", {r['n_test']:,} test images" if r["n_test"] is not None and r["n_test"] == r["n_test"]
-                     else ""),
+                  + ("" if pd.isna(r["n_test"]) else f", {int(r['n_test']):,} test images"),
                   f"  accuracy  {r['accuracy_mean']:.4f} ± {r['accuracy_sd']:.4f} (SD), "
                   f"range {r['accuracy_min']:.4f}–{r['accuracy_max']:.4f}",
                   f"  macro-F1  {r['macro_f1_mean']:.4f} ± {r['macro_f1_sd']:.4f} (SD), "

@@ -5,7 +5,8 @@
 kit as {relative path: bytes}; `write_kit` puts it in a folder and `zip_kit`
 in a zip (`create_kit_zip`: the dashboard's download). The kit holds
 
-- `tables/<name>.tex|.csv|.md`: class metrics, confusion matrix, per demographics
+- `tables/<name>.tex|.csv|.md`: class metrics, confusion matrix, the seed
+  spread (when the store holds runs of the same recipe with other seeds), per demographics
   source one audit table and one gaps table per attribute or intersection,
   the proxy check per inferring source, and the explanation checks. CSV files
   hold the numbers unformatted (estimate, ci_low, ci_high, n); LaTeX and
@@ -71,6 +72,7 @@ class KitInputs:
     heatmap_summary: pd.DataFrame
     explanation_metrics: pd.DataFrame
     environment: dict = field(default_factory=dict)  # package versions, commit
+    seed_spread: pd.DataFrame = field(default_factory=pd.DataFrame)  # the run's replicas (pipeline.train.seeds)
 
 
 def _git_commit() -> dict:
@@ -127,7 +129,16 @@ def load_kit_inputs(con, run_id: str, split: str = "test") -> KitInputs:
         confusion=load_frame(con, "confusion", run_id=rid, split=split), audits=audits,
         proxy=load_frame(con, "proxy_agreement", dataset_fingerprint=run["dataset_fingerprint"]),
         heatmap_summary=summary, explanation_metrics=load_frame(con, "explanation_metrics", run_id=rid),
-        environment=collect_environment())
+        environment=collect_environment(), seed_spread=load_seed_spread(con, rid))
+
+
+def load_seed_spread(con, run_id: str) -> pd.DataFrame:
+    """The seed spread (pipeline.train.seeds) of the replicas `run_id` is one of: one row, or none."""
+    from pipeline.store.db import list_runs
+    from pipeline.train.seeds import compute_seed_spread
+
+    spread = compute_seed_spread(list_runs(con))
+    return spread[[run_id in ids.split(", ") for ids in spread["run_ids"]]].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------
@@ -283,6 +294,19 @@ def create_explanation_tables(inputs: KitInputs) -> list[KitTable]:
     return [KitTable("explanations", caption, display, numbers)]
 
 
+def create_seed_spread_tables(inputs: KitInputs) -> list[KitTable]:
+    """The test figures of this run's recipe across seeds, when the store holds replicas of the run."""
+    if inputs.seed_spread.empty:
+        return []
+    r = inputs.seed_spread.iloc[0]
+    caption = (f"Test accuracy and macro-F1 of recipe {r['recipe']} on dataset {r['dataset']} over "
+               f"{int(r['n_seeds'])} training seeds ({r['seeds']}): mean ± sample SD (range). The runs share the "
+               f"dataset files and every setting but the seed; {inputs.run['run_id']} is one of them "
+               f"(runs: {r['run_ids']}).")
+    return [KitTable("seed-spread", caption, tables.compute_seed_spread_table(inputs.seed_spread),
+                     inputs.seed_spread)]
+
+
 def _figures(inputs: KitInputs) -> list[tuple[str, str, object]]:
     """(name, caption, chart) of every figure the stored rows allow."""
     run, classes, out = inputs.run, inputs.run["classes"], []
@@ -358,7 +382,7 @@ def _main_tex(inputs: KitInputs, table_list: list[KitTable], figure_list: list[t
 
 def create_tables(inputs: KitInputs) -> list[KitTable]:
     """Every table of the kit, in the order main.tex inputs them."""
-    out = create_run_tables(inputs)
+    out = create_run_tables(inputs) + create_seed_spread_tables(inputs)
     for audit in inputs.audits:
         out += create_audit_tables(inputs, audit) + create_gap_tables(inputs, audit)
     return out + create_proxy_tables(inputs) + create_explanation_tables(inputs)

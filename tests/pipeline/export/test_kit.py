@@ -194,3 +194,34 @@ def test_command_csv_lists_age_groups_in_natural_order(demo_store, raw, capsys):
     table = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
     ages = list(dict.fromkeys(table[table["attribute"] == "age"]["grp"] if raw else table["age"]))
     assert len(ages) >= 3 and ages == [a for a in AGE_GROUPS.values() if a in ages]
+
+
+@pytest.fixture(scope="module")
+def seed_kit(seed_store, tmp_path_factory):
+    """The kit of the newest run of a store holding the demo's run and a replica of it with seed 1."""
+    from pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("seed_kit") / "kit"
+    assert main(["export", "--db", str(seed_store), "--kit", str(out)]) == 0
+    return out
+
+
+def test_kit_of_a_run_with_replicas_holds_their_seed_spread(seed_kit, seed_store, demo_kit):
+    from pipeline.store.db import list_runs, open_store
+    from pipeline.train.seeds import compute_seed_spread
+
+    with open_store(seed_store, read_only=True) as con:
+        want = compute_seed_spread(list_runs(con)).iloc[0]
+    numbers = pd.read_csv(seed_kit / "tables" / "seed-spread.csv")
+    assert numbers.loc[0, "run_ids"] == want["run_ids"] and numbers.loc[0, "n_seeds"] == 2
+    assert numbers.loc[0, "accuracy_sd"] == pytest.approx(want["accuracy_sd"])
+    assert numbers.loc[0, "macro_f1_mean"] == pytest.approx(want["macro_f1_mean"])
+    tex = (seed_kit / "tables" / "seed-spread.tex").read_text()
+    assert "over 2 training seeds (0, 1)" in tex and r"$\pm$" in tex
+    assert r"\input{tables/seed-spread.tex}" in (seed_kit / "main.tex").read_text()
+    assert not (demo_kit / "tables" / "seed-spread.csv").exists()  # a run without replicas has none
+
+
+@requires_pdflatex
+def test_seed_kit_main_tex_compiles(seed_kit):
+    compile_latex(seed_kit)
