@@ -279,17 +279,16 @@ def describe_headline(run: dict, n_classes: int) -> str:
     """The run's headline numbers as a one-row markdown table, test accuracy with its 95% Wilson interval
     over the test images (`st.metric` has no room for an interval, and its JavaScript alone adds 0.16-0.21x
     to a bare page's fresh load: bench/bench_browser.py --elements)."""
-    acc, n, f1 = run.get("test_accuracy"), run.get("n_test"), run.get("test_macro_f1")
-    missing = pd.isna  # None or NaN: a run without an evaluation
-    if missing(acc):
+    acc, n, f1 = run.get("test_accuracy"), run.get("n_test"), run.get("test_macro_f1")  # None/NaN: not evaluated
+    if pd.isna(acc):
         accuracy = "—"
-    elif missing(n) or int(n) == 0:
+    elif pd.isna(n) or int(n) == 0:
         accuracy = f"{acc:.1%}"
     else:
         lo, hi = compute_wilson_interval(round(acc * int(n)), int(n))
         accuracy = f"{acc:.1%} [{float(lo):.1%}, {float(hi):.1%}]"
     return ("| Test accuracy [95% CI] | Macro F1 | Test images | Classes |\n|---:|---:|---:|---:|\n"
-            f"| {accuracy} | {'—' if missing(f1) else f'{f1:.3f}'} | {'—' if missing(n) else f'{int(n):,}'} "
+            f"| {accuracy} | {'—' if pd.isna(f1) else f'{f1:.3f}'} | {'—' if pd.isna(n) else f'{int(n):,}'} "
             f"| {n_classes} |")
 
 

@@ -60,6 +60,15 @@ def test_overview_headline_gives_accuracy_with_its_wilson_interval(make_app, app
     assert str(headline["Test images"]) == f"{n:,}"
 
 
+def test_headline_of_a_run_without_an_evaluation_says_so():
+    from dashboard.widgets import describe_headline
+
+    row = describe_headline({"test_accuracy": None, "n_test": float("nan"), "test_macro_f1": None}, 7)
+    assert row.splitlines()[-1] == "| — | — | — | 7 |"
+    row = describe_headline({"test_accuracy": 0.5, "n_test": None, "test_macro_f1": 0.25}, 6)
+    assert row.splitlines()[-1] == "| 50.0% | 0.250 | — | 6 |"  # no n: no interval
+
+
 def test_missing_store_shows_what_to_run(make_app, tmp_path):
     at = make_app(tmp_path / "nowhere.duckdb").run()
     assert not at.exception
