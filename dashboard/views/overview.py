@@ -5,7 +5,9 @@ import json
 
 import streamlit as st
 
-from dashboard import widgets
+from dashboard import queries, widgets
+from pipeline.export.tables import format_spread
+from pipeline.train.seeds import select_spread_of
 
 ctx = widgets.get_page_context()
 run = ctx.run
@@ -17,6 +19,12 @@ if run["is_synthetic"]:
 
 st.subheader(f"Run {ctx.run_id}")
 st.markdown(widgets.describe_headline(run, len(ctx.classes)))
+spread = queries.load_seed_spread(ctx.ref)
+for r in select_spread_of(spread, ctx.run_id).itertuples(index=False):
+    st.caption(f"This recipe over seeds {r.seeds} on the same data: test accuracy "
+               f"{format_spread(r.accuracy_mean, r.accuracy_sd, r.accuracy_min, r.accuracy_max)}, macro-F1 "
+               f"{format_spread(r.macro_f1_mean, r.macro_f1_sd, r.macro_f1_min, r.macro_f1_max)} "
+               "(mean ± SD (range); Compare runs has every recipe's).")
 st.write(f"Dataset **{run['dataset']}** ({run['dataset_root']}), recipe **{run['recipe']}**, "
          f"model {run['model']}, kind {run['kind']}, seed {run['seed']}, device {run['device']}.")
 if run.get("parent_run_id"):

@@ -135,10 +135,9 @@ def load_kit_inputs(con, run_id: str, split: str = "test") -> KitInputs:
 def load_seed_spread(con, run_id: str) -> pd.DataFrame:
     """The seed spread (pipeline.train.seeds) of the replicas `run_id` is one of: one row, or none."""
     from pipeline.store.db import list_runs
-    from pipeline.train.seeds import compute_seed_spread
+    from pipeline.train.seeds import compute_seed_spread, select_spread_of
 
-    spread = compute_seed_spread(list_runs(con))
-    return spread[[run_id in ids.split(", ") for ids in spread["run_ids"]]].reset_index(drop=True)
+    return select_spread_of(compute_seed_spread(list_runs(con)), run_id)
 
 
 # ---------------------------------------------------------------------------

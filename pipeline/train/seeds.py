@@ -76,3 +76,10 @@ def compute_seed_spread(runs: pd.DataFrame) -> pd.DataFrame:
         })
     out = pd.DataFrame(rows, columns=SPREAD_COLUMNS)
     return out.sort_values(["n_seeds", "recipe"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def select_spread_of(spread: pd.DataFrame, run_id: str) -> pd.DataFrame:
+    """The row of `spread` (compute_seed_spread) whose replicas include run `run_id`: one row, or none."""
+    if not len(spread):
+        return spread
+    return spread[[run_id in ids.split(", ") for ids in spread["run_ids"]]].reset_index(drop=True)

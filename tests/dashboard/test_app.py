@@ -60,6 +60,25 @@ def test_overview_headline_gives_accuracy_with_its_wilson_interval(make_app, app
     assert str(headline["Test images"]) == f"{n:,}"
 
 
+def test_overview_gives_the_seed_spread_of_a_run_with_replicas(make_app, seed_store, fake_store):
+    from pipeline.export.tables import format_spread
+    from pipeline.store import db as store
+    from pipeline.train.seeds import compute_seed_spread
+
+    with store.open_store(seed_store, read_only=True) as con:
+        want = compute_seed_spread(store.list_runs(con)).iloc[0]
+    for run_id in want["run_ids"].split(", "):  # either replica, picked in the sidebar
+        at = make_app(seed_store)
+        at.query_params["run"] = run_id
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        line = next(c.value for c in at.caption if c.value.startswith("This recipe over seeds"))
+        assert "seeds 0, 1 " in line and format_spread(want["accuracy_mean"], want["accuracy_sd"],
+                                                       want["accuracy_min"], want["accuracy_max"]) in line
+    at = make_app(fake_store).run()
+    assert not any(c.value.startswith("This recipe over seeds") for c in at.caption)
+
+
 def test_headline_of_a_run_without_an_evaluation_says_so():
     from dashboard.widgets import describe_headline
 

@@ -8,7 +8,7 @@ import statistics
 import pandas as pd
 import pytest
 
-from pipeline.train.seeds import SPREAD_COLUMNS, compute_seed_spread, describe_replica
+from pipeline.train.seeds import SPREAD_COLUMNS, compute_seed_spread, describe_replica, select_spread_of
 
 CONFIG = {
     "dataset": {"name": "synthetic", "root": "/data/a", "seed": 0, "val_fraction": 0.1, "variant": "aligned",
@@ -73,6 +73,9 @@ def test_seed_spread_is_mean_sample_sd_and_range_per_group_of_replicas():
     assert first["macro_f1_sd"] == pytest.approx(statistics.stdev(f1))
     assert (first["macro_f1_min"], first["macro_f1_max"]) == (0.740, 0.790)
     assert first["n_test"] == 1050
+    assert select_spread_of(spread, "run-04")["run_ids"].tolist() == ["run-01, run-04, run-03"]
+    assert select_spread_of(spread, "run-02").empty  # seed 1's older run: not counted
+    assert select_spread_of(spread, "run-1").empty    # ids match whole, not as prefixes
     second = spread.iloc[1]
     assert second["n_seeds"] == 2 and second["run_ids"] == "run-06, run-07"
     assert second["accuracy_sd"] == pytest.approx(statistics.stdev([0.81, 0.83]))
