@@ -129,7 +129,7 @@ def time_navigation(browser, url: str) -> dict[str, float]:
 BARE = 'import streamlit as st\nst.write("hello")\n'
 CHART = ('st.vega_lite_chart({"data": {"values": [{"a": "x", "b": 1}, {"a": "y", "b": 3}]}, "mark": "bar", '
          '"encoding": {"x": {"field": "a", "type": "nominal"}, "y": {"field": "b", "type": "quantitative"}}})')
-# One element kind each (the last, two), added to the bare page's line; every page of the dashboard draws several of them.
+# One element kind each (the last, two), added to the bare page's line; every dashboard page draws several.
 ELEMENTS = {
     "selectbox": 'st.selectbox("Run", ["a", "b", "c"])',
     "selectbox in the sidebar": 'st.sidebar.selectbox("Run", ["a", "b", "c"])',
