@@ -121,13 +121,18 @@ def test_zip_holds_the_kit_under_one_folder(hostile_kit):
 
 # --------------------------------------------------------------------------- a real run, through the CLI
 
-@pytest.fixture(scope="module")
-def demo_kit(demo_store, tmp_path_factory):
+def _export_kit(store, folder):
+    """`python -m pipeline export --kit` of the store's newest run into `folder`/kit."""
     from pipeline.cli import main
 
-    out = tmp_path_factory.mktemp("demo_kit") / "kit"
-    assert main(["export", "--db", str(demo_store), "--kit", str(out)]) == 0
+    out = folder / "kit"
+    assert main(["export", "--db", str(store), "--kit", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def demo_kit(demo_store, tmp_path_factory):
+    return _export_kit(demo_store, tmp_path_factory.mktemp("demo_kit"))
 
 
 def test_export_kit_command_writes_the_kit_of_a_real_run(demo_kit, demo_store, capsys):
@@ -199,11 +204,7 @@ def test_command_csv_lists_age_groups_in_natural_order(demo_store, raw, capsys):
 @pytest.fixture(scope="module")
 def seed_kit(seed_store, tmp_path_factory):
     """The kit of the newest run of a store holding the demo's run and a replica of it with seed 1."""
-    from pipeline.cli import main
-
-    out = tmp_path_factory.mktemp("seed_kit") / "kit"
-    assert main(["export", "--db", str(seed_store), "--kit", str(out)]) == 0
-    return out
+    return _export_kit(seed_store, tmp_path_factory.mktemp("seed_kit"))
 
 
 def test_kit_of_a_run_with_replicas_holds_their_seed_spread(seed_kit, seed_store, demo_kit):
