@@ -102,7 +102,7 @@ def render_seed_spread(runs, db) -> str:
 
     from pipeline.train.seeds import compute_seed_spread
 
-    spread = compute_seed_spread(runs[runs["status"] == "complete"] if "status" in runs else runs)
+    spread = compute_seed_spread(runs[runs["status"] == "complete"])  # `--all` lists the others too
     if spread.empty:
         return (f"no recipe in {db} was trained with two or more seeds on one dataset; train it again with "
                 f"`--seed 1`, `--seed 2`, ... to see how much its figures move")
